@@ -1,0 +1,376 @@
+"""Dataset layout and safety rules, shared by every place that accepts a dataset.
+
+The same rules run in the upload Lambda (from a zip's central directory, read through
+ranged S3 requests), in ``sagedrop dataset check`` and in ``train.py`` before it touches a
+single pixel. Keeping them in one stdlib-only module is what makes "the Lambda accepted it"
+mean "training will accept it". ``training_code/dataset_rules.py`` is a link to this file,
+so SageMaker's training container carries the very same code.
+
+A dataset is the dogImages layout: ``train/<class>/*``, ``valid/<class>/*``,
+``test/<class>/*``, optionally under one top-level folder. Only the entry names and the
+sizes the archive declares are needed, which is why a zip can be judged before download.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+import zipfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "test": "test",
+    "testing": "test",
+}
+CONFIG_NAME = "sagedrop.json"
+# Archive debris that says nothing about the dataset: skipped without counting as a problem.
+NOISE_PARTS = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
+_LABEL_PREFIX = re.compile(r"^\d+[._\-\s]+")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a hostile archive from exhausting a Lambda or a training host.
+
+    The defaults admit dogImages (8,351 images, 1.1 GB) with a wide margin.
+    """
+
+    max_entries: int = 500_000
+    max_total_bytes: int = 50 * 1024**3
+    max_entry_bytes: int = 512 * 1024**2
+    # Photos barely compress; a JPEG or PNG inflating more than this is a bomb, not an image.
+    max_compression_ratio: float = 100.0
+    # Small entries may compress well (a flat PNG); the ratio check starts above this size.
+    ratio_check_min_bytes: int = 1024 * 1024
+    min_classes: int = 2
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One archive member or file, as far as its name and declared sizes tell."""
+
+    name: str
+    size: int
+    compressed_size: int | None = None
+    is_dir: bool = False
+    is_symlink: bool = False
+    is_encrypted: bool = False
+
+
+@dataclass
+class DatasetReport:
+    """What a dataset holds and what is wrong with it, in sentences a person can act on."""
+
+    prefix: str = ""
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    files: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignored_files: int = 0
+    has_config: bool = False
+    total_bytes: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    @property
+    def labels(self) -> list[str]:
+        return [label_for(folder) for folder in self.classes]
+
+    @property
+    def missing_splits(self) -> list[str]:
+        return [split for split in SPLITS if split not in self.counts]
+
+    def image_count(self, split: str | None = None) -> int:
+        splits = [split] if split else list(self.counts)
+        return sum(sum(self.counts.get(s, {}).values()) for s in splits)
+
+    def summary(self) -> dict:
+        """A JSON-friendly digest for notifications and logs (no per-file lists)."""
+        return {
+            "usable": self.usable,
+            "classes": len(self.classes),
+            "labels": self.labels,
+            "images": {split: sum(per_class.values()) for split, per_class in self.counts.items()},
+            "missing_splits": self.missing_splits,
+            "ignored_files": self.ignored_files,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
+
+
+def label_for(folder: str) -> str:
+    """``001.Affenpinscher`` → ``Affenpinscher``; a name that is only digits stays as it is."""
+    stripped = _LABEL_PREFIX.sub("", folder)
+    return stripped or folder
+
+
+def is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def unsafe_reason(name: str) -> str | None:
+    """Why an entry name could write outside the extraction folder, or None when it cannot."""
+    if "\x00" in name:
+        return "contains a NUL character"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        return "climbs out of the dataset folder with '..'"
+    return None
+
+
+def entries_from_zip(archive: zipfile.ZipFile) -> list[Entry]:
+    """Entries as the central directory declares them; no member data is read.
+
+    This is why it also works on a zip opened over ranged S3 reads: ``ZipFile`` only reads
+    the end-of-central-directory record and the directory itself when it opens.
+    """
+    entries = []
+    for info in archive.infolist():
+        mode = info.external_attr >> 16
+        entries.append(
+            Entry(
+                name=info.filename,
+                size=info.file_size,
+                compressed_size=info.compress_size,
+                is_dir=info.is_dir(),
+                is_symlink=info.create_system == 3 and stat.S_ISLNK(mode),
+                is_encrypted=bool(info.flag_bits & 0x1),
+            )
+        )
+    return entries
+
+
+def entries_from_folder(root: str) -> list[Entry]:
+    """Entries of a dataset folder, named relative to it with forward slashes."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if os.path.islink(full):
+                entries.append(Entry(name=rel, size=0, is_symlink=True))
+            elif name in filenames:
+                entries.append(Entry(name=rel, size=os.path.getsize(full)))
+    return entries
+
+
+def inspect_zip(path_or_file, limits: Limits | None = None) -> DatasetReport:
+    """Judge a zip from its central directory (a path or a seekable binary file object)."""
+    try:
+        with zipfile.ZipFile(path_or_file) as archive:
+            entries = entries_from_zip(archive)
+    except zipfile.BadZipFile as exc:
+        return DatasetReport(problems=[f"The file is not a readable zip archive ({exc})."])
+    return inspect_entries(entries, limits)
+
+
+def inspect_path(path: str, limits: Limits | None = None) -> DatasetReport:
+    """Judge a dataset given as a zip file or a folder."""
+    if os.path.isdir(path):
+        return inspect_entries(entries_from_folder(path), limits)
+    if not os.path.exists(path):
+        return DatasetReport(problems=[f"{path} does not exist."])
+    return inspect_zip(path, limits)
+
+
+def inspect_entries(entries: Iterable[Entry], limits: Limits | None = None) -> DatasetReport:
+    """Apply every rule to a listing of entries and say what the dataset holds."""
+    limits = limits or Limits()
+    entries = list(entries)
+    report = DatasetReport()
+    _check_archive_safety(entries, limits, report)
+    if report.problems:
+        # A hostile archive gets no layout analysis: its names cannot be trusted.
+        return report
+
+    files = [e for e in entries if not e.is_dir and not _is_noise(e.name)]
+    report.total_bytes = sum(e.size for e in files)
+    report.prefix = _common_prefix([e.name for e in files])
+    layout: dict[str, dict[str, list[str]]] = {}
+    ignored = 0
+    for entry in files:
+        if entry.name in (CONFIG_NAME, report.prefix + CONFIG_NAME):
+            report.has_config = True
+            continue
+        rel = entry.name[len(report.prefix) :]
+        parts = rel.split("/")
+        split = SPLIT_ALIASES.get(parts[0].lower()) if len(parts) >= 3 else None
+        if split is None or not is_image_name(rel):
+            ignored += 1
+            continue
+        layout.setdefault(split, {}).setdefault(parts[1], []).append(entry.name)
+    for split_files in layout.values():
+        for names in split_files.values():
+            names.sort()
+    report.files = layout
+    report.ignored_files = ignored
+    report.counts = {s: {c: len(v) for c, v in layout[s].items()} for s in SPLITS if s in layout}
+    _check_layout(report, limits)
+    return report
+
+
+def _check_archive_safety(entries: list[Entry], limits: Limits, report: DatasetReport) -> None:
+    if len(entries) > limits.max_entries:
+        report.problems.append(
+            f"The archive has {len(entries):,} entries; the limit is {limits.max_entries:,}."
+        )
+        return
+    total = 0
+    seen: Counter[str] = Counter()
+    for entry in entries:
+        reason = unsafe_reason(entry.name)
+        if reason:
+            report.problems.append(f"Entry '{entry.name}' {reason}; it was refused.")
+            continue
+        if entry.is_symlink:
+            report.problems.append(f"Entry '{entry.name}' is a symbolic link; links are refused.")
+            continue
+        if entry.is_encrypted:
+            report.problems.append(f"Entry '{entry.name}' is encrypted; it cannot be read.")
+            continue
+        seen[entry.name.rstrip("/")] += 1
+        total += entry.size
+        if entry.size > limits.max_entry_bytes:
+            report.problems.append(
+                f"Entry '{entry.name}' expands to {_human(entry.size)}, over the per-file limit "
+                f"of {_human(limits.max_entry_bytes)}."
+            )
+        elif (
+            entry.compressed_size is not None
+            and entry.size >= limits.ratio_check_min_bytes
+            and entry.size > limits.max_compression_ratio * max(entry.compressed_size, 1)
+        ):
+            ratio = entry.size / max(entry.compressed_size, 1)
+            report.problems.append(
+                f"Entry '{entry.name}' expands {ratio:,.0f}x ({_human(entry.compressed_size)} to "
+                f"{_human(entry.size)}), over the {limits.max_compression_ratio:g}x limit: "
+                "it looks like a zip bomb."
+            )
+    if total > limits.max_total_bytes:
+        report.problems.append(
+            f"The archive expands to {_human(total)}, over the limit of "
+            f"{_human(limits.max_total_bytes)}."
+        )
+    for name, count in sorted(seen.items()):
+        if count > 1:
+            report.problems.append(f"Entry '{name}' appears {count} times in the archive.")
+
+
+def _check_layout(report: DatasetReport, limits: Limits) -> None:
+    counts = report.counts
+    if "train" not in counts:
+        where = f" under '{report.prefix}'" if report.prefix else ""
+        report.problems.append(
+            f"No 'train' folder with class subfolders of images was found{where}. Expected "
+            "train/<class>/<image>, valid/<class>/<image> and test/<class>/<image>."
+        )
+        return
+    train_classes = set(counts["train"])
+    empty = sorted(c for c, n in counts["train"].items() if n == 0)
+    for split in ("valid", "test"):
+        if split not in counts:
+            continue
+        extra = sorted(set(counts[split]) - train_classes)
+        lacking = sorted(train_classes - set(counts[split]))
+        for name in extra:
+            report.problems.append(
+                f"Class '{name}' appears in '{split}' but has no training images in 'train'."
+            )
+        for name in lacking:
+            report.problems.append(f"Class '{name}' is in 'train' but has no images in '{split}'.")
+    for name in empty:
+        report.problems.append(f"Class '{name}' has no training images.")
+    report.classes = sorted(train_classes)
+    if len(report.classes) < limits.min_classes:
+        report.problems.append(
+            f"Only {len(report.classes)} class(es) found in 'train'; at least "
+            f"{limits.min_classes} are needed to train a classifier."
+        )
+    labels = Counter(report.labels)
+    for label, n in sorted(labels.items()):
+        if n > 1:
+            folders = [c for c in report.classes if label_for(c) == label]
+            report.problems.append(
+                f"Folders {', '.join(repr(f) for f in folders)} all give the label '{label}'."
+            )
+    missing = report.missing_splits
+    if missing:
+        report.warnings.append(
+            f"No {' or '.join(repr(s) for s in missing)} split: it will be split off 'train' "
+            "deterministically, stratified by class."
+        )
+    if report.ignored_files:
+        report.warnings.append(
+            f"{report.ignored_files} file(s) are not images in a <split>/<class>/ folder and "
+            "will be ignored."
+        )
+
+
+def _is_noise(name: str) -> bool:
+    parts = name.split("/")
+    return any(p in NOISE_PARTS or p.startswith("._") for p in parts)
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The single top-level folder wrapping the dataset, if there is one (else "")."""
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    loose = [n for n in names if "/" not in n and n != CONFIG_NAME]
+    if len(tops) != 1 or loose:
+        return ""
+    top = next(iter(tops))
+    if top.lower() in SPLIT_ALIASES:
+        return ""
+    return top + "/"
+
+
+def extract_zip(path: str, dest: str, report: DatasetReport) -> None:
+    """Extract the images an inspected, usable report lists, and nothing else.
+
+    Only names the rules accepted are written, each below ``dest``, and no member may
+    inflate past the size the central directory declared (``zipfile`` stops at the
+    declared size and checks the CRC), so a lying archive fails instead of filling a disk.
+    """
+    if not report.usable:
+        raise ValueError(
+            "refusing to extract a dataset with problems: " + "; ".join(report.problems)
+        )
+    wanted = {name for split in report.files.values() for names in split.values() for name in names}
+    if report.has_config:
+        wanted.update({CONFIG_NAME, report.prefix + CONFIG_NAME})
+    root = os.path.realpath(dest)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename not in wanted:
+                continue
+            target = os.path.realpath(os.path.join(root, info.filename))
+            if not target.startswith(root + os.sep):
+                raise ValueError(f"entry '{info.filename}' would land outside {dest}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with archive.open(info) as source, open(target, "wb") as sink:
+                while chunk := source.read(1 << 20):
+                    sink.write(chunk)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,37 @@
+"""The one list of ``MetricDefinitions`` for every training job the pipeline starts.
+
+``training_code/metric_lines.py`` prints ``metrics: name=value ...`` lines; these regexes
+read them, on SageMaker (CloudWatch metrics, tuning objective) and in the local cloud alike.
+A test runs ``train.py`` and applies these very regexes to its real output.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A float as Python's repr prints it: sign, digits, optional fraction, optional exponent.
+NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+EPOCH_METRICS = ("train_loss", "valid_loss", "valid_accuracy")
+FINAL_METRICS = ("test_loss", "test_accuracy")
+# The tuning objective is always a validation metric, never a test one.
+OBJECTIVE_METRIC = "valid_accuracy"
+
+METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": name, "Regex": f"{name}={NUMBER}"}
+    for name in ("epoch", *EPOCH_METRICS, *FINAL_METRICS)
+]
+
+
+def parse_metric_lines(text: str, definitions: list[dict[str, str]] | None = None) -> dict:
+    """Every value each regex finds, in log order: ``{name: [v1, v2, ...]}``.
+
+    What SageMaker does with a job's logs: each definition's first group, as a float.
+    """
+    found: dict[str, list[float]] = {}
+    for definition in definitions or METRIC_DEFINITIONS:
+        pattern = re.compile(definition["Regex"])
+        values = [float(m.group(1)) for m in pattern.finditer(text)]
+        if values:
+            found[definition["Name"]] = values
+    return found

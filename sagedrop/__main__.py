@@ -1,0 +1,7 @@
+"""``python -m sagedrop`` runs the CLI."""
+
+import sys
+
+from sagedrop.cli import main
+
+sys.exit(main())

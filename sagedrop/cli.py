@@ -1,0 +1,108 @@
+"""The ``sagedrop`` command line.
+
+``sagedrop dataset sample|check|pack`` work on datasets; ``sagedrop demo`` runs the whole
+thing on the sample data. Each command prints what a person needs and exits non-zero
+when something is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from chalicelib.datasets import DatasetReport, inspect_path
+from sagedrop.sample_data import pack_dataset, write_sample_dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sagedrop", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dataset = commands.add_parser("dataset", help="make, check and pack datasets")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    sample = dataset_commands.add_parser(
+        "sample", help="write the digits sample dataset (folder and zip) into DIR"
+    )
+    sample.add_argument("dir")
+    sample.add_argument("--size", type=int, default=32, help="image side in pixels")
+    sample.add_argument("--per-class", type=int, default=None, help="cap images per class")
+    sample.add_argument("--classes", type=int, default=10, choices=range(2, 11), metavar="2..10")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+    check = dataset_commands.add_parser("check", help="report on a dataset zip or folder")
+    check.add_argument("path")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(handler=_check)
+
+    pack = dataset_commands.add_parser("pack", help="check a dataset folder and zip it")
+    pack.add_argument("folder")
+    pack.add_argument("out_zip")
+    pack.set_defaults(handler=_pack)
+
+    demo = commands.add_parser("demo", help="run the pipeline end to end on the sample data")
+    demo.add_argument("--root", default=".sagedrop-demo", help="working folder (recreated)")
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+def _sample(args) -> int:
+    folder = write_sample_dataset(
+        args.dir, size=args.size, per_class=args.per_class, classes=args.classes, seed=args.seed
+    )
+    archive = pack_dataset(folder, Path(args.dir) / "digits.zip")
+    report = inspect_path(str(folder))
+    print(f"wrote {folder} and {archive}")
+    _print_report(report, str(archive))
+    return 0
+
+
+def _check(args) -> int:
+    report = inspect_path(args.path)
+    if args.json:
+        print(json.dumps({**report.summary(), "counts": report.counts}, indent=2))
+    else:
+        _print_report(report, args.path)
+    return 0 if report.usable else 1
+
+
+def _pack(args) -> int:
+    report = inspect_path(args.folder)
+    _print_report(report, args.folder)
+    if not report.usable:
+        print(f"not packed: fix the problems above in {args.folder} first", file=sys.stderr)
+        return 1
+    print(f"packed {pack_dataset(args.folder, args.out_zip)}")
+    return 0
+
+
+def _demo(args) -> int:
+    from sagedrop.demo import run_demo
+
+    return run_demo(args.root, epochs=args.epochs)
+
+
+def _print_report(report: DatasetReport, name: str) -> None:
+    verdict = "usable" if report.usable else "NOT usable"
+    print(f"{name}: {verdict}, {len(report.classes)} classes, {report.image_count()} images")
+    if report.classes:
+        splits = [s for s in ("train", "valid", "test") if s in report.counts]
+        width = max(len(c) for c in report.classes)
+        print(f"  {'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))
+        for folder in report.classes:
+            counts = "  ".join(f"{report.counts[s].get(folder, 0):>6}" for s in splits)
+            print(f"  {folder:<{width}}  {counts}")
+    if report.ignored_files:
+        print(f"  ignored files: {report.ignored_files}")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    for warning in report.warnings:
+        print(f"  warning: {warning}")

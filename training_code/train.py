@@ -1,0 +1,535 @@
+"""SageMaker script-mode entry point: transfer-learn a ResNet on a dogImages-style dataset.
+
+Runs unchanged in SageMaker's PyTorch container (hyperparameters as ``--name value``,
+data in ``SM_CHANNEL_*``, model to ``SM_MODEL_DIR``), in sagedrop's local cloud, under
+``torchrun`` for DDP, and by hand (``python train.py --data digits.zip``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+import distributed
+import loops
+from data_pipeline import (
+    DatasetError,
+    ImageFileDataset,
+    PreparedDataset,
+    collate_skipping_unreadable,
+    find_data_source,
+    prepare_dataset,
+)
+from image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
+from metric_lines import emit_metrics
+from model_def import (
+    BACKBONES,
+    FREEZE_MODES,
+    PRETRAINED_MODES,
+    WeightsUnavailable,
+    apply_freeze,
+    build_classifier,
+    load_imagenet_weights,
+    resolve_freeze,
+)
+
+log = logging.getLogger("sagedrop.train")
+HERE = os.path.dirname(os.path.abspath(__file__))
+# What the model artifact's code/ folder needs to serve on its own.
+INFERENCE_FILES = ("inference.py", "image_io.py", "model_def.py")
+ARTIFACT_FORMAT = 1
+
+
+def boolean(text: str) -> bool:
+    value = str(text).strip().strip("\"'").lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def choice(options):
+    """A choices= that also accepts the JSON-quoted strings SageMaker tools sometimes pass."""
+
+    def parse(text: str) -> str:
+        value = str(text).strip().strip("\"'").lower()
+        if value not in options:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    hp = p.add_argument_group("hyperparameters (SageMaker passes these as --name value)")
+    hp.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
+    hp.add_argument("--momentum", type=float, default=0.9)
+    hp.add_argument("--batch-size", type=int, default=64, help="global batch, split over processes")
+    hp.add_argument("--epochs", type=int, default=5)
+    hp.add_argument("--backbone", type=choice(tuple(BACKBONES)), default="resnet18")
+    hp.add_argument(
+        "--pretrained",
+        type=choice(PRETRAINED_MODES),
+        default="auto",
+        help="auto: ImageNet weights when obtainable; true: required; false: never",
+    )
+    hp.add_argument("--weights-path", default=None, help="local ImageNet weights (offline use)")
+    hp.add_argument(
+        "--freeze",
+        type=choice(FREEZE_MODES),
+        default="auto",
+        help="auto: backbone with ImageNet weights, none without",
+    )
+    hp.add_argument("--weight-decay", type=float, default=1e-4)
+    hp.add_argument("--image-size", type=int, default=224)
+    hp.add_argument("--augment", type=choice(AUGMENTATIONS), default="flip-crop")
+    hp.add_argument("--lr-schedule", type=choice(("cosine", "constant")), default="cosine")
+    hp.add_argument("--seed", type=int, default=0)
+    hp.add_argument("--num-workers", type=int, default=-1, help="-1: one per spare CPU, up to 8")
+    hp.add_argument(
+        "--cache-features",
+        type=choice(("auto", "true", "false")),
+        default="auto",
+        help="auto: with a frozen backbone, train the head on features computed once",
+    )
+    hp.add_argument("--valid-fraction", type=float, default=0.1)
+    hp.add_argument("--test-fraction", type=float, default=0.1)
+    hp.add_argument("--top-k", type=int, default=5, help="labels the served model returns")
+    hp.add_argument(
+        "--debug",
+        type=boolean,
+        default=False,
+        help="record tensors and profile the run (the debug/profile job)",
+    )
+    io = p.add_argument_group("locations (SageMaker sets these through SM_* variables)")
+    io.add_argument("--data", default=None, help="zip or folder; default: SM_CHANNEL_TRAINING")
+    io.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
+    io.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR", "output"))
+    io.add_argument("--work-dir", default=None, help="where a zip is extracted (default: temp)")
+    io.add_argument("--device", type=choice(("auto", "cpu", "cuda")), default="auto")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        log.warning("ignoring arguments this script does not know: %s", " ".join(unknown))
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.image_size < 16:
+        raise SystemExit("epochs and batch-size must be >= 1, lr > 0, image-size >= 16")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runtime = distributed.start(args.device)
+    _setup_logging(runtime)
+    try:
+        return _run(args, runtime)
+    except (DatasetError, WeightsUnavailable) as exc:
+        log.error("%s", exc)
+        _write_failure_reason(str(exc))
+        return 1
+    except Exception as exc:
+        _write_failure_reason(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        distributed.stop()
+
+
+def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
+    started = time.perf_counter()
+    _seed_everything(args.seed + runtime.rank)
+    source = find_data_source(args.data)
+    work_dir = args.work_dir or _default_work_dir(source)
+    data = _on_local_main_first(
+        runtime,
+        lambda: prepare_dataset(
+            source, work_dir, args.seed, args.valid_fraction, args.test_fraction
+        ),
+    )
+    log.info(
+        "dataset: %d classes; %s images (train/valid/test)",
+        len(data.classes),
+        "/".join(str(len(data.splits[s])) for s in ("train", "valid", "test")),
+    )
+
+    pre = Preprocessing.for_size(args.image_size)
+    model = build_classifier(args.backbone, len(data.classes))
+    pretrained = _on_local_main_first(
+        runtime,
+        lambda: load_imagenet_weights(model, args.backbone, args.pretrained, args.weights_path),
+    )
+    freeze = resolve_freeze(args.freeze, pretrained)
+    apply_freeze(model, freeze)
+    model.to(runtime.device, memory_format=torch.channels_last)
+    use_cache = args.cache_features == "true" or (
+        args.cache_features == "auto" and freeze == "backbone"
+    )
+    log.info(
+        "backbone %s, pretrained=%s, frozen=%s, cached features=%s, device=%s, processes=%d",
+        args.backbone,
+        pretrained,
+        freeze,
+        use_cache,
+        runtime.device,
+        runtime.world_size,
+    )
+    if args.debug:
+        log.info("debug run: rules and profiler report are written to %s", args.output_data_dir)
+
+    runner = _train_on_cached_features if use_cache else _train_on_images
+    history, test, unreadable = runner(args, runtime, data, model, pre)
+
+    if runtime.is_main:
+        summary = {
+            "history": history,
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+            "unreadable_images": sorted(unreadable),
+            "dataset": data.report.summary(),
+            "split_notes": data.notes,
+            "pretrained": pretrained,
+            "freeze": freeze,
+            "cached_features": use_cache,
+            "seconds": time.perf_counter() - started,
+        }
+        _save_artifact(args, data, model, pre, pretrained, freeze, summary)
+        log.info("model saved to %s (%.1fs)", args.model_dir, summary["seconds"])
+    return 0
+
+
+def _train_on_images(args, runtime, data: PreparedDataset, model: nn.Module, pre: Preprocessing):
+    per_process_batch = max(1, args.batch_size // runtime.world_size)
+    workers = _num_workers(args.num_workers)
+    draft = pre.resize_size
+    train_set = ImageFileDataset(data.splits["train"], train_transform(pre, args.augment), draft)
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = (
+        DistributedSampler(train_set, seed=args.seed, drop_last=False)
+        if runtime.distributed
+        else None
+    )
+    loader_options = dict(
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+        persistent_workers=workers > 0,
+        collate_fn=collate_skipping_unreadable,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=per_process_batch,
+        sampler=sampler,
+        shuffle=sampler is None,
+        generator=generator,
+        drop_last=len(train_set) > per_process_batch * runtime.world_size,
+        **loader_options,
+    )
+
+    def eval_loader(split: str) -> DataLoader:
+        items = distributed.shard(data.splits[split], runtime)
+        dataset = ImageFileDataset(items, eval_transform(pre), draft)
+        return DataLoader(
+            dataset, batch_size=per_process_batch * 2, shuffle=False, **loader_options
+        )
+
+    valid_loader = eval_loader("valid")
+    trained = model
+    if runtime.distributed:
+        trained = DistributedDataParallel(model)
+    optimizer = _optimizer(args, model.parameters())
+    scheduler = _scheduler(args, optimizer)
+    criterion = nn.CrossEntropyLoss()
+    history, unreadable = [], set()
+    best = _BestSoFar()
+    for epoch in range(1, args.epochs + 1):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train = loops.train_epoch(trained, train_loader, optimizer, criterion, runtime)
+        valid = loops.evaluate(model, valid_loader, runtime)
+        scheduler.step()
+        unreadable.update(train.unreadable + valid.unreadable)
+        history.append(_log_epoch(args, runtime, epoch, train, valid))
+        best.offer(epoch, valid, model.state_dict())
+    best.restore(model)
+    test = loops.evaluate(model, eval_loader("test"), runtime)
+    unreadable.update(test.unreadable)
+    _log_final(runtime, best, test, unreadable)
+    return history, test, unreadable
+
+
+def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Preprocessing):
+    """Frozen backbone: its features never change, so compute them once per image.
+
+    Each epoch is then a few matrix products on the head. Training images get the
+    evaluation transform here (no augmentation): the price of computing them once.
+    """
+    workers = _num_workers(args.num_workers)
+    started = time.perf_counter()
+    features, unreadable = {}, set()
+    for split in ("train", "valid", "test"):
+        items = distributed.shard(data.splits[split], runtime)
+        features[split] = _cached_features(args, runtime, data, model, pre, split, items, workers)
+        unreadable.update(features[split][2])
+    log.info(
+        "backbone features computed once in %.1fs; augmentation is off on this path",
+        time.perf_counter() - started,
+    )
+    head = model.fc
+    trained = DistributedDataParallel(head) if runtime.distributed else head
+    optimizer = _optimizer(args, head.parameters())
+    scheduler = _scheduler(args, optimizer)
+    criterion = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(args.seed + runtime.rank)
+    per_process_batch = max(1, args.batch_size // runtime.world_size)
+    history, best = [], _BestSoFar()
+    x_train, y_train, _ = features["train"]
+    x_valid, y_valid, _ = features["valid"]
+    for epoch in range(1, args.epochs + 1):
+        train = loops.train_head_epoch(
+            trained, x_train, y_train, optimizer, criterion, per_process_batch, generator, runtime
+        )
+        valid = loops.evaluate_head(head, x_valid, y_valid, runtime)
+        scheduler.step()
+        history.append(_log_epoch(args, runtime, epoch, train, valid))
+        best.offer(epoch, valid, model.state_dict())
+    best.restore(model)
+    x_test, y_test, _ = features["test"]
+    test = loops.evaluate_head(head, x_test, y_test, runtime)
+    _log_final(runtime, best, test, unreadable)
+    return history, test, unreadable
+
+
+def _cached_features(args, runtime, data, model, pre, split, items, workers):
+    """Features for one split, reused across runs through SAGEDROP_FEATURE_CACHE if set.
+
+    Tuning trials on one host share the same frozen backbone and images; the local cloud
+    points them at one cache so only the first trial pays for the forward passes.
+    """
+    cache_dir = os.environ.get("SAGEDROP_FEATURE_CACHE")
+    cache_file = None
+    if cache_dir and args.weights_path is None:
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    data.fingerprint(),
+                    split,
+                    args.backbone,
+                    args.pretrained,
+                    pre.to_dict(),
+                    runtime.rank,
+                    runtime.world_size,
+                    torch.__version__,
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        cache_file = os.path.join(cache_dir, f"features-{key}.pt")
+        if os.path.exists(cache_file):
+            cached = torch.load(cache_file, map_location=runtime.device, weights_only=True)
+            log.info("reusing cached %s features from %s", split, cache_file)
+            return cached["x"], cached["y"], cached["unreadable"]
+    dataset = ImageFileDataset(items, eval_transform(pre), pre.resize_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=128,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+        collate_fn=collate_skipping_unreadable,
+    )
+    x, y, unreadable = loops.extract_features(model, loader, runtime)
+    if cache_file:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{cache_file}.{os.getpid()}.tmp"
+        torch.save({"x": x.cpu(), "y": y.cpu(), "unreadable": unreadable}, tmp)
+        os.replace(tmp, cache_file)
+    return x, y, unreadable
+
+
+class _BestSoFar:
+    """Keeps the weights of the epoch with the best validation accuracy (then lowest loss)."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.key = None
+        self.state = None
+
+    def offer(self, epoch: int, valid: loops.EpochResult, state: dict) -> None:
+        key = (_finite_or(valid.accuracy, -1.0), -_finite_or(valid.loss, float("inf")))
+        if self.key is None or key > self.key:
+            self.epoch, self.key = epoch, key
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in state.items()})
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
+def _finite_or(value: float, fallback: float) -> float:
+    return value if np.isfinite(value) else fallback
+
+
+def _log_epoch(args, runtime, epoch, train: loops.EpochResult, valid: loops.EpochResult) -> dict:
+    record = {
+        "epoch": epoch,
+        "train_loss": train.loss,
+        "train_accuracy": train.accuracy,
+        "valid_loss": valid.loss,
+        "valid_accuracy": valid.accuracy,
+        "train_seconds": train.seconds,
+    }
+    if runtime.is_main:
+        emit_metrics(
+            epoch=epoch, train_loss=train.loss, valid_loss=valid.loss, valid_accuracy=valid.accuracy
+        )
+        rate = train.samples / train.seconds if train.seconds > 0 else float("inf")
+        log.info(
+            "epoch %d/%d: train %.1fs (%.0f img/s), train acc %.4f, valid acc %.4f",
+            epoch,
+            args.epochs,
+            train.seconds,
+            rate,
+            train.accuracy,
+            valid.accuracy,
+        )
+    return record
+
+
+def _log_final(runtime, best: _BestSoFar, test: loops.EpochResult, unreadable: set[str]) -> None:
+    count = int(distributed.sum_across(runtime, len(unreadable))[0])
+    if runtime.is_main:
+        log.info("best validation epoch: %d; its weights are kept", best.epoch)
+        emit_metrics(test_loss=test.loss, test_accuracy=test.accuracy)
+        if count:
+            log.warning("%d unreadable image(s) were skipped:", count)
+            for reason in sorted(unreadable)[:20]:
+                log.warning("  unreadable: %s", reason)
+        else:
+            log.info("no unreadable images")
+
+
+def _optimizer(args, params) -> torch.optim.Optimizer:
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.SGD(
+        trainable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+
+
+def _scheduler(args, optimizer):
+    if args.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _num_workers(requested: int) -> int:
+    if requested >= 0:
+        return requested
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def _on_local_main_first(runtime: distributed.Runtime, work):
+    """Run ``work`` on local rank 0 first (extraction, downloads), then on the other ranks."""
+    result = work() if runtime.local_rank == 0 else None
+    distributed.barrier(runtime)
+    if runtime.local_rank != 0:
+        result = work()
+    return result
+
+
+def _default_work_dir(source) -> str:
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode())
+    if isinstance(source, str) and os.path.isfile(source):
+        stat = os.stat(source)
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return os.path.join(tempfile.gettempdir(), f"sagedrop-data-{digest.hexdigest()[:16]}")
+
+
+def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
+    """Weights, classes, config and serving code: everything the endpoint needs, in one dir."""
+    os.makedirs(args.model_dir, exist_ok=True)
+    os.makedirs(args.output_data_dir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(args.model_dir, "model.pt"))
+    classes = [
+        {"index": i, "folder": folder, "label": label}
+        for i, (folder, label) in enumerate(zip(data.classes, data.labels, strict=True))
+    ]
+    _write_json(os.path.join(args.model_dir, "classes.json"), classes)
+    hyperparameters = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("data", "model_dir", "output_data_dir", "work_dir")
+    }
+    config = {
+        "format_version": ARTIFACT_FORMAT,
+        "backbone": args.backbone,
+        "num_classes": len(data.classes),
+        "preprocessing": pre.to_dict(),
+        "draft_size": pre.resize_size,
+        "top_k": args.top_k,
+        "pretrained": pretrained,
+        "freeze": freeze,
+        "hyperparameters": hyperparameters,
+        "metrics": {"test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"]},
+        "torch_version": torch.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write_json(os.path.join(args.model_dir, "config.json"), config)
+    code_dir = os.path.join(args.model_dir, "code")
+    os.makedirs(code_dir, exist_ok=True)
+    for name in INFERENCE_FILES:
+        shutil.copyfile(os.path.join(HERE, name), os.path.join(code_dir, name))
+    _write_json(os.path.join(args.output_data_dir, "training_summary.json"), summary)
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2, allow_nan=True)
+        handle.write("\n")
+
+
+def _write_failure_reason(reason: str) -> None:
+    """SageMaker reports /opt/ml/output/failure as the job's FailureReason."""
+    output_dir = os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output")
+    if os.path.isdir(output_dir):
+        with open(os.path.join(output_dir, "failure"), "w") as handle:
+            handle.write(reason[:1024])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _setup_logging(runtime: distributed.Runtime) -> None:
+    level = logging.INFO if runtime.is_main else logging.WARNING
+    prefix = f"[rank {runtime.rank}] " if runtime.distributed else ""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        force=True,
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
