@@ -394,6 +394,8 @@ def _log_epoch(args, runtime, epoch, train: loops.EpochResult, valid: loops.Epoc
         "train_accuracy": train.accuracy,
         "valid_loss": valid.loss,
         "valid_accuracy": valid.accuracy,
+        "train_samples": train.samples,
+        "valid_samples": valid.samples,
         "train_seconds": train.seconds,
     }
     if runtime.is_main:
