@@ -1,0 +1,233 @@
+"""Pure builders for every SageMaker request the pipeline makes.
+
+Each function returns the exact keyword arguments of one boto3 call, built from settings
+and the triggering object alone (no I/O), so tests can validate every request against
+botocore's service model, and the local cloud receives precisely what AWS would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chalicelib import naming
+from chalicelib.settings import Settings
+from chalicelib.training_metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+
+TRAINING_CHANNEL = "training"
+VARIANT_NAME = "AllTraffic"
+TAG_DATASET = "sagedrop:dataset"
+TAG_TUNING_JOB = "sagedrop:tuning-job"
+TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
+# Hyperparameters SageMaker's script mode reads; the tuner adds its own ``_tuning_*`` ones.
+SCRIPT_MODE = {"sagemaker_program": "train.py", "sagemaker_container_log_level": "20"}
+_EARLY_STOPPING_STRATEGIES = ("Bayesian", "Random")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The S3 object that started a pipeline."""
+
+    bucket: str
+    key: str
+    etag: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def tuning_job_name(self) -> str:
+        return naming.tuning_job_name(self.bucket, self.key, self.etag)
+
+
+def parameter_ranges(ranges: dict) -> dict:
+    """sagedrop's compact range spec → SageMaker's ``ParameterRanges``."""
+    out: dict[str, list] = {
+        "ContinuousParameterRanges": [],
+        "IntegerParameterRanges": [],
+        "CategoricalParameterRanges": [],
+    }
+    for name, spec in sorted(ranges.items()):
+        if spec["type"] == "categorical":
+            values = [str(v) for v in spec["values"]]
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": values})
+            continue
+        cast = int if spec["type"] == "integer" else float
+        key = "IntegerParameterRanges" if spec["type"] == "integer" else "ContinuousParameterRanges"
+        out[key].append(
+            {
+                "Name": name,
+                "MinValue": str(cast(spec["min"])),
+                "MaxValue": str(cast(spec["max"])),
+                "ScalingType": spec.get("scaling", "Auto"),
+            }
+        )
+    return out
+
+
+def _training_definition(settings: Settings, upload: Upload, job_name: str) -> dict:
+    """Shared parts of the tuning job's definition and the debug training job."""
+    return {
+        "RoleArn": settings.sagemaker_role_arn,
+        "InputDataConfig": [
+            {
+                "ChannelName": TRAINING_CHANNEL,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": upload.uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "ContentType": "application/zip",
+                "CompressionType": "None",
+                "InputMode": "File",
+            }
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{settings.data_bucket}/jobs/{job_name}"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
+    }
+
+
+def _tags(upload: Upload, tuning_job: str, **extra: str) -> list[dict]:
+    tags = {TAG_DATASET: upload.uri[:256], TAG_TUNING_JOB: tuning_job, **extra}
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def static_hyperparameters(settings: Settings) -> dict[str, str]:
+    values = {
+        **SCRIPT_MODE,
+        "sagemaker_submit_directory": settings.code_s3_uri,
+        "epochs": str(settings.tuning_epochs),
+        **{str(k): str(v) for k, v in settings.static_hyperparameters.items()},
+    }
+    # A tuned hyperparameter must not also be static: SageMaker rejects the request.
+    return {k: v for k, v in values.items() if k not in settings.tuning_ranges}
+
+
+def tuning_job_request(settings: Settings, upload: Upload) -> dict:
+    """``CreateHyperParameterTuningJob``: search the ranges, maximise validation accuracy."""
+    name = upload.tuning_job_name
+    strategy = settings.tuning_strategy
+    limits = {"MaxParallelTrainingJobs": settings.tuning_max_parallel_jobs}
+    if strategy != "Grid":  # Grid search runs every combination; SageMaker forbids a maximum
+        limits["MaxNumberOfTrainingJobs"] = settings.tuning_max_jobs
+    config = {
+        "Strategy": strategy,
+        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE_METRIC},
+        "ResourceLimits": limits,
+        "ParameterRanges": parameter_ranges(settings.tuning_ranges),
+        # Early stopping is only supported with Bayesian and Random search.
+        "TrainingJobEarlyStoppingType": (
+            settings.tuning_early_stopping if strategy in _EARLY_STOPPING_STRATEGIES else "Off"
+        ),
+    }
+    if strategy == "Hyperband":
+        config["StrategyConfig"] = {
+            "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": settings.tuning_epochs}
+        }
+    definition = {
+        **_training_definition(settings, upload, name),
+        "StaticHyperParameters": static_hyperparameters(settings),
+        "AlgorithmSpecification": {
+            "TrainingImage": settings.training_image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+        },
+        "ResourceConfig": {
+            "InstanceType": settings.training_instance_type,
+            "InstanceCount": settings.training_instance_count,
+            "VolumeSizeInGB": settings.volume_size_gb,
+        },
+    }
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": definition,
+        "Tags": _tags(upload, name),
+    }
+
+
+def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict) -> dict:
+    """``CreateTrainingJob``: the best trial's hyperparameters again, recorded and profiled.
+
+    ``tuning`` is the ``DescribeHyperParameterTuningJob`` response: its definition's static
+    hyperparameters plus ``BestTrainingJob.TunedHyperParameters``, and ``debug=true``.
+    """
+    tuning_job = tuning["HyperParameterTuningJobName"]
+    name = naming.debug_job_name(tuning_job)
+    definition = tuning["TrainingJobDefinition"]
+    hyperparameters = {
+        k: v
+        for k, v in definition.get("StaticHyperParameters", {}).items()
+        if not k.startswith("_tuning")
+    }
+    hyperparameters.update(tuning["BestTrainingJob"]["TunedHyperParameters"])
+    hyperparameters["debug"] = "true"
+    output_path = f"s3://{settings.data_bucket}/jobs/{name}"
+    return {
+        "TrainingJobName": name,
+        "HyperParameters": hyperparameters,
+        "AlgorithmSpecification": {
+            "TrainingImage": definition["AlgorithmSpecification"]["TrainingImage"],
+            "TrainingInputMode": "File",
+            "MetricDefinitions": definition["AlgorithmSpecification"]["MetricDefinitions"],
+        },
+        "RoleArn": definition["RoleArn"],
+        "InputDataConfig": definition["InputDataConfig"],
+        "OutputDataConfig": {"S3OutputPath": output_path},
+        "ResourceConfig": {
+            "InstanceType": settings.debug_instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": settings.volume_size_gb,
+        },
+        "StoppingCondition": definition["StoppingCondition"],
+        "TensorBoardOutputConfig": {"S3OutputPath": f"{output_path}/tensorboard"},
+        "Tags": _tags(upload, tuning_job),
+    }
+
+
+def model_request(
+    settings: Settings, upload: Upload, training: dict, test_accuracy: float | None
+) -> dict:
+    """``CreateModel`` around the debug job's self-contained ``model.tar.gz``."""
+    name = naming.model_name(training["TrainingJobName"])
+    extra = {} if test_accuracy is None else {TAG_TEST_ACCURACY: f"{test_accuracy:.6f}"}
+    return {
+        "ModelName": name,
+        "PrimaryContainer": {
+            "Image": settings.inference_image,
+            "ModelDataUrl": training["ModelArtifacts"]["S3ModelArtifacts"],
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEDROP_MODEL_NAME": name,
+            },
+        },
+        "ExecutionRoleArn": settings.sagemaker_role_arn,
+        "Tags": _tags(upload, naming.tuning_job_of(training["TrainingJobName"]), **extra),
+    }
+
+
+def endpoint_config_request(settings: Settings, training_job: str, model: str) -> dict:
+    return {
+        "EndpointConfigName": naming.endpoint_config_name(training_job),
+        "ProductionVariants": [
+            {
+                "VariantName": VARIANT_NAME,
+                "ModelName": model,
+                "InitialInstanceCount": settings.inference_instance_count,
+                "InstanceType": settings.inference_instance_type,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+    }
+
+
+def create_endpoint_request(settings: Settings, endpoint_config: str) -> dict:
+    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": endpoint_config}
+
+
+def update_endpoint_request(settings: Settings, endpoint_config: str) -> dict:
+    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": endpoint_config}

@@ -1,0 +1,192 @@
+"""Pipeline configuration from environment variables, and per-dataset overrides.
+
+Chalice puts ``environment_variables`` from ``.chalice/config.json`` into each Lambda's
+environment; the local cloud sets the same variables. Every setting has a default that
+follows the seed project and does better (log-scaled learning rate, Bayesian search,
+early stopping). A dataset zip may carry ``sagedrop.json`` to change the tuning settings
+for that dataset alone; unknown keys there are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+DEFAULT_RANGES: dict[str, dict] = {
+    "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
+    "momentum": {"type": "continuous", "min": 0.5, "max": 0.99, "scaling": "Linear"},
+    "batch-size": {"type": "categorical", "values": [32, 64, 128]},
+}
+STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
+EARLY_STOPPING = ("Auto", "Off")
+RANGE_TYPES = ("continuous", "integer", "categorical")
+SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+# What a dataset's sagedrop.json may set, with the type each value must have.
+DATASET_OVERRIDES = {
+    "strategy": str,
+    "max_jobs": int,
+    "max_parallel_jobs": int,
+    "early_stopping": str,
+    "epochs": int,
+    "ranges": dict,
+    "hyperparameters": dict,
+}
+
+
+class SettingsError(ValueError):
+    """A setting or a dataset's sagedrop.json is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_bucket: str = ""
+    inference_bucket: str = ""
+    topic_arn: str = ""
+    sagemaker_role_arn: str = ""
+    training_image: str = ""
+    inference_image: str = ""
+    code_s3_uri: str = ""
+    endpoint_name: str = "sagedrop"
+    training_instance_type: str = "ml.g4dn.xlarge"
+    training_instance_count: int = 1
+    debug_instance_type: str = "ml.g4dn.xlarge"
+    inference_instance_type: str = "ml.m5.large"
+    inference_instance_count: int = 1
+    volume_size_gb: int = 30
+    max_runtime_seconds: int = 3 * 3600
+    tuning_strategy: str = "Bayesian"
+    tuning_max_jobs: int = 8
+    tuning_max_parallel_jobs: int = 2
+    tuning_early_stopping: str = "Auto"
+    tuning_epochs: int = 5
+    tuning_ranges: dict = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_RANGES)))
+    static_hyperparameters: dict = field(default_factory=dict)
+    gate_blocking_rules: tuple[str, ...] = ("VanishingGradient", "ExplodingTensor")
+    gate_tolerance: float = 0.01
+    gate_min_test_accuracy: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("tuning strategy", self.tuning_strategy, STRATEGIES)
+        _check_choice("early stopping", self.tuning_early_stopping, EARLY_STOPPING)
+        if not 1 <= self.tuning_max_parallel_jobs <= self.tuning_max_jobs:
+            raise SettingsError(
+                f"parallel jobs ({self.tuning_max_parallel_jobs}) must be between 1 and the "
+                f"maximum number of jobs ({self.tuning_max_jobs})"
+            )
+        if self.tuning_epochs < 1:
+            raise SettingsError("epochs must be at least 1")
+        validate_ranges(self.tuning_ranges)
+        if not 0 <= self.gate_tolerance <= 1:
+            raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict = {}
+        for name, spec in ENVIRONMENT.items():
+            if name in env and env[name] != "":
+                attribute, parse = spec
+                try:
+                    values[attribute] = parse(env[name])
+                except (ValueError, TypeError) as exc:
+                    raise SettingsError(
+                        f"environment variable {name}={env[name]!r}: {exc}"
+                    ) from exc
+        return cls(**values)
+
+    def with_dataset_overrides(self, overrides: Mapping) -> Settings:
+        """Apply a dataset's sagedrop.json; every key and value is checked first."""
+        if not isinstance(overrides, Mapping):
+            raise SettingsError("sagedrop.json must hold a JSON object")
+        unknown = sorted(set(overrides) - set(DATASET_OVERRIDES))
+        if unknown:
+            raise SettingsError(
+                f"sagedrop.json: unknown key(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(DATASET_OVERRIDES)}"
+            )
+        changes: dict = {}
+        for key, value in overrides.items():
+            expected = DATASET_OVERRIDES[key]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise SettingsError(
+                    f"sagedrop.json: '{key}' must be a {expected.__name__}, not {value!r}"
+                )
+            attribute = "static_hyperparameters" if key == "hyperparameters" else f"tuning_{key}"
+            changes[attribute] = value
+        if "static_hyperparameters" in changes:
+            changes["static_hyperparameters"] = {
+                **self.static_hyperparameters,
+                **{str(k): str(v) for k, v in changes["static_hyperparameters"].items()},
+            }
+        try:
+            return replace(self, **changes)
+        except SettingsError as exc:
+            raise SettingsError(f"sagedrop.json: {exc}") from exc
+
+
+def validate_ranges(ranges: Mapping) -> None:
+    if not isinstance(ranges, Mapping) or not ranges:
+        raise SettingsError("tuning ranges must be a non-empty JSON object")
+    for name, spec in ranges.items():
+        if not isinstance(spec, Mapping) or spec.get("type") not in RANGE_TYPES:
+            raise SettingsError(f"range '{name}' needs a type: one of {', '.join(RANGE_TYPES)}")
+        if spec["type"] == "categorical":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                raise SettingsError(f"categorical range '{name}' needs a non-empty 'values' list")
+            continue
+        low, high = spec.get("min"), spec.get("max")
+        if not isinstance(low, int | float) or not isinstance(high, int | float) or low > high:
+            raise SettingsError(f"range '{name}' needs numbers min <= max")
+        scaling = spec.get("scaling", "Auto")
+        _check_choice(f"scaling of range '{name}'", scaling, SCALINGS)
+        if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
+            raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
+
+
+def _check_choice(what: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise SettingsError(f"{what} {value!r} is not one of {', '.join(options)}")
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# Environment variable → (attribute, parser). The README lists them with their defaults.
+ENVIRONMENT: dict[str, tuple[str, object]] = {
+    "DATA_BUCKET": ("data_bucket", str),
+    "INFERENCE_BUCKET": ("inference_bucket", str),
+    "TOPIC_ARN": ("topic_arn", str),
+    "SAGEMAKER_ROLE_ARN": ("sagemaker_role_arn", str),
+    "TRAINING_IMAGE": ("training_image", str),
+    "INFERENCE_IMAGE": ("inference_image", str),
+    "CODE_S3_URI": ("code_s3_uri", str),
+    "ENDPOINT_NAME": ("endpoint_name", str),
+    "TRAINING_INSTANCE_TYPE": ("training_instance_type", str),
+    "TRAINING_INSTANCE_COUNT": ("training_instance_count", int),
+    "DEBUG_INSTANCE_TYPE": ("debug_instance_type", str),
+    "INFERENCE_INSTANCE_TYPE": ("inference_instance_type", str),
+    "INFERENCE_INSTANCE_COUNT": ("inference_instance_count", int),
+    "TRAINING_VOLUME_SIZE_GB": ("volume_size_gb", int),
+    "TRAINING_MAX_RUNTIME_SECONDS": ("max_runtime_seconds", int),
+    "TUNING_STRATEGY": ("tuning_strategy", str),
+    "TUNING_MAX_JOBS": ("tuning_max_jobs", int),
+    "TUNING_MAX_PARALLEL_JOBS": ("tuning_max_parallel_jobs", int),
+    "TUNING_EARLY_STOPPING": ("tuning_early_stopping", str),
+    "TUNING_EPOCHS": ("tuning_epochs", int),
+    "TUNING_RANGES": ("tuning_ranges", _json_object),
+    "STATIC_HYPERPARAMETERS": ("static_hyperparameters", _json_object),
+    "GATE_BLOCKING_RULES": ("gate_blocking_rules", _names),
+    "GATE_TOLERANCE": ("gate_tolerance", float),
+    "GATE_MIN_TEST_ACCURACY": ("gate_min_test_accuracy", float),
+}

@@ -1,0 +1,208 @@
+"""Every SageMaker request the pipeline builds is valid against botocore's service model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from chalicelib import naming, requests
+from chalicelib.settings import Settings, SettingsError
+from chalicelib.training_metrics import METRIC_DEFINITIONS
+
+SAGEMAKER = botocore.session.get_session().get_service_model("sagemaker")
+ROLE = "arn:aws:iam::123456789012:role/sagedrop-sagemaker"
+IMAGE = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312"
+
+
+def assert_valid(operation: str, params: dict) -> None:
+    shape = SAGEMAKER.operation_model(operation).input_shape
+    report = ParamValidator().validate(params, shape)
+    assert not report.has_errors(), report.generate_report()
+    _assert_patterns(shape, params, operation)
+
+
+def _python_pattern(pattern: str):
+    """AWS writes patterns for Java; the few using Unicode classes (\\p{...}) are skipped."""
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
+
+
+def _assert_patterns(shape, value, path):
+    """botocore checks types and required keys; names must also fit AWS's length and pattern."""
+    if shape.type_name == "structure":
+        for key, member in shape.members.items():
+            if key in value:
+                _assert_patterns(member, value[key], f"{path}.{key}")
+    elif shape.type_name == "list":
+        for i, item in enumerate(value):
+            _assert_patterns(shape.member, item, f"{path}[{i}]")
+    elif shape.type_name == "map":
+        for k, v in value.items():
+            _assert_patterns(shape.value, v, f"{path}[{k}]")
+    elif shape.type_name == "string":
+        meta = shape.metadata
+        assert meta.get("min", 0) <= len(value) <= meta.get("max", 10**9), path
+        compiled = _python_pattern(meta["pattern"]) if "pattern" in meta else None
+        if compiled is not None:
+            assert compiled.fullmatch(value), f"{path}={value!r} vs {meta['pattern']}"
+
+
+@pytest.fixture
+def settings():
+    return Settings(
+        data_bucket="sagedrop-data",
+        inference_bucket="sagedrop-inference",
+        topic_arn="arn:aws:sns:eu-west-1:123456789012:sagedrop",
+        sagemaker_role_arn=ROLE,
+        training_image=IMAGE,
+        inference_image=IMAGE.replace("training", "inference"),
+        code_s3_uri="s3://sagedrop-data/code/sourcedir.tar.gz",
+    )
+
+
+@pytest.fixture
+def upload():
+    return requests.Upload("sagedrop-data", "datasets/Dog Images (v2).zip", '"0123abcd"')
+
+
+@pytest.mark.parametrize("strategy", ["Bayesian", "Random", "Hyperband"])
+def test_tuning_job_request(settings, upload, strategy):
+    request = requests.tuning_job_request(replace(settings, tuning_strategy=strategy), upload)
+    assert_valid("CreateHyperParameterTuningJob", request)
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {
+        "Type": "Maximize",
+        "MetricName": "valid_accuracy",
+    }
+    ranges = config["ParameterRanges"]
+    assert {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"} in (
+        ranges["ContinuousParameterRanges"]
+    )
+    assert ranges["CategoricalParameterRanges"] == [
+        {"Name": "batch-size", "Values": ["32", "64", "128"]}
+    ]
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert definition["StaticHyperParameters"]["sagemaker_program"] == "train.py"
+    assert "lr" not in definition["StaticHyperParameters"]
+    assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == (
+        "s3://sagedrop-data/datasets/Dog Images (v2).zip"
+    )
+    expected_stopping = "Auto" if strategy != "Hyperband" else "Off"
+    assert config["TrainingJobEarlyStoppingType"] == expected_stopping
+
+
+def test_grid_search_has_no_job_maximum(settings, upload):
+    grid = replace(
+        settings,
+        tuning_strategy="Grid",
+        tuning_ranges={"batch-size": {"type": "categorical", "values": [32, 64]}},
+    )
+    request = requests.tuning_job_request(grid, upload)
+    assert_valid("CreateHyperParameterTuningJob", request)
+    assert (
+        "MaxNumberOfTrainingJobs" not in request["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    )
+
+
+def describe_tuning(settings, upload):
+    """The parts of a DescribeHyperParameterTuningJob response the flow reads."""
+    request = requests.tuning_job_request(settings, upload)
+    name = request["HyperParameterTuningJobName"]
+    static = dict(request["TrainingJobDefinition"]["StaticHyperParameters"])
+    static["_tuning_objective_metric"] = "valid_accuracy"
+    return {
+        "HyperParameterTuningJobName": name,
+        "TrainingJobDefinition": {
+            **request["TrainingJobDefinition"],
+            "StaticHyperParameters": static,
+        },
+        "BestTrainingJob": {
+            "TrainingJobName": f"{name}-003-0a1b2c3d",
+            "TunedHyperParameters": {"lr": "0.0123", "momentum": "0.91", "batch-size": "64"},
+        },
+    }
+
+
+def test_debug_training_job_request(settings, upload):
+    request = requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload)
+    )
+    assert_valid("CreateTrainingJob", request)
+    assert request["TrainingJobName"].startswith(naming.DEBUG_PREFIX)
+    hp = request["HyperParameters"]
+    assert hp["lr"] == "0.0123" and hp["batch-size"] == "64" and hp["debug"] == "true"
+    assert hp["sagemaker_program"] == "train.py"
+    assert not any(k.startswith("_tuning") for k in hp)
+
+
+def test_model_and_endpoint_requests(settings, upload):
+    debug = requests.debug_training_job_request(settings, upload, describe_tuning(settings, upload))
+    training = {
+        "TrainingJobName": debug["TrainingJobName"],
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://sagedrop-data/jobs/x/output/model.tar.gz"},
+    }
+    model = requests.model_request(settings, upload, training, 0.9123)
+    assert_valid("CreateModel", model)
+    env = model["PrimaryContainer"]["Environment"]
+    assert env["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    assert {"Key": requests.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
+    config = requests.endpoint_config_request(
+        settings, training["TrainingJobName"], model["ModelName"]
+    )
+    assert_valid("CreateEndpointConfig", config)
+    assert_valid(
+        "CreateEndpoint", requests.create_endpoint_request(settings, config["EndpointConfigName"])
+    )
+    assert_valid(
+        "UpdateEndpoint", requests.update_endpoint_request(settings, config["EndpointConfigName"])
+    )
+
+
+def test_names_are_deterministic_and_within_limits():
+    a = naming.tuning_job_name("b", "datasets/a-very-long-dataset-name-indeed.zip", '"etag1"')
+    assert a == naming.tuning_job_name("b", "datasets/a-very-long-dataset-name-indeed.zip", "etag1")
+    assert a != naming.tuning_job_name("b", "datasets/a-very-long-dataset-name-indeed.zip", "etag2")
+    assert len(a) <= 32 and a.startswith("sdt-")
+    debug = naming.debug_job_name(a)
+    assert naming.tuning_job_of(debug) == a
+    assert naming.is_pipeline_debug_job(debug)
+    assert not naming.is_pipeline_debug_job(f"{a}-001-0a1b2c3d")  # a tuner trial
+    assert naming.dataset_slug("datasets/Dog Images.zip") == "dog-images"
+    assert naming.dataset_slug("datasets/###.zip") == "dataset"
+
+
+def test_settings_from_environment_and_dataset_overrides():
+    settings = Settings.from_env(
+        {
+            "DATA_BUCKET": "d",
+            "TUNING_MAX_JOBS": "4",
+            "GATE_BLOCKING_RULES": "Overfit, ExplodingTensor",
+        }
+    )
+    assert settings.data_bucket == "d" and settings.tuning_max_jobs == 4
+    assert settings.gate_blocking_rules == ("Overfit", "ExplodingTensor")
+    changed = settings.with_dataset_overrides({"epochs": 3, "hyperparameters": {"image-size": 64}})
+    assert changed.tuning_epochs == 3
+    assert changed.static_hyperparameters == {"image-size": "64"}
+    with pytest.raises(SettingsError, match="unknown key"):
+        settings.with_dataset_overrides({"epoch": 3})
+    with pytest.raises(SettingsError, match="'max_jobs' must be a int"):
+        settings.with_dataset_overrides({"max_jobs": "many"})
+    with pytest.raises(SettingsError, match="parallel jobs"):
+        settings.with_dataset_overrides({"max_parallel_jobs": 9})
+    with pytest.raises(SettingsError, match="TUNING_MAX_JOBS"):
+        Settings.from_env({"TUNING_MAX_JOBS": "lots"})
+    with pytest.raises(SettingsError, match="log-scaled"):
+        Settings(
+            tuning_ranges={
+                "lr": {"type": "continuous", "min": 0, "max": 1, "scaling": "Logarithmic"}
+            }
+        )
