@@ -25,7 +25,7 @@ _NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 
 def dataset_slug(key: str) -> str:
-    """A readable fragment of the object's file name: ``datasets/Dog Images.zip`` → ``dog-images``."""
+    """A readable part of the file name: ``datasets/Dog Images.zip`` → ``dog-images``."""
     stem = posixpath.basename(key)
     if stem.lower().endswith(".zip"):
         stem = stem[:-4]
