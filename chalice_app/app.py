@@ -1,0 +1,109 @@
+"""Chalice handlers: decode the event, call one function of ``chalicelib.flow``.
+
+The event sources declared here (buckets, prefixes, suffixes, EventBridge patterns) are
+what ``chalice deploy`` creates on AWS and what the local cloud routes by.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Event
+from chalice import Chalice
+
+from chalicelib import flow, naming
+
+app = Chalice(app_name="sagedrop")
+
+DATA_BUCKET = os.environ.get("DATA_BUCKET", "sagedrop-data")
+INFERENCE_BUCKET = os.environ.get("INFERENCE_BUCKET", "sagedrop-inference")
+ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "sagedrop")
+SAGEMAKER = "aws.sagemaker"
+
+
+def _s3(event) -> tuple[str, str, str]:
+    """Bucket, decoded key and ETag. S3 URL-encodes keys in events (a space arrives as '+')."""
+    record = S3Event(event.to_dict()).record
+    key = unquote_plus(record.s3.get_object.key)
+    return record.s3.bucket.name, key, record.s3.get_object.etag or ""
+
+
+def _detail(event) -> dict:
+    return EventBridgeEvent(event.to_dict()).detail
+
+
+@app.on_s3_event(
+    bucket=DATA_BUCKET, events=["s3:ObjectCreated:*"], prefix="datasets/", suffix=".zip"
+)
+def on_dataset_uploaded(event):
+    bucket, key, etag = _s3(event)
+    with flow.handling(event.context, dataset=f"s3://{bucket}/{key}"):
+        return flow.dataset_uploaded(bucket, key, etag)
+
+
+@app.on_cw_event({
+    "source": [SAGEMAKER],
+    "detail-type": ["SageMaker HyperParameter Tuning Job State Change"],
+    "detail": {
+        "HyperParameterTuningJobName": [{"prefix": naming.TUNING_PREFIX}],
+        "HyperParameterTuningJobStatus": ["Completed", "Failed", "Stopped"],
+    },
+})  # fmt: skip
+def on_tuning_finished(event):
+    with flow.handling(event.context):
+        return flow.tuning_finished(_detail(event))
+
+
+@app.on_cw_event({
+    "source": [SAGEMAKER],
+    "detail-type": ["SageMaker Training Job State Change"],
+    "detail": {
+        "TrainingJobName": [{"prefix": naming.DEBUG_PREFIX}],
+        "TrainingJobStatus": ["Completed", "Failed", "Stopped"],
+    },
+})  # fmt: skip
+def on_training_finished(event):
+    with flow.handling(event.context):
+        return flow.training_finished(_detail(event))
+
+
+@app.on_cw_event({
+    "source": [SAGEMAKER],
+    "detail-type": ["SageMaker Endpoint State Change"],
+    "detail": {
+        "EndpointName": [ENDPOINT_NAME],
+        "EndpointStatus": ["InService", "IN_SERVICE", "Failed", "FAILED"],
+    },
+})  # fmt: skip
+def on_endpoint_changed(event):
+    with flow.handling(event.context):
+        return flow.endpoint_changed(_detail(event))
+
+
+# S3 (and so Chalice) allows one suffix per notification rule: one handler per image type.
+@app.on_s3_event(
+    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".jpg"
+)
+def on_jpg_uploaded(event):
+    bucket, key, _ = _s3(event)
+    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
+        return flow.image_uploaded(bucket, key)
+
+
+@app.on_s3_event(
+    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".jpeg"
+)
+def on_jpeg_uploaded(event):
+    bucket, key, _ = _s3(event)
+    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
+        return flow.image_uploaded(bucket, key)
+
+
+@app.on_s3_event(
+    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".png"
+)
+def on_png_uploaded(event):
+    bucket, key, _ = _s3(event)
+    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
+        return flow.image_uploaded(bucket, key)

@@ -1,0 +1,433 @@
+"""The pipeline's steps, one function per event; the Chalice handlers only decode and call.
+
+Each step is idempotent: names come from ``naming``, so a repeated event meets
+``ResourceInUse`` (or an endpoint already on the right config) and does nothing twice.
+Every outcome, good or bad, ends in one SNS notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import time
+import zipfile
+from urllib.parse import urlparse
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
+
+from chalicelib import naming, requests
+from chalicelib.clients import client
+from chalicelib.datasets import CONFIG_NAME, inspect_zip
+from chalicelib.gate import quality_gate
+from chalicelib.notify import Notice, publish
+from chalicelib.s3_ranged import S3RangedFile
+from chalicelib.settings import Settings, SettingsError
+
+logger = Logger(service="sagedrop")
+metrics = Metrics(namespace="sagedrop", service="sagedrop")
+TERMINAL_TUNING = ("Completed", "Failed", "Stopped")
+TERMINAL_TRAINING = ("Completed", "Failed", "Stopped")
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+@contextlib.contextmanager
+def handling(context, **correlation: str):
+    """Around every handler: Lambda context and correlation keys in logs, metrics flushed.
+
+    ``@logger.inject_lambda_context`` does not fit Chalice handlers (one event argument),
+    so the context comes from ``event.context``.
+    """
+    logger.clear_state()
+    if context is not None:
+        logger.append_keys(
+            function_name=getattr(context, "function_name", None),
+            request_id=getattr(context, "aws_request_id", None),
+        )
+    logger.append_keys(**correlation)
+    try:
+        yield
+    except Exception:
+        logger.exception("handler failed")
+        raise
+    finally:
+        metrics.flush_metrics(raise_on_empty_metrics=False)
+
+
+def _notify(settings: Settings, notice: Notice) -> None:
+    logger.info(notice.summary, extra={"stage": notice.stage, "status": notice.status})
+    if settings.topic_arn:
+        publish(client("sns"), settings.topic_arn, notice)
+
+
+def _already_exists(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "")
+    return code == "ResourceInUse" or "already exist" in message.lower()
+
+
+def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings | None = None) -> str:
+    """Validate the zip from its central directory, then start tuning. Returns the outcome."""
+    settings = settings or Settings.from_env()
+    upload = requests.Upload(bucket, key, etag)
+    logger.append_keys(dataset=upload.uri, tuning_job=upload.tuning_job_name)
+    source = S3RangedFile(client("s3"), bucket, key)
+    report = inspect_zip(source)
+    problems = list(report.problems)
+    job_settings = settings
+    if report.usable and report.has_config:
+        try:
+            job_settings = settings.with_dataset_overrides(_read_config(source, report.prefix))
+        except (SettingsError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        metrics.add_metric(name="DatasetsRejected", unit=MetricUnit.Count, value=1)
+        _notify(
+            settings,
+            Notice(
+                stage="dataset",
+                status="rejected",
+                dataset=upload.uri,
+                summary=f"{key} was not accepted: {len(problems)} problem(s); nothing was started.",
+                reasons=problems,
+            ),
+        )
+        return "rejected"
+    request = requests.tuning_job_request(job_settings, upload)
+    try:
+        client("sagemaker").create_hyper_parameter_tuning_job(**request)
+    except ClientError as exc:
+        if _already_exists(exc):
+            logger.info("tuning job already exists: duplicate event, nothing to do")
+            return "duplicate"
+        raise
+    metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
+    limits = request["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    _notify(
+        settings,
+        Notice(
+            stage="tuning",
+            status="started",
+            dataset=upload.uri,
+            jobs={"tuning job": upload.tuning_job_name},
+            summary=(
+                f"Tuning started for {key}: {len(report.classes)} classes, {report.image_count()} "
+                f"images, up to {limits.get('MaxNumberOfTrainingJobs', 'all')} trials "
+                f"({limits['MaxParallelTrainingJobs']} at a time)."
+            ),
+            reasons=report.warnings,
+        ),
+    )
+    return "started"
+
+
+def _read_config(source, prefix: str) -> dict:
+    with zipfile.ZipFile(source) as archive:
+        for name in (CONFIG_NAME, prefix + CONFIG_NAME):
+            if name in archive.namelist():
+                info = archive.getinfo(name)
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise ValueError(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
+                try:
+                    return json.loads(archive.read(info))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
+    return {}
+
+
+def tuning_finished(detail: dict, settings: Settings | None = None) -> str:
+    settings = settings or Settings.from_env()
+    name = detail.get("HyperParameterTuningJobName", "")
+    status = detail.get("HyperParameterTuningJobStatus", "")
+    if not naming.is_pipeline_tuning_job(name) or status not in TERMINAL_TUNING:
+        return "ignored"
+    logger.append_keys(tuning_job=name)
+    sagemaker = client("sagemaker")
+    tuning = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    upload = _upload_of(tuning["TrainingJobDefinition"])
+    best = tuning.get("BestTrainingJob")
+    if tuning["HyperParameterTuningJobStatus"] != "Completed" or not best:
+        reason = tuning.get("FailureReason") or (
+            "no training job completed" if not best else f"status {status}"
+        )
+        metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)
+        _notify(
+            settings,
+            Notice(
+                stage="tuning",
+                status="failed",
+                dataset=upload.uri,
+                jobs={"tuning job": name},
+                summary=(
+                    f"Tuning job {name} ended {tuning['HyperParameterTuningJobStatus']}: {reason}."
+                ),
+                failure_reason=reason,
+            ),
+        )
+        return "failed"
+    request = requests.debug_training_job_request(settings, upload, tuning)
+    try:
+        sagemaker.create_training_job(**request)
+    except ClientError as exc:
+        if _already_exists(exc):
+            return "duplicate"
+        raise
+    metrics.add_metric(name="JobsStarted", unit=MetricUnit.Count, value=1)
+    objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
+    _notify(
+        settings,
+        Notice(
+            stage="debug-training",
+            status="started",
+            dataset=upload.uri,
+            jobs={
+                "tuning job": name,
+                "best trial": best["TrainingJobName"],
+                "debug job": request["TrainingJobName"],
+            },
+            metrics={} if objective is None else {"best valid_accuracy": float(objective)},
+            summary=(
+                f"Tuning finished; debug/profile run {request['TrainingJobName']} started with "
+                f"{json.dumps(best['TunedHyperParameters'], sort_keys=True)}."
+            ),
+        ),
+    )
+    return "started"
+
+
+def _upload_of(definition: dict) -> requests.Upload:
+    uri = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    parsed = urlparse(uri)
+    return requests.Upload(parsed.netloc, parsed.path.lstrip("/"), "")
+
+
+def training_finished(detail: dict, settings: Settings | None = None) -> str:
+    settings = settings or Settings.from_env()
+    name = detail.get("TrainingJobName", "")
+    status = detail.get("TrainingJobStatus", "")
+    if not naming.is_pipeline_debug_job(name) or status not in TERMINAL_TRAINING:
+        return "ignored"
+    logger.append_keys(debug_job=name)
+    sagemaker = client("sagemaker")
+    training = sagemaker.describe_training_job(TrainingJobName=name)
+    upload = _upload_of(training)
+    jobs = {"debug job": name}
+    if training["TrainingJobStatus"] != "Completed":
+        reason = training.get("FailureReason") or f"status {training['TrainingJobStatus']}"
+        metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)
+        _notify(
+            settings,
+            Notice(
+                stage="debug-training",
+                status="failed",
+                dataset=upload.uri,
+                jobs=jobs,
+                summary=f"Debug job {name} ended {training['TrainingJobStatus']}: {reason}.",
+                failure_reason=reason,
+            ),
+        )
+        return "failed"
+    final = {m["MetricName"]: m["Value"] for m in training.get("FinalMetricDataList", [])}
+    test_accuracy = final.get("test_accuracy")
+    rules = _rule_results(training)
+    serving_accuracy = _serving_accuracy(settings)
+    decision = quality_gate(
+        rules,
+        test_accuracy,
+        serving_accuracy,
+        settings.gate_blocking_rules,
+        settings.gate_tolerance,
+        settings.gate_min_test_accuracy,
+    )
+    shown = {k: v for k, v in final.items() if k.startswith(("test_", "valid_"))}
+    if not decision.deploy:
+        _notify(
+            settings,
+            Notice(
+                stage="gate",
+                status="blocked",
+                dataset=upload.uri,
+                jobs=jobs,
+                metrics=shown,
+                decision="blocked",
+                reasons=decision.reasons,
+                summary=f"Model from {name} was not deployed: the quality gate blocked it.",
+            ),
+        )
+        return "blocked"
+    model = requests.model_request(settings, upload, training, test_accuracy)
+    config = requests.endpoint_config_request(settings, name, model["ModelName"])
+    for create, request in (
+        (sagemaker.create_model, model),
+        (sagemaker.create_endpoint_config, config),
+    ):
+        try:
+            create(**request)
+        except ClientError as exc:
+            if not _already_exists(exc):
+                raise
+    action = _create_or_update_endpoint(settings, config["EndpointConfigName"])
+    jobs.update(model=model["ModelName"], endpoint=settings.endpoint_name)
+    _notify(
+        settings,
+        Notice(
+            stage="gate",
+            status="deployed",
+            dataset=upload.uri,
+            jobs=jobs,
+            metrics=shown,
+            decision=f"deploy ({action} endpoint)",
+            reasons=decision.reasons,
+            summary=(
+                f"Model from {name} passed the gate; endpoint {settings.endpoint_name}: {action}."
+            ),
+        ),
+    )
+    return action
+
+
+def _rule_results(training: dict) -> list[dict] | None:
+    """rules.json from the job's output.tar.gz (SM_OUTPUT_DATA_DIR), if the job wrote one."""
+    output = training["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+    parsed = urlparse(f"{output}/{training['TrainingJobName']}/output/output.tar.gz")
+    try:
+        body = client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
+        for member in archive.getmembers():
+            if member.isfile() and member.name.lstrip("./") == "rules.json":
+                return json.load(archive.extractfile(member))
+    return None
+
+
+def _serving_accuracy(settings: Settings) -> float | None:
+    """Test accuracy of the model behind the endpoint now, from its sagedrop tag."""
+    sagemaker = client("sagemaker")
+    try:
+        endpoint = sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)
+    except ClientError:
+        return None
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    tags = sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
+    for tag in tags:
+        if tag["Key"] == requests.TAG_TEST_ACCURACY:
+            return float(tag["Value"])
+    return None
+
+
+def _create_or_update_endpoint(settings: Settings, endpoint_config: str) -> str:
+    sagemaker = client("sagemaker")
+    try:
+        endpoint = sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)
+    except ClientError:
+        sagemaker.create_endpoint(**requests.create_endpoint_request(settings, endpoint_config))
+        return "creating"
+    if endpoint["EndpointConfigName"] == endpoint_config:
+        return "unchanged"
+    sagemaker.update_endpoint(**requests.update_endpoint_request(settings, endpoint_config))
+    return "updating"
+
+
+def endpoint_changed(detail: dict, settings: Settings | None = None) -> str:
+    settings = settings or Settings.from_env()
+    if detail.get("EndpointName") != settings.endpoint_name:
+        return "ignored"
+    status = detail.get("EndpointStatus", "").replace("_", "").lower()
+    if status == "inservice":
+        _notify(
+            settings,
+            Notice(
+                stage="endpoint",
+                status="ready",
+                jobs={"endpoint": settings.endpoint_name},
+                summary=f"Endpoint {settings.endpoint_name} is in service "
+                f"(config {detail.get('EndpointConfigName', '?')}).",
+            ),
+        )
+        return "ready"
+    if status == "failed":
+        reason = detail.get("FailureReason", "no reason given")
+        _notify(
+            settings,
+            Notice(
+                stage="endpoint",
+                status="failed",
+                jobs={"endpoint": settings.endpoint_name},
+                summary=f"Endpoint {settings.endpoint_name} failed: {reason}.",
+                failure_reason=reason,
+            ),
+        )
+        return "failed"
+    return "ignored"
+
+
+def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> str:
+    """Invoke the endpoint; write ``<key>.json`` (or ``<key>.error.json``) next to the image.
+
+    The outputs end in ``.json``, which no image trigger's suffix matches: no recursion.
+    """
+    settings = settings or Settings.from_env()
+    logger.append_keys(image=f"s3://{bucket}/{key}")
+    s3 = client("s3")
+    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
+    content_type = CONTENT_TYPES.get(suffix)
+    started = time.perf_counter()
+    try:
+        if content_type is None:
+            raise ValueError(f"'{suffix}' is not an image type this pipeline serves")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        response = client("sagemaker-runtime").invoke_endpoint(
+            EndpointName=settings.endpoint_name,
+            ContentType=content_type,
+            Accept="application/json",
+            Body=body,
+        )
+        result = json.loads(response["Body"].read())
+    except (ClientError, ValueError) as exc:
+        reason = _reason(exc)
+        metrics.add_metric(name="PredictionFailures", unit=MetricUnit.Count, value=1)
+        error = {
+            "image": f"s3://{bucket}/{key}",
+            "endpoint": settings.endpoint_name,
+            "error": reason,
+        }
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"{key}.error.json",
+            Body=json.dumps(error, indent=2),
+            ContentType="application/json",
+        )
+        logger.warning("prediction failed", extra={"reason": reason})
+        return "error"
+    latency_ms = (time.perf_counter() - started) * 1000
+    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="PredictionLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    output = {
+        "image": f"s3://{bucket}/{key}",
+        "endpoint": settings.endpoint_name,
+        "predictions": result.get("predictions", []),
+        "model": result.get("model", {}),
+        "latency_ms": round(latency_ms, 2),
+    }
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"{key}.json",
+        Body=json.dumps(output, indent=2),
+        ContentType="application/json",
+    )
+    return "predicted"
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+    return str(exc)

@@ -1,0 +1,64 @@
+"""The quality gate: may the debug job's model replace what is serving?
+
+Pure: it takes the rule verdicts, the new model's test accuracy and the serving model's,
+and returns the decision with every reason, so the notification can say exactly why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ISSUES_FOUND = "IssuesFound"
+
+
+@dataclass
+class GateDecision:
+    deploy: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "deploy" if self.deploy else "blocked"
+
+
+def quality_gate(
+    rules: list[dict] | None,
+    test_accuracy: float | None,
+    serving_accuracy: float | None,
+    blocking_rules: tuple[str, ...],
+    tolerance: float,
+    min_test_accuracy: float = 0.0,
+) -> GateDecision:
+    blocked: list[str] = []
+    passed: list[str] = []
+    if rules is None:
+        passed.append("no rule results were recorded by this job; rules were not checked")
+    else:
+        for rule in rules:
+            name, status = rule["RuleConfigurationName"], rule["RuleEvaluationStatus"]
+            if status == ISSUES_FOUND and name in blocking_rules:
+                detail = rule.get("StatusDetails") or "issues found"
+                blocked.append(f"blocking rule {name} found issues: {detail}")
+        if not blocked:
+            checked = ", ".join(blocking_rules) or "none configured"
+            passed.append(f"no blocking rule found issues ({checked})")
+    if test_accuracy is None:
+        blocked.append("the job reported no test_accuracy metric")
+    else:
+        if test_accuracy < min_test_accuracy:
+            blocked.append(
+                f"test accuracy {test_accuracy:.4f} is below the minimum {min_test_accuracy:.4f}"
+            )
+        if serving_accuracy is None:
+            passed.append("no model is serving yet")
+        elif test_accuracy < serving_accuracy - tolerance:
+            blocked.append(
+                f"test accuracy {test_accuracy:.4f} is worse than the serving model's "
+                f"{serving_accuracy:.4f} by more than the tolerance {tolerance:.4f}"
+            )
+        else:
+            passed.append(
+                f"test accuracy {test_accuracy:.4f} vs serving {serving_accuracy:.4f} "
+                f"(tolerance {tolerance:.4f})"
+            )
+    return GateDecision(deploy=not blocked, reasons=blocked or passed)

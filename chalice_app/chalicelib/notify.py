@@ -1,0 +1,55 @@
+"""SNS notifications: a subject a person can scan, a readable body, and a JSON part.
+
+Every stage, success or failure, sends one. Email subscribers read the text; programs
+read the JSON after the ``---`` line (the same keys for every stage).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no newlines
+JSON_MARKER = "--- sagedrop event (JSON) ---"
+
+
+@dataclass
+class Notice:
+    stage: str  # dataset | tuning | debug-training | gate | endpoint | prediction
+    status: str  # started | succeeded | failed | rejected | deployed | blocked | ready
+    summary: str
+    dataset: str | None = None
+    jobs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    decision: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    failure_reason: str | None = None
+
+    def subject(self) -> str:
+        name = (self.dataset or "").rsplit("/", 1)[-1]
+        text = f"sagedrop {self.stage} {self.status}" + (f": {name}" if name else "")
+        printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+        return printable[:SUBJECT_LIMIT]
+
+    def body(self) -> str:
+        lines = [self.summary, ""]
+        if self.dataset:
+            lines.append(f"Dataset: {self.dataset}")
+        lines += [f"{kind}: {name}" for kind, name in self.jobs.items()]
+        lines += [f"{name}: {value:.4f}" for name, value in self.metrics.items()]
+        if self.decision:
+            lines.append(f"Decision: {self.decision}")
+        lines += [f"  - {reason}" for reason in self.reasons]
+        if self.failure_reason:
+            lines.append(f"Failure reason: {self.failure_reason}")
+        lines += ["", JSON_MARKER, json.dumps(asdict(self), sort_keys=True)]
+        return "\n".join(lines)
+
+
+def publish(sns, topic_arn: str, notice: Notice) -> None:
+    sns.publish(TopicArn=topic_arn, Subject=notice.subject(), Message=notice.body())
+
+
+def parse_message(message: str) -> dict:
+    """The JSON part of a notification body (for tests, the local cloud and subscribers)."""
+    return json.loads(message.split(JSON_MARKER, 1)[1])

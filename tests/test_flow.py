@@ -1,0 +1,447 @@
+"""The pipeline steps against moto (S3, SNS) and Stubbers that validate SageMaker calls."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+from moto import mock_aws
+
+from chalicelib import clients, flow, naming, notify, requests
+from chalicelib.s3_ranged import S3RangedFile
+from chalicelib.settings import Settings
+from tests.conftest import jpeg_bytes, layout
+
+REGION = "eu-west-1"
+DATA, INFERENCE = "sagedrop-data", "sagedrop-inference"
+ARN = "arn:aws:sagemaker:eu-west-1:123456789012"
+
+
+class Cloud:
+    """moto for S3/SNS/SQS, Stubbers for SageMaker, all handed to the flow via clients."""
+
+    def __init__(self):
+        self.s3 = boto3.client("s3", region_name=REGION)
+        for bucket in (DATA, INFERENCE):
+            self.s3.create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
+            )
+        sns = boto3.client("sns", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        self.topic = sns.create_topic(Name="sagedrop")["TopicArn"]
+        self.queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])
+        sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=arn["Attributes"]["QueueArn"])
+        self.sqs = sqs
+        self.sagemaker = boto3.client("sagemaker", region_name=REGION)
+        self.runtime = boto3.client("sagemaker-runtime", region_name=REGION)
+        self.stub = Stubber(self.sagemaker)
+        self.runtime_stub = Stubber(self.runtime)
+        self.clients = {
+            "s3": self.s3,
+            "sns": sns,
+            "sagemaker": self.sagemaker,
+            "sagemaker-runtime": self.runtime,
+        }
+        self.settings = Settings(
+            data_bucket=DATA,
+            inference_bucket=INFERENCE,
+            topic_arn=self.topic,
+            sagemaker_role_arn="arn:aws:iam::123456789012:role/sm",
+            training_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6",
+            inference_image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6",
+            code_s3_uri=f"s3://{DATA}/code/sourcedir.tar.gz",
+        )
+
+    def messages(self) -> list[dict]:
+        out = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10)
+            if not got.get("Messages"):
+                return out
+            for message in got["Messages"]:
+                envelope = json.loads(message["Body"])
+                out.append(
+                    {
+                        "subject": envelope["Subject"],
+                        "text": envelope["Message"],
+                        **notify.parse_message(envelope["Message"]),
+                    }
+                )
+                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=message["ReceiptHandle"])
+
+    def put_zip(self, key: str, members: dict[str, bytes]) -> str:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return self.s3.put_object(Bucket=DATA, Key=key, Body=buffer.getvalue())["ETag"]
+
+
+@pytest.fixture
+def cloud(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        env = Cloud()
+        clients.use_factory(env.clients.__getitem__)
+        with env.stub, env.runtime_stub:
+            yield env
+        clients.use_factory(None)
+
+
+def in_use(operation: str) -> dict:
+    return {
+        "service_error_code": "ResourceInUse",
+        "service_message": f"{operation}: resource already exists",
+        "http_status_code": 400,
+    }
+
+
+def test_hostile_zip_starts_nothing_and_says_why(cloud):
+    etag = cloud.put_zip("datasets/evil.zip", {**layout(), "../../escape.jpg": b"x"})
+    assert flow.dataset_uploaded(DATA, "datasets/evil.zip", etag, cloud.settings) == "rejected"
+    cloud.stub.assert_no_pending_responses()  # no SageMaker call was made (or stubbed)
+    [message] = cloud.messages()
+    assert message["subject"] == "sagedrop dataset rejected: evil.zip"
+    assert message["stage"] == "dataset" and message["status"] == "rejected"
+    assert any("../../escape.jpg" in r for r in message["reasons"])
+
+
+def test_valid_zip_starts_one_tuning_job_even_if_delivered_twice(cloud):
+    etag = cloud.put_zip("datasets/pets.zip", layout(prefix="pets/"))
+    upload = requests.Upload(DATA, "datasets/pets.zip", etag)
+    expected = requests.tuning_job_request(cloud.settings, upload)
+    cloud.stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
+        expected,
+    )
+    cloud.stub.add_client_error(
+        "create_hyper_parameter_tuning_job",
+        expected_params=expected,
+        **in_use("CreateHyperParameterTuningJob"),
+    )
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "started"
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "duplicate"
+    [message] = cloud.messages()
+    assert message["status"] == "started"
+    assert message["jobs"]["tuning job"] == upload.tuning_job_name
+
+
+def test_dataset_config_overrides_tuning_and_bad_config_is_rejected(cloud):
+    members = {**layout(prefix="pets/"), "pets/sagedrop.json": b'{"max_jobs": 3, "epochs": 2}'}
+    etag = cloud.put_zip("datasets/pets.zip", members)
+    cloud.stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
+    )
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "started"
+    bad = {**layout(), "sagedrop.json": b'{"max_jobz": 3}'}
+    etag = cloud.put_zip("datasets/bad.zip", bad)
+    assert flow.dataset_uploaded(DATA, "datasets/bad.zip", etag, cloud.settings) == "rejected"
+    rejected = [m for m in cloud.messages() if m["status"] == "rejected"]
+    assert "unknown key(s) max_jobz" in rejected[0]["reasons"][0]
+
+
+def test_zip_is_judged_through_a_few_ranged_reads(cloud):
+    members = layout(n=40)
+    members["train/001.cat/big.jpg"] = bytes(range(256)) * 16_000  # 4 MB of incompressible-ish data
+    cloud.put_zip("datasets/big.zip", members)
+    source = S3RangedFile(cloud.s3, DATA, "datasets/big.zip", block_size=256 * 1024)
+    from chalicelib.datasets import inspect_zip
+
+    report = inspect_zip(source)
+    assert report.usable and report.image_count() == 241
+    assert source.requests <= 2  # the directory lives in the last block; no member data read
+
+
+def tuning_description(cloud, status="Completed", best=True):
+    upload = requests.Upload(DATA, "datasets/pets.zip", '"e1"')
+    request = requests.tuning_job_request(cloud.settings, upload)
+    response = {
+        "HyperParameterTuningJobName": request["HyperParameterTuningJobName"],
+        "HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/x",
+        "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
+        "TrainingJobDefinition": request["TrainingJobDefinition"],
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": "2026-11-24T10:00:00Z",
+        "TrainingJobStatusCounters": {},
+        "ObjectiveStatusCounters": {},
+    }
+    if best:
+        response["BestTrainingJob"] = {
+            "TrainingJobName": request["HyperParameterTuningJobName"] + "-002-0a1b2c3d",
+            "TrainingJobArn": f"{ARN}:training-job/y",
+            "CreationTime": "2026-11-24T10:00:00Z",
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"lr": "0.02", "momentum": "0.9", "batch-size": "32"},
+            "FinalHyperParameterTuningJobObjectiveMetric": {
+                "MetricName": "valid_accuracy",
+                "Value": 0.95,
+            },
+        }
+    if status != "Completed":
+        response["FailureReason"] = "All training jobs failed"
+    return response
+
+
+def test_tuning_completed_starts_the_debug_job(cloud):
+    described = tuning_description(cloud)
+    name = described["HyperParameterTuningJobName"]
+    cloud.stub.add_response(
+        "describe_hyper_parameter_tuning_job", described, {"HyperParameterTuningJobName": name}
+    )
+    upload = requests.Upload(DATA, "datasets/pets.zip", "")
+    expected = requests.debug_training_job_request(cloud.settings, upload, described)
+    cloud.stub.add_response(
+        "create_training_job",
+        {"TrainingJobArn": f"{ARN}:training-job/sdd-pets"},
+        expected,
+    )
+    detail = {"HyperParameterTuningJobName": name, "HyperParameterTuningJobStatus": "Completed"}
+    assert flow.tuning_finished(detail, cloud.settings) == "started"
+    [message] = cloud.messages()
+    assert message["jobs"]["debug job"] == naming.debug_job_name(name)
+    assert message["metrics"] == {"best valid_accuracy": 0.95}
+
+
+def test_failed_tuning_notifies_with_the_reason(cloud):
+    described = tuning_description(cloud, status="Failed", best=False)
+    cloud.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    detail = {
+        "HyperParameterTuningJobName": described["HyperParameterTuningJobName"],
+        "HyperParameterTuningJobStatus": "Failed",
+    }
+    assert flow.tuning_finished(detail, cloud.settings) == "failed"
+    assert cloud.messages()[0]["failure_reason"] == "All training jobs failed"
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"TrainingJobName": "sdt-pets-1234abcd-001-0a1b2c3d", "TrainingJobStatus": "Completed"},
+        {"TrainingJobName": "someone-elses-job", "TrainingJobStatus": "Completed"},
+        {"TrainingJobName": "sdd-pets-1234abcd", "TrainingJobStatus": "InProgress"},
+    ],
+)
+def test_unrelated_training_events_are_ignored(cloud, detail):
+    assert flow.training_finished(detail, cloud.settings) == "ignored"
+    assert cloud.messages() == []
+
+
+def debug_job(cloud, test_accuracy, rules):
+    name = "sdd-pets-1234abcd"
+    prefix = f"jobs/{name}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = json.dumps(rules).encode()
+        info = tarfile.TarInfo("rules.json")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    cloud.s3.put_object(
+        Bucket=DATA, Key=f"{prefix}/{name}/output/output.tar.gz", Body=buffer.getvalue()
+    )
+    return name, {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"{ARN}:training-job/sdd",
+        "TrainingJobStatus": "Completed",
+        "SecondaryStatus": "Completed",
+        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "img"},
+        "InputDataConfig": [
+            {
+                "ChannelName": "training",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": f"s3://{DATA}/datasets/pets.zip",
+                    }
+                },
+            }
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{DATA}/{prefix}"},
+        "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30, "InstanceType": "ml.m5.large"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": "2026-11-24T10:00:00Z",
+        "ModelArtifacts": {"S3ModelArtifacts": f"s3://{DATA}/{prefix}/{name}/output/model.tar.gz"},
+        "FinalMetricDataList": [
+            {
+                "MetricName": "test_accuracy",
+                "Value": test_accuracy,
+                "Timestamp": "2026-11-24T10:00:00Z",
+            }
+        ],
+    }
+
+
+def serving(cloud, accuracy):
+    cloud.stub.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "sagedrop",
+            "EndpointArn": f"{ARN}:endpoint/sagedrop",
+            "EndpointConfigName": "old-config",
+            "EndpointStatus": "InService",
+            "CreationTime": "2026-11-20T10:00:00Z",
+            "LastModifiedTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    cloud.stub.add_response(
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "old-config",
+            "EndpointConfigArn": f"{ARN}:endpoint-config/old-config",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "old-model"}],
+            "CreationTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    cloud.stub.add_response(
+        "describe_model",
+        {
+            "ModelName": "old-model",
+            "ModelArn": f"{ARN}:model/old-model",
+            "CreationTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    cloud.stub.add_response(
+        "list_tags", {"Tags": [{"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"}]}
+    )
+
+
+def test_gate_blocks_a_worse_model(cloud):
+    name, described = debug_job(
+        cloud,
+        0.80,
+        [{"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "NoIssuesFound"}],
+    )
+    cloud.stub.add_response("describe_training_job", described, {"TrainingJobName": name})
+    serving(cloud, 0.90)
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "blocked"
+    [message] = cloud.messages()
+    assert message["decision"] == "blocked"
+    assert "worse than the serving model's 0.9000" in message["reasons"][0]
+
+
+def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
+    name, described = debug_job(
+        cloud,
+        0.95,
+        [
+            {
+                "RuleConfigurationName": "ExplodingTensor",
+                "RuleEvaluationStatus": "IssuesFound",
+                "StatusDetails": "NaN in fc.weight at step 12",
+            }
+        ],
+    )
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "blocked"
+    assert "NaN in fc.weight" in cloud.messages()[0]["reasons"][0]
+
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    upload = requests.Upload(DATA, "datasets/pets.zip", "")
+    model = requests.model_request(cloud.settings, upload, described, 0.95)
+    config = requests.endpoint_config_request(cloud.settings, name, model["ModelName"])
+    cloud.stub.add_response(
+        "create_model",
+        {"ModelArn": f"{ARN}:model/new-model"},
+        model,
+    )
+    cloud.stub.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": f"{ARN}:endpoint-config/old-config"},
+        config,
+    )
+    cloud.stub.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "sagedrop",
+            "EndpointArn": f"{ARN}:endpoint/sagedrop",
+            "EndpointConfigName": "old-config",
+            "EndpointStatus": "InService",
+            "CreationTime": "2026-11-20T10:00:00Z",
+            "LastModifiedTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    cloud.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/sagedrop"},
+        requests.update_endpoint_request(cloud.settings, config["EndpointConfigName"]),
+    )
+    assert flow.training_finished(detail, cloud.settings) == "updating"
+    [message] = cloud.messages()
+    assert message["status"] == "deployed" and message["decision"] == "deploy (updating endpoint)"
+
+
+def test_endpoint_states_in_both_spellings(cloud):
+    for status in ("InService", "IN_SERVICE"):
+        assert (
+            flow.endpoint_changed(
+                {"EndpointName": "sagedrop", "EndpointStatus": status}, cloud.settings
+            )
+            == "ready"
+        )
+    assert (
+        flow.endpoint_changed(
+            {"EndpointName": "other", "EndpointStatus": "InService"}, cloud.settings
+        )
+        == "ignored"
+    )
+    failed = {
+        "EndpointName": "sagedrop",
+        "EndpointStatus": "FAILED",
+        "FailureReason": "no capacity",
+    }
+    assert flow.endpoint_changed(failed, cloud.settings) == "failed"
+    assert [m["status"] for m in cloud.messages()] == ["ready", "ready", "failed"]
+
+
+def test_image_prediction_written_next_to_the_image(cloud):
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat 1.jpg", Body=jpeg_bytes())
+    answer = json.dumps(
+        {
+            "predictions": [{"label": "cat", "index": 0, "probability": 0.9}],
+            "model": {"backbone": "resnet18"},
+        }
+    ).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        {
+            "EndpointName": "sagedrop",
+            "ContentType": "image/jpeg",
+            "Accept": "application/json",
+            "Body": ANY,
+        },
+    )
+    assert flow.image_uploaded(INFERENCE, "images/cat 1.jpg", cloud.settings) == "predicted"
+    written = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat 1.jpg.json")["Body"].read()
+    )
+    assert written["predictions"][0]["label"] == "cat" and written["endpoint"] == "sagedrop"
+    assert written["latency_ms"] >= 0
+
+
+def test_failed_invocation_writes_an_error_file(cloud):
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/bad.png", Body=b"not a png")
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        service_error_code="ModelError",
+        service_message="cannot decode the image: not a recognised image format",
+        http_status_code=424,
+    )
+    assert flow.image_uploaded(INFERENCE, "images/bad.png", cloud.settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/bad.png.error.json")["Body"].read()
+    )
+    assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
