@@ -279,7 +279,8 @@ def debug_job(cloud, test_accuracy, rules):
     }
 
 
-def serving(cloud, accuracy):
+def stub_serving_endpoint(cloud):
+    """DescribeEndpoint: the endpoint exists and serves the config 'old-config'."""
     cloud.stub.add_response(
         "describe_endpoint",
         {
@@ -291,6 +292,10 @@ def serving(cloud, accuracy):
             "LastModifiedTime": "2026-11-20T10:00:00Z",
         },
     )
+
+
+def serving(cloud, accuracy):
+    stub_serving_endpoint(cloud)
     cloud.stub.add_response(
         "describe_endpoint_config",
         {
@@ -362,17 +367,7 @@ def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
         {"EndpointConfigArn": f"{ARN}:endpoint-config/old-config"},
         config,
     )
-    cloud.stub.add_response(
-        "describe_endpoint",
-        {
-            "EndpointName": "sagedrop",
-            "EndpointArn": f"{ARN}:endpoint/sagedrop",
-            "EndpointConfigName": "old-config",
-            "EndpointStatus": "InService",
-            "CreationTime": "2026-11-20T10:00:00Z",
-            "LastModifiedTime": "2026-11-20T10:00:00Z",
-        },
-    )
+    stub_serving_endpoint(cloud)
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop"},
