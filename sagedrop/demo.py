@@ -40,7 +40,7 @@ DEMO_HYPERPARAMETERS = {
 
 
 def run_demo(root: str | os.PathLike, epochs: int | None = None, say: Callable = print) -> int:
-    root = Path(root)
+    root = Path(root).resolve()  # the job runs in training_code/: paths must be absolute
     if root.exists():
         shutil.rmtree(root)
     started = time.perf_counter()

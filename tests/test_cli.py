@@ -68,3 +68,12 @@ def test_python_dash_m_sagedrop():
     )
     assert result.returncode == 0
     assert "sample" in result.stdout and "check" in result.stdout and "pack" in result.stdout
+
+
+def test_demo_runs_end_to_end_from_a_relative_root(tmp_path, monkeypatch, capsys):
+    """What `make demo` runs, with a relative --root like its default (fewer epochs)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--root", "demo-root", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test_accuracy" in out and "sample predictions correct" in out
+    assert (tmp_path / "demo-root" / "jobs" / "demo-training" / "model" / "model.pt").is_file()
