@@ -9,6 +9,7 @@ import zipfile
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
@@ -440,3 +441,38 @@ def test_failed_invocation_writes_an_error_file(cloud):
         cloud.s3.get_object(Bucket=INFERENCE, Key="images/bad.png.error.json")["Body"].read()
     )
     assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
+
+
+def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    cloud.stub.add_client_error(
+        "describe_endpoint",
+        service_error_code="AccessDeniedException",
+        service_message="not authorized",
+        http_status_code=400,
+    )
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    with pytest.raises(ClientError, match="AccessDenied"):
+        flow.training_finished(detail, cloud.settings)
+    assert cloud.messages() == []  # nothing deployed, nothing claimed
+
+
+def test_first_model_creates_the_endpoint(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing = {
+        "service_error_code": "ValidationException",
+        "service_message": 'Could not find endpoint "sagedrop".',
+        "http_status_code": 400,
+    }
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response(
+        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
+    )
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop"})
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "creating"
+    assert "no model is serving yet" in cloud.messages()[0]["reasons"]

@@ -310,9 +310,8 @@ def _rule_results(training: dict) -> list[dict] | None:
 def _serving_accuracy(settings: Settings) -> float | None:
     """Test accuracy of the model behind the endpoint now, from its sagedrop tag."""
     sagemaker = client("sagemaker")
-    try:
-        endpoint = sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)
-    except ClientError:
+    endpoint = _describe_endpoint(settings.endpoint_name)
+    if endpoint is None:
         return None
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
@@ -323,11 +322,24 @@ def _serving_accuracy(settings: Settings) -> float | None:
     return None
 
 
+def _describe_endpoint(name: str) -> dict | None:
+    """The endpoint, or None when it does not exist; any other error (access, throttling)
+    propagates, so the gate never mistakes "cannot see it" for "nothing is serving"."""
+    try:
+        return client("sagemaker").describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") == "ValidationException" and "could not find" in (
+            error.get("Message", "").lower()
+        ):
+            return None
+        raise
+
+
 def _create_or_update_endpoint(settings: Settings, endpoint_config: str) -> str:
     sagemaker = client("sagemaker")
-    try:
-        endpoint = sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)
-    except ClientError:
+    endpoint = _describe_endpoint(settings.endpoint_name)
+    if endpoint is None:
         sagemaker.create_endpoint(**requests.create_endpoint_request(settings, endpoint_config))
         return "creating"
     if endpoint["EndpointConfigName"] == endpoint_config:
