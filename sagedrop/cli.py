@@ -1,8 +1,8 @@
 """The ``sagedrop`` command line.
 
 ``sagedrop dataset sample|check|pack`` work on datasets; ``sagedrop demo`` runs the whole
-thing on the sample data. Each command prints what a person needs and exits non-zero
-when something is wrong.
+thing on the sample data; ``sagedrop aws configure|deploy`` connect it to an AWS account.
+Each command prints what a person needs and exits non-zero when something is wrong.
 """
 
 from __future__ import annotations
@@ -46,6 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=".sagedrop-demo", help="working folder (recreated)")
     demo.add_argument("--epochs", type=int, default=None)
     demo.set_defaults(handler=_demo)
+
+    aws = commands.add_parser("aws", help="connect the pipeline to an AWS account")
+    aws_commands = aws.add_subparsers(dest="aws_command", required=True)
+    configure = aws_commands.add_parser(
+        "configure",
+        help="read the CloudFormation stack, upload the training code, write the Chalice stage",
+    )
+    configure.add_argument("--stack", required=True, help="stack made from pipeline.yaml")
+    configure.add_argument("--region", default=None, help="default: the AWS CLI's region")
+    configure.add_argument("--stage", default="prod", help="Chalice stage (default prod)")
+    configure.add_argument("--profile", default=None, help="AWS profile")
+    configure.add_argument("--training-instance-type", default="ml.g4dn.xlarge")
+    configure.add_argument("--inference-instance-type", default="ml.m5.large")
+    configure.set_defaults(handler=_aws_configure)
+    deploy = aws_commands.add_parser(
+        "deploy", help="chalice deploy for a configured stage, with its bucket names"
+    )
+    deploy.add_argument("--stage", default="prod")
+    deploy.set_defaults(handler=_aws_deploy)
     return parser
 
 
@@ -88,6 +107,40 @@ def _demo(args) -> int:
     from sagedrop.demo import run_demo
 
     return run_demo(args.root, epochs=args.epochs)
+
+
+def _aws_configure(args) -> int:
+    import boto3
+
+    from sagedrop import aws_configure
+
+    session = boto3.Session(region_name=args.region, profile_name=args.profile)
+    try:
+        environment = aws_configure.configure(
+            args.stack,
+            args.stage,
+            session,
+            training_instance_type=args.training_instance_type,
+            inference_instance_type=args.inference_instance_type,
+        )
+    except aws_configure.ConfigureError as exc:
+        print(f"sagedrop aws configure: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote stage {args.stage!r} to {aws_configure.CHALICE_CONFIG}:")
+    for name, value in sorted(environment.items()):
+        print(f"  {name}={value}")
+    print(f"next: sagedrop aws deploy --stage {args.stage}")
+    return 0
+
+
+def _aws_deploy(args) -> int:
+    from sagedrop import aws_configure
+
+    try:
+        return aws_configure.deploy(args.stage)
+    except aws_configure.ConfigureError as exc:
+        print(f"sagedrop aws deploy: {exc}", file=sys.stderr)
+        return 1
 
 
 def _print_report(report: DatasetReport, name: str) -> None:

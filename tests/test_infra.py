@@ -1,0 +1,101 @@
+"""The CloudFormation template: private, encrypted buckets and roles that allow exactly
+what the pipeline calls. cfn-lint runs over it in ``make lint``; these checks are the
+project's own rules on top."""
+
+from __future__ import annotations
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+from sagedrop.paths import REPO_ROOT
+
+TEMPLATE = cfn_yaml.load(str(REPO_ROOT / "infra_templates" / "pipeline.yaml"))
+RESOURCES = TEMPLATE["Resources"]
+# Every AWS operation chalicelib.flow makes, as IAM actions.
+LAMBDA_ACTIONS = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "sns:Publish",
+    "sagemaker:CreateHyperParameterTuningJob",
+    "sagemaker:DescribeHyperParameterTuningJob",
+    "sagemaker:CreateTrainingJob",
+    "sagemaker:DescribeTrainingJob",
+    "sagemaker:CreateModel",
+    "sagemaker:DescribeModel",
+    "sagemaker:ListTags",
+    "sagemaker:AddTags",
+    "sagemaker:CreateEndpointConfig",
+    "sagemaker:DescribeEndpointConfig",
+    "sagemaker:CreateEndpoint",
+    "sagemaker:UpdateEndpoint",
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:InvokeEndpoint",
+    "iam:PassRole",
+}
+
+
+def statements(role: str) -> list[dict]:
+    policies = RESOURCES[role]["Properties"]["Policies"]
+    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+
+
+def actions(statement: dict) -> list[str]:
+    value = statement["Action"]
+    return [value] if isinstance(value, str) else list(value)
+
+
+@pytest.mark.parametrize("bucket", ["DataBucket", "InferenceBucket"])
+def test_buckets_are_private_encrypted_and_tls_only(bucket):
+    properties = RESOURCES[bucket]["Properties"]
+    assert all(properties["PublicAccessBlockConfiguration"].values())
+    [rule] = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    policy = next(
+        r["Properties"]["PolicyDocument"]
+        for r in RESOURCES.values()
+        if r["Type"] == "AWS::S3::BucketPolicy" and r["Properties"]["Bucket"] == {"Ref": bucket}
+    )
+    [deny] = policy["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_data_bucket_keeps_versions():
+    assert RESOURCES["DataBucket"]["Properties"]["VersioningConfiguration"]["Status"] == "Enabled"
+
+
+def test_email_subscription_is_optional():
+    subscription = RESOURCES["NotificationEmailSubscription"]
+    assert subscription["Condition"] == "HasEmail"
+    assert TEMPLATE["Parameters"]["NotificationEmail"]["Default"] == ""
+
+
+def test_lambda_role_allows_every_call_the_flow_makes_and_nothing_wide():
+    granted = {a for s in statements("LambdaRole") for a in actions(s)}
+    assert granted - {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"} == (
+        LAMBDA_ACTIONS | {"s3:ListBucket"}
+    )
+    for statement in statements("LambdaRole"):
+        assert statement["Resource"] != "*", statement["Sid"]
+        assert not any(a.endswith("*") for a in actions(statement)), statement["Sid"]
+
+
+def test_pass_role_only_the_sagemaker_role_only_to_sagemaker():
+    [statement] = [s for s in statements("LambdaRole") if "iam:PassRole" in actions(s)]
+    assert statement["Resource"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}
+    assert statement["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    }
+
+
+def test_sagemaker_role_writes_only_job_outputs():
+    writes = [s for s in statements("SageMakerExecutionRole") if "s3:PutObject" in actions(s)]
+    assert [s["Resource"] for s in writes] == [{"Fn::Sub": "${DataBucket.Arn}/jobs/*"}]
+    trust = RESOURCES["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+
+
+def test_outputs_cover_what_configure_reads():
+    from sagedrop.aws_configure import _REQUIRED_OUTPUTS
+
+    assert set(_REQUIRED_OUTPUTS) <= set(TEMPLATE["Outputs"])
