@@ -1,7 +1,8 @@
 """The ``sagedrop`` command line.
 
 ``sagedrop dataset sample|check|pack`` work on datasets; ``sagedrop demo`` runs the whole
-thing on the sample data; ``sagedrop aws configure|deploy`` connect it to an AWS account.
+thing on the local cloud; ``up``, ``drop``, ``status`` and ``report`` run and inspect the
+local cloud; ``sagedrop aws configure|deploy`` connect the pipeline to an AWS account.
 Each command prints what a person needs and exits non-zero when something is wrong.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from chalicelib.datasets import DatasetReport, inspect_path
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
+
+DEFAULT_ROOT = ".sagedrop"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the pipeline end to end on the sample data")
     demo.add_argument("--root", default=".sagedrop-demo", help="working folder (recreated)")
-    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per trial")
     demo.set_defaults(handler=_demo)
+
+    up = commands.add_parser("up", help="run the local cloud in the foreground (Ctrl-C stops)")
+    up.add_argument("--root", default=DEFAULT_ROOT)
+    up.set_defaults(handler=_up)
+    drop = commands.add_parser(
+        "drop", help="zips to the data bucket (datasets/), images to the inference bucket"
+    )
+    drop.add_argument("paths", nargs="+", metavar="PATH")
+    drop.add_argument("--root", default=DEFAULT_ROOT)
+    drop.set_defaults(handler=_drop)
+    status = commands.add_parser("status", help="pipelines and endpoints at a glance")
+    status.add_argument("--root", default=DEFAULT_ROOT)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=_status)
+    report = commands.add_parser("report", help="write one HTML page for a pipeline")
+    report.add_argument("name", help="the pipeline's tuning job name (see status)")
+    report.add_argument("--root", default=DEFAULT_ROOT)
+    report.add_argument("--out", default=None, help="default: <root>/reports/NAME.html")
+    report.set_defaults(handler=_report)
 
     aws = commands.add_parser("aws", help="connect the pipeline to an AWS account")
     aws_commands = aws.add_subparsers(dest="aws_command", required=True)
@@ -107,6 +129,83 @@ def _demo(args) -> int:
     from sagedrop.demo import run_demo
 
     return run_demo(args.root, epochs=args.epochs)
+
+
+def _up(args) -> int:
+    import signal
+    import threading
+
+    from sagedrop.local.cloud import AlreadyRunning, LocalCloud
+
+    cloud = LocalCloud(args.root)
+    try:
+        cloud.start()
+    except AlreadyRunning as exc:
+        print(f"sagedrop up: {exc}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    print(f"local cloud up on {cloud.root}; drop files with: sagedrop drop PATH --root "
+          f"{args.root}  (Ctrl-C stops)", flush=True)  # fmt: skip
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    print("stopping: running jobs resume on the next `sagedrop up`", flush=True)
+    cloud.stop()
+    return 0
+
+
+def _drop(args) -> int:
+    from sagedrop.local.drop import drop_files
+
+    try:
+        for line in drop_files(args.root, [Path(p) for p in args.paths]):
+            print(line)
+    except ValueError as exc:
+        print(f"sagedrop drop: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args) -> int:
+    from sagedrop.local.status import print_status, status_object
+
+    if not (Path(args.root) / "state.sqlite").exists():
+        print(f"sagedrop status: no local cloud under {args.root}", file=sys.stderr)
+        return 1
+    snapshot = status_object(Path(args.root))
+    if args.json:
+        print(json.dumps(snapshot, indent=2, default=str))
+    else:
+        print_status(snapshot)
+    return 0
+
+
+def _report(args) -> int:
+    from sagedrop.local import overview
+    from sagedrop.local.report import render
+    from sagedrop.local.state import State
+
+    root = Path(args.root)
+    if not (root / "state.sqlite").exists():
+        print(f"sagedrop report: no local cloud under {args.root}", file=sys.stderr)
+        return 1
+    state = State(root / "state.sqlite")
+    try:
+        found = [p for p in overview.pipelines(root, state) if p["name"] == args.name]
+    finally:
+        state.close()
+    if not found:
+        print(f"sagedrop report: no pipeline named {args.name!r} (see sagedrop status)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    out = Path(args.out) if args.out else root / "reports" / f"{args.name}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(found[0]))
+    print(f"wrote {out}")
+    return 0
 
 
 def _aws_configure(args) -> int:

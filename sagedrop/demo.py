@@ -1,10 +1,10 @@
-"""``sagedrop demo``: sample data → ``train.py`` under the container contract → predictions.
+"""``sagedrop demo``: the whole pipeline on the local cloud, on the digits sample.
 
-The training job runs exactly as SageMaker would run it: a subprocess of
-``training_code/train.py`` with ``SM_CHANNEL_TRAINING``, ``SM_MODEL_DIR`` and
-``SM_OUTPUT_DATA_DIR`` set and hyperparameters as ``--name value``; the metrics are read
-from its log with the pipeline's own ``MetricDefinitions``; the predictions come from the
-artifact's own ``code/inference.py``.
+Writes the sample dataset with a ``sagedrop.json`` sized for two CPU cores, starts the
+local cloud on a fresh root, drops the zip (tuning with several trials, the debug job,
+the quality gate, the endpoint), then drops one held-out test image per class and waits
+for the predictions. Everything goes through the same handlers, requests and training
+and inference code as on AWS.
 """
 
 from __future__ import annotations
@@ -12,139 +12,169 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from chalicelib.datasets import inspect_path
-from chalicelib.training_metrics import METRIC_DEFINITIONS, parse_metric_lines
-from sagedrop.artifacts import load_inference_code
-from sagedrop.paths import TRAIN_SCRIPT, TRAINING_CODE
+from sagedrop.local import overview
+from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
+from sagedrop.local.report import render
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
 
-# Digits are 8x8 scans: ImageNet features do not help at this size, and random init
-# keeps the demo offline and deterministic.
-DEMO_HYPERPARAMETERS = {
-    "epochs": "8",
-    "batch-size": "32",
-    "lr": "0.05",
-    "momentum": "0.9",
-    "image-size": "32",
-    "augment": "crop",
-    "pretrained": "false",
-    "seed": "0",
+# Digits are 8x8 scans: ImageNet features do not help at this size, and random init keeps
+# the demo offline and deterministic. Four trials, two at a time, fit two cores.
+DEMO_CONFIG = {
+    "strategy": "Bayesian",
+    "max_jobs": 4,
+    "max_parallel_jobs": 2,
+    "epochs": 6,
+    "early_stopping": "Auto",
+    "ranges": {
+        "lr": {"type": "continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"},
+        "momentum": {"type": "continuous", "min": 0.8, "max": 0.9, "scaling": "Linear"},
+        "batch-size": {"type": "categorical", "values": [32, 64]},
+    },
+    "hyperparameters": {
+        "image-size": 32,
+        "augment": "crop",
+        "pretrained": "false",
+        "seed": 0,
+    },
 }
+PIPELINE_TIMEOUT = 900
+PREDICTION_TIMEOUT = 60
 
 
-def run_demo(root: str | os.PathLike, epochs: int | None = None, say: Callable = print) -> int:
-    root = Path(root).resolve()  # the job runs in training_code/: paths must be absolute
+def run_demo(
+    root: str | os.PathLike,
+    epochs: int | None = None,
+    say: Callable[[str], None] = print,
+    config: dict | None = None,
+    per_class: int | None = None,
+) -> int:
+    root = Path(root).resolve()
     if root.exists():
         shutil.rmtree(root)
     started = time.perf_counter()
-    say(f"sagedrop demo in {root}")
-    folder = write_sample_dataset(root / "data")
-    dataset_zip = pack_dataset(folder, root / "data" / "digits.zip")
-    report = inspect_path(str(dataset_zip))
-    images = report.summary()["images"]
-    say(f"1/3 dataset {dataset_zip}: {len(report.classes)} classes, {images} images")
-
-    job = root / "jobs" / "demo-training"
-    channel = job / "input" / "data" / "training"
-    channel.mkdir(parents=True)
-    shutil.copy(dataset_zip, channel / dataset_zip.name)
-    hyperparameters = dict(DEMO_HYPERPARAMETERS)
+    config = json.loads(json.dumps(config or DEMO_CONFIG))
     if epochs:
-        hyperparameters["epochs"] = str(epochs)
-    say(
-        f"2/3 training job {job.name}: {' '.join(f'--{k} {v}' for k, v in hyperparameters.items())}"
+        config["epochs"] = epochs
+    folder = write_sample_dataset(root / "sample", per_class=per_class, config=config)
+    dataset_zip = pack_dataset(folder, root / "sample" / "digits.zip")
+    say(f"sagedrop demo in {root}: dataset {dataset_zip.name}, settings {json.dumps(config)}")
+    cloud = LocalCloud(root, say=lambda line: say(f"  {line}"))
+    cloud.start()
+    try:
+        return _run(cloud, dataset_zip, folder, started, say)
+    finally:
+        cloud.stop()
+
+
+def _run(cloud: LocalCloud, dataset_zip: Path, folder: Path, started: float, say) -> int:
+    cloud.s3.put_object(
+        Bucket=DATA_BUCKET, Key=f"datasets/{dataset_zip.name}", Body=dataset_zip.read_bytes()
     )
-    log_text = _run_training_job(job, hyperparameters, say)
-    if log_text is None:
-        say(f"training failed; the log is {job / 'training.log'}")
+    outcome = _wait_for_pipeline(cloud)
+    state_pipelines = overview.pipelines(cloud.root, cloud.state)
+    if outcome != "deployed" or not state_pipelines:
+        say(f"demo FAILED: the pipeline ended {outcome!r}; see {cloud.topic_file}")
         return 1
-    metrics = parse_metric_lines(log_text, METRIC_DEFINITIONS)
+    pipeline = state_pipelines[-1]
+    held_out = _one_test_image_per_class(folder)
+    expected = {}
+    for label, image in held_out:
+        key = f"images/{label}-{image.name}"
+        expected[key] = label
+        cloud.s3.put_object(Bucket=INFERENCE_BUCKET, Key=key, Body=image.read_bytes())
+    bucket = cloud.root / "buckets" / INFERENCE_BUCKET
+    cloud.wait_until(
+        lambda: all((bucket / f"{k}.json").exists() for k in expected), PREDICTION_TIMEOUT
+    )
+    report_path = cloud.root / "reports" / f"{pipeline['name']}.html"
+    report_path.parent.mkdir(exist_ok=True)
+    pipeline = overview.pipelines(cloud.root, cloud.state)[-1]
+    report_path.write_text(render(pipeline))
+    return _summary(cloud, pipeline, expected, bucket, report_path, started, say)
 
-    say("3/3 predictions for held-out test images through the artifact's code/inference.py")
-    inference = load_inference_code(job / "model" / "code")
-    model = inference.model_fn(str(job / "model"))
-    rows, correct = [], 0
-    for class_folder in report.classes:
-        name = report.files["test"][class_folder][0]
-        image = _read_member(dataset_zip, name)
-        body, _ = inference.output_fn(
-            inference.predict_fn(inference.input_fn(image, "image/jpeg"), model), "application/json"
-        )
-        top = json.loads(body)["predictions"][0]
-        truth = class_folder.split(".", 1)[-1]
-        correct += top["label"] == truth
-        rows.append((Path(name).name, truth, top["label"], f"{top['probability']:.3f}"))
-    _print_table(("image", "truth", "predicted", "probability"), rows, say)
-    test_accuracy = metrics.get("test_accuracy", [float("nan")])[-1]
-    valid_accuracy = max(metrics.get("valid_accuracy", [float("nan")]))
+
+def _wait_for_pipeline(cloud: LocalCloud) -> str:
+    """'deployed', or why the pipeline stopped (rejected, failed, blocked)."""
+    outcome: list[str] = []
+
+    def finished() -> bool:
+        for notice in overview.notifications(cloud.root):
+            event = notice.get("event", {})
+            if event.get("stage") == "endpoint" and event.get("status") == "ready":
+                outcome.append("deployed")
+            elif event.get("status") in ("failed", "rejected", "blocked"):
+                outcome.append(f"{event.get('stage')} {event.get('status')}")
+        return bool(outcome)
+
+    cloud.wait_until(finished, PIPELINE_TIMEOUT, interval=0.5)
+    return outcome[0] if outcome else "timed out"
+
+
+def _one_test_image_per_class(folder: Path) -> list[tuple[str, Path]]:
+    picks = []
+    for class_dir in sorted((folder / "test").iterdir()):
+        images = sorted(class_dir.glob("*.jpg"))
+        if images:
+            picks.append((class_dir.name.split(".", 1)[-1], images[0]))
+    return picks
+
+
+def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> int:
+    tuning = pipeline["tuning"]
     say("")
-    _print_table(
-        ("summary", "value"),
-        [
-            ("best valid_accuracy", f"{valid_accuracy:.4f}"),
-            ("test_accuracy", f"{test_accuracy:.4f}"),
-            ("sample predictions correct", f"{correct}/{len(rows)}"),
-            ("model artifact", str(job / "model")),
-            ("training log", str(job / "training.log")),
-            ("training summary", str(job / "output" / "data" / "training_summary.json")),
-            ("wall time", f"{time.perf_counter() - started:.0f} s"),
-        ],
-        say,
-    )
-    return 0
-
-
-def _run_training_job(job: Path, hyperparameters: dict[str, str], say: Callable) -> str | None:
-    """Run train.py like SageMaker's container does; stream its log; None on failure."""
-    env = dict(os.environ)
-    env.update(
-        SM_CHANNEL_TRAINING=str(job / "input" / "data" / "training"),
-        SM_MODEL_DIR=str(job / "model"),
-        SM_OUTPUT_DATA_DIR=str(job / "output" / "data"),
-        SM_OUTPUT_DIR=str(job / "output"),
-        PYTHONUNBUFFERED="1",
-    )
-    for key in ("model", "output/data"):
-        (job / key).mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(TRAIN_SCRIPT)]
-    for name, value in hyperparameters.items():
-        command += [f"--{name}", value]
-    lines = []
-    with open(job / "training.log", "w") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=TRAINING_CODE,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+    say(f"Tuning job {pipeline['name']}: {tuning['status']}, {tuning['trials_started']} trials")
+    rows = [
+        (
+            t["name"],
+            t["status"] + (" (early stop)" if t["early_stopped"] else ""),
+            " ".join(f"{k}={_short(v)}" for k, v in sorted(t["hyperparameters"].items())),
+            "-" if t["objective"] is None else f"{t['objective']:.4f}",
         )
-        assert process.stdout is not None
-        for line in process.stdout:
-            log_file.write(line)
-            lines.append(line)
-            if line.startswith("metrics:") or " WARNING " in line or " ERROR " in line:
-                say("    " + line.rstrip())
-        code = process.wait()
-    return "".join(lines) if code == 0 else None
+        for t in pipeline["trials"]
+    ]
+    _print_table(("trial", "status", "hyperparameters", "valid_accuracy"), rows, say)
+    debug = pipeline["debug_job"] or {}
+    gate = pipeline["gate"] or {}
+    say("")
+    say(f"Best trial:      {tuning['best_job']} (valid_accuracy {tuning['best_objective']:.4f})")
+    say(f"Debug job:       {debug.get('name')}: {debug.get('status')}, "
+        f"test_accuracy {debug.get('test_accuracy') or 0:.4f}")  # fmt: skip
+    say(f"Quality gate:    {gate.get('decision')}")
+    endpoint = overview.endpoints(cloud.state)[0]
+    say(f"Endpoint:        {endpoint['name']} {endpoint['status']} (127.0.0.1:{endpoint['port']})")
+    say("")
+    rows, correct = [], 0
+    for key, label in expected.items():
+        path = bucket / f"{key}.json"
+        if not path.exists():
+            rows.append((key, label, "(no prediction)", "-"))
+            continue
+        top = json.loads(path.read_text())["predictions"][0]
+        correct += top["label"] == label
+        rows.append((key, label, top["label"], f"{top['probability']:.3f}"))
+    _print_table(("image", "true label", "predicted", "probability"), rows, say)
+    say("")
+    say(f"Held-out images: {correct}/{len(expected)} correct")
+    say(f"Predictions:     {bucket / 'images'}/<image>.json")
+    say(f"Report:          {report_path}")
+    say(f"Notifications:   {cloud.topic_file}")
+    say(f"Took {time.perf_counter() - started:.0f} s")
+    return 0 if len(rows) == len(expected) and all(r[2] != "(no prediction)" for r in rows) else 1
 
 
-def _read_member(dataset_zip: Path, name: str) -> bytes:
-    with zipfile.ZipFile(dataset_zip) as archive:
-        return archive.read(name)
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def _print_table(header: tuple, rows: list[tuple], say: Callable) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
-    say(line.rstrip())
-    say("  ".join("-" * w for w in widths))
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    say("  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)))
     for row in rows:
-        say("  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths, strict=True)).rstrip())
+        say("  ".join(f"{c!s:<{w}}" for c, w in zip(row, widths, strict=True)))

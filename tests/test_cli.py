@@ -70,10 +70,15 @@ def test_python_dash_m_sagedrop():
     assert "sample" in result.stdout and "check" in result.stdout and "pack" in result.stdout
 
 
-def test_demo_runs_end_to_end_from_a_relative_root(tmp_path, monkeypatch, capsys):
-    """What `make demo` runs, with a relative --root like its default (fewer epochs)."""
+def test_demo_runs_the_whole_local_pipeline_from_a_relative_root(tmp_path, monkeypatch, capsys):
+    """What `make demo` runs (relative root like its default), on a smaller sample."""
+    from sagedrop import demo
+
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--root", "demo-root", "--epochs", "1"]) == 0
+    tiny = {**demo.DEMO_CONFIG, "max_jobs": 2, "epochs": 2}
+    assert demo.run_demo("demo-root", config=tiny, per_class=12) == 0
     out = capsys.readouterr().out
-    assert "test_accuracy" in out and "sample predictions correct" in out
-    assert (tmp_path / "demo-root" / "jobs" / "demo-training" / "model" / "model.pt").is_file()
+    assert "Quality gate:    deploy (create endpoint)" in out
+    assert "Held-out images: " in out
+    reports = list((tmp_path / "demo-root" / "reports").glob("sdt-digits-*.html"))
+    assert len(reports) == 1 and "<svg" in reports[0].read_text()

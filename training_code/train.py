@@ -371,11 +371,12 @@ class _BestSoFar:
         self.epoch = 0
         self.key = None
         self.state = None
+        self.accuracy = float("nan")
 
     def offer(self, epoch: int, valid: loops.EpochResult, state: dict) -> None:
         key = (_finite_or(valid.accuracy, -1.0), -_finite_or(valid.loss, float("inf")))
         if self.key is None or key > self.key:
-            self.epoch, self.key = epoch, key
+            self.epoch, self.key, self.accuracy = epoch, key, valid.accuracy
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in state.items()})
 
     def restore(self, model: nn.Module) -> None:
@@ -419,7 +420,9 @@ def _log_final(runtime, best: _BestSoFar, test: loops.EpochResult, unreadable: s
     count = int(distributed.sum_across(runtime, len(unreadable))[0])
     if runtime.is_main:
         log.info("best validation epoch: %d; its weights are kept", best.epoch)
-        emit_metrics(test_loss=test.loss, test_accuracy=test.accuracy)
+        # The last valid_accuracy a job prints is what SageMaker's tuner takes as the
+        # trial's objective: make it the kept (best) epoch's, not the last epoch's.
+        emit_metrics(valid_accuracy=best.accuracy, test_loss=test.loss, test_accuracy=test.accuracy)
         if count:
             log.warning("%d unreadable image(s) were skipped:", count)
             for reason in sorted(unreadable)[:20]:

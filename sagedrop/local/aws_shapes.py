@@ -1,0 +1,131 @@
+"""What makes the local services look like boto3: request validation against botocore's
+service models, ``ClientError`` with AWS's codes, and the JSON events AWS sends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import threading
+import time
+import uuid
+from functools import cache
+from urllib.parse import quote_plus
+
+import botocore.session
+from botocore import xform_name
+from botocore.exceptions import ClientError, ParamValidationError
+from botocore.validate import ParamValidator
+
+ACCOUNT = "000000000000"
+REGION = "local"
+
+
+@cache
+def service_model(service: str):
+    return botocore.session.get_session().get_service_model(service)
+
+
+@cache
+def _operations(service: str) -> dict[str, str]:
+    return {xform_name(name): name for name in service_model(service).operation_names}
+
+
+def validate(service: str, method: str, params: dict) -> None:
+    """Raise ``ParamValidationError`` exactly as a boto3 client would before sending."""
+    operation = service_model(service).operation_model(_operations(service)[method])
+    report = ParamValidator().validate(params, operation.input_shape)
+    if report.has_errors():
+        raise ParamValidationError(report=report.generate_report())
+
+
+def client_error(operation: str, code: str, message: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": str(uuid.uuid4())},
+        },
+        operation,
+    )
+
+
+def metadata(status: int = 200) -> dict:
+    return {"ResponseMetadata": {"HTTPStatusCode": status, "RequestId": str(uuid.uuid4())}}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(moment: dt.datetime | None = None) -> str:
+    moment = moment or now()
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def md5_etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+_sequence = itertools.count()
+_sequence_lock = threading.Lock()
+
+
+def _sequencer() -> str:
+    """Increasing per object like S3's (hex, compared after left-padding)."""
+    with _sequence_lock:
+        return f"{time.time_ns():016X}{next(_sequence) % 256:02X}"
+
+
+def s3_event(bucket: str, key: str, size: int, etag: str, event_name: str = "Put") -> dict:
+    """An ``ObjectCreated`` notification as S3 delivers it to Lambda (key URL-encoded)."""
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": REGION,
+                "eventTime": iso(),
+                "eventName": f"ObjectCreated:{event_name}",
+                "userIdentity": {"principalId": "sagedrop-local"},
+                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+                "responseElements": {
+                    "x-amz-request-id": uuid.uuid4().hex[:16].upper(),
+                    "x-amz-id-2": uuid.uuid4().hex,
+                },
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "sagedrop-local",
+                    "bucket": {
+                        "name": bucket,
+                        "ownerIdentity": {"principalId": "sagedrop-local"},
+                        "arn": f"arn:aws:s3:::{bucket}",
+                    },
+                    "object": {
+                        "key": quote_plus(key, safe="/"),
+                        "size": size,
+                        "eTag": etag.strip('"'),
+                        "sequencer": _sequencer(),
+                    },
+                },
+            }
+        ]
+    }
+
+
+def eventbridge_event(detail_type: str, detail: dict, resources: list[str]) -> dict:
+    """The envelope EventBridge delivers: SageMaker's events come from ``aws.sagemaker``."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": detail_type,
+        "source": "aws.sagemaker",
+        "account": ACCOUNT,
+        "time": now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": resources,
+        "detail": detail,
+    }
+
+
+def arn(resource: str, name: str) -> str:
+    return f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:{resource}/{name.lower()}"

@@ -1,0 +1,169 @@
+"""What ``sagedrop status`` and ``sagedrop report`` show: one summary per pipeline.
+
+A pipeline is one dataset upload: its tuning job, trials, debug job, rule verdicts, gate
+decision, endpoint and predictions, gathered from the state, the job folders and the
+notification log. Read-only, so it works while ``sagedrop up`` runs in another process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chalicelib import naming, requests
+from sagedrop.local.aws_shapes import arn
+from sagedrop.local.sns import read_notifications
+from sagedrop.local.state import State
+
+
+def notifications(root: Path) -> list[dict]:
+    folder = root / "notifications"
+    found = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.exists() else []:
+        found += read_notifications(path)
+    return found
+
+
+def predictions(root: Path, inference_bucket: str = "sagedrop-inference") -> list[dict]:
+    folder = root / "buckets" / inference_bucket
+    out = []
+    for path in sorted(folder.rglob("*.json")) if folder.exists() else []:
+        try:
+            out.append({"path": str(path), **json.loads(path.read_text())})
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def rules_of(root: Path, job: str) -> list[dict]:
+    path = root / "jobs" / job / "output" / "data" / "rules.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+
+
+def pipelines(root: Path, state: State) -> list[dict]:
+    root = Path(root)
+    notices = notifications(root)
+    made = predictions(root)
+    out = []
+    for tuning in state.all("tuning-job"):
+        name = tuning["HyperParameterTuningJobName"]
+        tags = {
+            t["Key"]: t["Value"]
+            for t in (state.get("tags", tuning["HyperParameterTuningJobArn"]) or {}).get("Tags", [])
+        }
+        limits = tuning["HyperParameterTuningJobConfig"]["ResourceLimits"]
+        trials = []
+        for trial_name in tuning["_local"]["trials"]:
+            job = state.get("training-job", trial_name) or {}
+            final = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
+            trials.append(
+                {
+                    "name": trial_name,
+                    "status": job.get("TrainingJobStatus"),
+                    "hyperparameters": job.get("_local", {}).get("tuned", {}),
+                    "objective": final.get("valid_accuracy"),
+                    "early_stopped": job.get("_local", {}).get("optuna", {}).get("state")
+                    == "PRUNED",
+                    "failure_reason": job.get("FailureReason"),
+                    "series": job.get("_local", {}).get("series", {}),
+                }
+            )
+        best = tuning.get("BestTrainingJob")
+        debug_name = naming.debug_job_name(name)
+        debug = state.get("training-job", debug_name)
+        debug_final = {
+            m["MetricName"]: m["Value"] for m in (debug or {}).get("FinalMetricDataList", [])
+        }
+        model_name = naming.model_name(debug_name)
+        gate = [
+            n["event"]
+            for n in notices
+            if n.get("event", {}).get("stage") == "gate"
+            and n["event"].get("jobs", {}).get("debug job") == debug_name
+        ]
+        failures = [
+            n["event"]
+            for n in notices
+            if n.get("event", {}).get("status") in ("failed", "rejected")
+            and (
+                n["event"].get("dataset") == tags.get(requests.TAG_DATASET)
+                or name in n["event"].get("jobs", {}).values()
+            )
+        ]
+        out.append(
+            {
+                "name": name,
+                "dataset": tags.get(requests.TAG_DATASET),
+                "tuning": {
+                    "status": tuning["HyperParameterTuningJobStatus"],
+                    "strategy": tuning["HyperParameterTuningJobConfig"]["Strategy"],
+                    "trials_started": len(trials),
+                    "trials_planned": limits.get("MaxNumberOfTrainingJobs", len(trials)),
+                    "counters": tuning.get("TrainingJobStatusCounters", {}),
+                    "best_job": best["TrainingJobName"] if best else None,
+                    "best_objective": (
+                        best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
+                        if best
+                        else None
+                    ),
+                    "best_hyperparameters": best["TunedHyperParameters"] if best else None,
+                    "failure_reason": tuning.get("FailureReason"),
+                },
+                "trials": trials,
+                "debug_job": None
+                if debug is None
+                else {
+                    "name": debug_name,
+                    "status": debug["TrainingJobStatus"],
+                    "test_accuracy": debug_final.get("test_accuracy"),
+                    "failure_reason": debug.get("FailureReason"),
+                    "rules": rules_of(root, debug_name),
+                    "report": _existing(
+                        root / "jobs" / debug_name / "output" / "data" / "report.html"
+                    ),
+                    "log": _existing(root / "jobs" / debug_name / "logs.txt"),
+                    "series": debug.get("_local", {}).get("series", {}),
+                },
+                "gate": gate[-1] if gate else None,
+                "failures": failures,
+                "model": model_name if state.get("model", model_name) else None,
+                "predictions": sum(
+                    1 for p in made if (p.get("model") or {}).get("name") == model_name
+                ),
+            }
+        )
+    return out
+
+
+def endpoints(state: State) -> list[dict]:
+    out = []
+    for endpoint in state.all("endpoint"):
+        config = state.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
+        variants = config.get("ProductionVariants", [{}])
+        out.append(
+            {
+                "name": endpoint["EndpointName"],
+                "status": endpoint["EndpointStatus"],
+                "config": endpoint["EndpointConfigName"],
+                "model": variants[0].get("ModelName"),
+                "port": endpoint.get("_local", {}).get("port"),
+                "failure_reason": endpoint.get("FailureReason"),
+                "arn": arn("endpoint", endpoint["EndpointName"]),
+            }
+        )
+    return out
+
+
+def rejected_uploads(root: Path) -> list[dict]:
+    return [
+        n["event"]
+        for n in notifications(root)
+        if n.get("event", {}).get("stage") == "dataset" and n["event"].get("status") == "rejected"
+    ]
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.exists() else None

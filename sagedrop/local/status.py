@@ -1,0 +1,73 @@
+"""``sagedrop status``: the local cloud's pipelines and endpoints, as text or one JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sagedrop.local import overview
+from sagedrop.local.state import State
+
+
+def status_object(root: Path) -> dict:
+    state = State(Path(root) / "state.sqlite")
+    try:
+        pipelines = overview.pipelines(Path(root), state)
+        for pipeline in pipelines:  # the per-epoch series are for reports, not the summary
+            for trial in pipeline["trials"]:
+                trial.pop("series", None)
+            if pipeline["debug_job"]:
+                pipeline["debug_job"].pop("series", None)
+        return {
+            "root": str(Path(root).resolve()),
+            "pipelines": pipelines,
+            "endpoints": overview.endpoints(state),
+            "rejected_uploads": overview.rejected_uploads(Path(root)),
+            "predictions": len(overview.predictions(Path(root))),
+        }
+    finally:
+        state.close()
+
+
+def print_status(snapshot: dict) -> None:
+    if not snapshot["pipelines"] and not snapshot["rejected_uploads"]:
+        print("no pipelines yet: drop a dataset zip with `sagedrop drop PATH`")
+    for p in snapshot["pipelines"]:
+        tuning = p["tuning"]
+        best = tuning["best_objective"]
+        print(f"{p['name']}  dataset {p['dataset']}")
+        print(
+            f"  tuning   {tuning['status']:<11} trials {tuning['trials_started']}/"
+            f"{tuning['trials_planned']}"
+            + ("" if best is None else f", best valid_accuracy {best:.4f} ({tuning['best_job']})")
+        )
+        if tuning.get("failure_reason"):
+            print(f"           {tuning['failure_reason']}")
+        debug = p["debug_job"]
+        if debug:
+            accuracy = debug["test_accuracy"]
+            print(
+                f"  debug    {debug['status']:<11} {debug['name']}"
+                + ("" if accuracy is None else f", test_accuracy {accuracy:.4f}")
+            )
+            flagged = [r for r in debug["rules"] if r["RuleEvaluationStatus"] != "NoIssuesFound"]
+            if debug["rules"]:
+                print(
+                    f"  rules    {len(debug['rules']) - len(flagged)} NoIssuesFound"
+                    + "".join(
+                        f"; {r['RuleConfigurationName']}: {r['RuleEvaluationStatus']}"
+                        for r in flagged
+                    )
+                )
+            if debug.get("report"):
+                print(f"  report   {debug['report']}")
+        if p["gate"]:
+            print(f"  gate     {p['gate'].get('decision')}")
+        print(f"  model    {p['model'] or '-'}  predictions {p['predictions']}")
+    for rejected in snapshot["rejected_uploads"]:
+        print(f"rejected {rejected.get('dataset')}: {'; '.join(rejected.get('reasons', []))}")
+    for endpoint in snapshot["endpoints"]:
+        where = f" 127.0.0.1:{endpoint['port']}" if endpoint["port"] else ""
+        print(f"endpoint {endpoint['name']}: {endpoint['status']} ({endpoint['model']}){where}")
+        if endpoint.get("failure_reason"):
+            print(f"  {endpoint['failure_reason']}")
+    print(f"predictions written: {snapshot['predictions']}")

@@ -1,0 +1,299 @@
+"""Training jobs as subprocesses, inside the layout of SageMaker's training container.
+
+One folder per job under ``<root>/jobs/<name>``: ``input/data/<channel>`` (the channel's
+S3 objects), ``input/config/hyperparameters.json``, ``code`` (the job's
+``sourcedir.tar.gz``, unpacked), ``model``, ``output/data``, ``output/failure`` and
+``logs.txt``. The entry point gets the hyperparameters as ``--name value`` (without
+SageMaker's own ``sagemaker_*`` and ``_tuning_*`` keys) and the ``SM_*`` variables; its
+output is read line by line with the job's ``MetricDefinitions``, and at the end the
+model and output folders are uploaded as ``model.tar.gz`` and ``output.tar.gz`` under
+``<S3OutputPath>/<job>/output/``, like SageMaker does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sagedrop.local.s3 import LocalS3
+
+FRAMEWORK_KEYS = ("sagemaker_", "_tuning_")
+LOG_TAIL_LINES = 15
+
+
+@dataclass
+class JobResult:
+    status: str  # Completed | Failed | Stopped
+    failure_reason: str | None = None
+    secondary_status: str = "Completed"
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+
+
+@dataclass
+class MetricReader:
+    """SageMaker's reading of a log: each definition's regex, first group, as a float."""
+
+    definitions: list[dict]
+    on_metrics: Callable[[dict[str, float]], None] | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._compiled = [(d["Name"], re.compile(d["Regex"])) for d in self.definitions]
+
+    def feed(self, line: str) -> None:
+        found = {}
+        for name, pattern in self._compiled:
+            match = pattern.search(line)
+            if match:
+                try:
+                    found[name] = float(match.group(1))
+                except (ValueError, IndexError):
+                    continue
+        if not found:
+            return
+        for name, value in found.items():
+            self.final[name] = value
+            self.series.setdefault(name, []).append(value)
+        if self.on_metrics:
+            self.on_metrics(found)
+
+
+class TrainingRun:
+    """One execution of one training job; ``stop()`` may come from any thread."""
+
+    def __init__(
+        self,
+        s3: LocalS3,
+        job_dir: Path,
+        request: dict,
+        threads: int,
+        on_status: Callable[[str, str], None],
+        on_metrics: Callable[[dict[str, float]], None] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ):
+        self.s3 = s3
+        self.job_dir = Path(job_dir)
+        self.request = request
+        self.threads = threads
+        self.on_status = on_status
+        self.reader = MetricReader(
+            request["AlgorithmSpecification"].get("MetricDefinitions", []), on_metrics
+        )
+        self.extra_env = extra_env or {}
+        self._process: subprocess.Popen | None = None
+        self._stop_reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.request["TrainingJobName"]
+
+    def stop(self, reason: str = "Stopped") -> None:
+        with self._lock:
+            self._stop_reason = self._stop_reason or reason
+            process = self._process
+        if process and process.poll() is None:
+            # The job leads its own process group: data-loader workers stop with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+    def run(self) -> JobResult:
+        if self.job_dir.exists():
+            shutil.rmtree(self.job_dir)  # a resumed job starts clean
+        try:
+            self.on_status("Downloading", "Downloading input data and the training code")
+            self._download_inputs()
+            code_dir = self._download_code()
+            self.on_status("Training", "Training in progress")
+            exit_code = self._train(code_dir)
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            return JobResult("Failed", f"ClientError: {exc}", "Failed")
+        except self._client_error_type() as exc:
+            return JobResult("Failed", f"ClientError: {exc}", "Failed")
+        if self._stop_reason:
+            secondary = (
+                "MaxRuntimeExceeded" if self._stop_reason == "MaxRuntimeExceeded" else "Stopped"
+            )
+            return JobResult("Stopped", None, secondary, dict(self.reader.final))
+        if exit_code != 0:
+            return JobResult("Failed", self._failure_reason(exit_code), "Failed")
+        self.on_status("Uploading", "Uploading generated training model")
+        model_uri = self._upload_outputs()
+        return JobResult("Completed", None, "Completed", dict(self.reader.final), model_uri)
+
+    # steps ------------------------------------------------------------------------------
+    @staticmethod
+    def _client_error_type():
+        from botocore.exceptions import ClientError
+
+        return ClientError
+
+    def _download_inputs(self) -> None:
+        for channel in self.request.get("InputDataConfig", []):
+            source = channel["DataSource"]["S3DataSource"]
+            parsed = urlparse(source["S3Uri"])
+            bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+            target = self.job_dir / "input" / "data" / channel["ChannelName"]
+            target.mkdir(parents=True, exist_ok=True)
+            listing = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+            keys = [item["Key"] for item in listing.get("Contents", [])]
+            if not keys:
+                raise ValueError(
+                    f"no objects under {source['S3Uri']} for channel {channel['ChannelName']!r}"
+                )
+            for key in keys:
+                relative = key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1]
+                destination = target / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.s3.path_of(bucket, key, "GetObject"), destination)
+        config = self.job_dir / "input" / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "hyperparameters.json").write_text(
+            json.dumps(self.request.get("HyperParameters", {}))
+        )
+
+    def _download_code(self) -> Path:
+        hyperparameters = self.request.get("HyperParameters", {})
+        uri = hyperparameters.get("sagemaker_submit_directory")
+        if not uri:
+            raise ValueError("hyperparameter sagemaker_submit_directory is missing")
+        parsed = urlparse(uri)
+        body = self.s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+        code_dir = self.job_dir / "code"
+        code_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
+            archive.extractall(code_dir, filter="data")
+        program = hyperparameters.get("sagemaker_program", "train.py")
+        if not (code_dir / program).is_file():
+            raise ValueError(f"{program} is not in {uri}")
+        return code_dir
+
+    def _environment(self) -> dict[str, str]:
+        channels = [c["ChannelName"] for c in self.request.get("InputDataConfig", [])]
+        hyperparameters = self.user_hyperparameters()
+        env = {
+            **os.environ,
+            "SM_MODEL_DIR": str(self.job_dir / "model"),
+            "SM_OUTPUT_DIR": str(self.job_dir / "output"),
+            "SM_OUTPUT_DATA_DIR": str(self.job_dir / "output" / "data"),
+            "SM_INPUT_DIR": str(self.job_dir / "input"),
+            "SM_INPUT_CONFIG_DIR": str(self.job_dir / "input" / "config"),
+            "SM_MODULE_DIR": str(self.job_dir / "code"),
+            "SM_CHANNELS": json.dumps(channels),
+            "SM_HPS": json.dumps(hyperparameters),
+            "SM_HOSTS": json.dumps(["algo-1"]),
+            "SM_CURRENT_HOST": "algo-1",
+            "SM_NUM_GPUS": "0",
+            "SM_NUM_CPUS": str(self.threads),
+            "SM_TRAINING_JOB_NAME": self.name,
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(self.threads),
+            **self.extra_env,
+        }
+        for channel in channels:
+            env[f"SM_CHANNEL_{channel.upper()}"] = str(self.job_dir / "input" / "data" / channel)
+        return env
+
+    def user_hyperparameters(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in self.request.get("HyperParameters", {}).items()
+            if not k.startswith(FRAMEWORK_KEYS)
+        }
+
+    def _train(self, code_dir: Path) -> int:
+        for folder in ("model", "output/data"):
+            (self.job_dir / folder).mkdir(parents=True, exist_ok=True)
+        program = self.request.get("HyperParameters", {}).get("sagemaker_program", "train.py")
+        arguments = [a for k, v in self.user_hyperparameters().items() for a in (f"--{k}", v)]
+        limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        with open(self.job_dir / "logs.txt", "a") as log:
+            with self._lock:
+                if self._stop_reason:
+                    return -1
+                self._process = subprocess.Popen(
+                    [sys.executable, program, *arguments],
+                    cwd=code_dir,
+                    env=self._environment(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    start_new_session=True,
+                )
+            timer = None
+            if limit:
+                timer = threading.Timer(limit, self.stop, args=("MaxRuntimeExceeded",))
+                timer.daemon = True
+                timer.start()
+            try:
+                for line in self._process.stdout:
+                    log.write(line)
+                    log.flush()
+                    self.reader.feed(line)
+            finally:
+                if timer:
+                    timer.cancel()
+            return self._process.wait()
+
+    def _failure_reason(self, exit_code: int) -> str:
+        failure = self.job_dir / "output" / "failure"
+        if failure.is_file() and failure.read_text().strip():
+            return "AlgorithmError: " + failure.read_text().strip()[:1000]
+        lines = (self.job_dir / "logs.txt").read_text(errors="replace").splitlines()
+        tail = " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:] if line.strip())
+        return f"AlgorithmError: exit code {exit_code}; last log lines: {tail}"[:1024]
+
+    def _upload_outputs(self) -> str:
+        output = self.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+        parsed = urlparse(output)
+        base = f"{parsed.path.lstrip('/')}/{self.name}/output".lstrip("/")
+        model_key = f"{base}/model.tar.gz"
+        self.s3.put_object(
+            Bucket=parsed.netloc, Key=model_key, Body=_tar_gz(self.job_dir / "model")
+        )
+        self.s3.put_object(
+            Bucket=parsed.netloc,
+            Key=f"{base}/output.tar.gz",
+            Body=_tar_gz(self.job_dir / "output" / "data"),
+        )
+        return f"s3://{parsed.netloc}/{model_key}"
+
+
+def _tar_gz(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.add(path, arcname=path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
