@@ -31,6 +31,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/inference_latency.py
+	$(BIN)/python bench/local_serving.py
 
 clean:
-	rm -rf $(VENV) .sagedrop-demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

@@ -67,6 +67,8 @@ class LocalCloud:
         self.watcher: FolderWatcher | None = None
         self._lock_file = None
         self._saved_environment: dict[str, str | None] = {}
+        self._replaced_streams: list = []
+        self._log_stream = None
 
     def client(self, service: str):
         services = {
@@ -116,6 +118,12 @@ class LocalCloud:
         from chalicelib import clients
 
         clients.use_factory(None)
+        for handler, previous in self._replaced_streams:
+            if previous is not None:
+                handler.setStream(previous)
+        self._replaced_streams.clear()
+        if self._log_stream:
+            self._log_stream.close()
         for key, value in self._saved_environment.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -159,7 +167,8 @@ class LocalCloud:
         for handler in flow_module.logger._logger.handlers:
             if isinstance(handler, logging.StreamHandler):
                 with contextlib.suppress(ValueError):
-                    handler.setStream(stream)
+                    self._replaced_streams.append((handler, handler.setStream(stream)))
+        self._log_stream = stream
 
 
 def _import_app():
