@@ -45,34 +45,25 @@ def _stamp() -> str:
     return now().isoformat()
 
 
+def _converted(value, timestamp, key: str = ""):
+    """Drop ``_local`` and turn stored ISO timestamps into what the consumer expects."""
+    if isinstance(value, dict):
+        return {k: _converted(v, timestamp, k) for k, v in value.items() if k != "_local"}
+    if isinstance(value, list):
+        return [_converted(v, timestamp) for v in value]
+    if isinstance(value, str) and key.endswith(_TIME_KEYS):
+        return timestamp(dt.datetime.fromisoformat(value))
+    return value
+
+
 def _public(record: dict) -> dict:
-    """A stored record as boto3 returns it: no ``_local``, timestamps as datetimes."""
-
-    def convert(value, key=""):
-        if isinstance(value, dict):
-            return {k: convert(v, k) for k, v in value.items() if k != "_local"}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        if isinstance(value, str) and key.endswith(_TIME_KEYS):
-            return dt.datetime.fromisoformat(value)
-        return value
-
-    return {**convert(record), **metadata()}
+    """A stored record as boto3 returns it: timestamps as datetimes."""
+    return {**_converted(record, lambda moment: moment), **metadata()}
 
 
 def _event_detail(record: dict) -> dict:
     """EventBridge carries timestamps as epoch milliseconds."""
-
-    def convert(value, key=""):
-        if isinstance(value, dict):
-            return {k: convert(v, k) for k, v in value.items() if k != "_local"}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        if isinstance(value, str) and key.endswith(_TIME_KEYS):
-            return int(dt.datetime.fromisoformat(value).timestamp() * 1000)
-        return value
-
-    return convert(record)
+    return _converted(record, lambda moment: int(moment.timestamp() * 1000))
 
 
 class LocalSageMaker:

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,12 +287,3 @@ def _tar_gz(folder: Path) -> bytes:
             if path.is_file():
                 archive.add(path, arcname=path.relative_to(folder).as_posix())
     return buffer.getvalue()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
