@@ -95,21 +95,19 @@ def resolve_images(
     """PyTorch training and inference image URIs for the region and instance types."""
     from sagemaker.core import image_uris  # heavy; only this command needs it
 
-    training = image_uris.retrieve(
-        "pytorch",
-        region=region,
-        version=TRAINING_FRAMEWORK[0],
-        py_version=TRAINING_FRAMEWORK[1],
-        instance_type=training_instance_type,
-        image_scope="training",
-    )
-    inference = image_uris.retrieve(
-        "pytorch",
-        region=region,
-        version=INFERENCE_FRAMEWORK[0],
-        py_version=INFERENCE_FRAMEWORK[1],
-        instance_type=inference_instance_type,
-        image_scope="inference",
+    training, inference = (
+        image_uris.retrieve(
+            "pytorch",
+            region=region,
+            version=version,
+            py_version=python,
+            instance_type=instance_type,
+            image_scope=scope,
+        )
+        for scope, (version, python), instance_type in (
+            ("training", TRAINING_FRAMEWORK, training_instance_type),
+            ("inference", INFERENCE_FRAMEWORK, inference_instance_type),
+        )
     )
     return training, inference
 

@@ -9,6 +9,7 @@ its size and time have stopped changing, and fires the same event.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import mimetypes
@@ -150,11 +151,6 @@ class LocalS3:
             del response["Contents"]
         return response
 
-    def upload_file(self, Filename: str, Bucket: str, Key: str, ExtraArgs=None) -> None:
-        self.put_object(
-            Bucket=Bucket, Key=Key, Body=Path(Filename).read_bytes(), **(ExtraArgs or {})
-        )
-
     # internals ---------------------------------------------------------------------------
     def _write(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
         path = self.path_of(bucket, key, "PutObject")
@@ -276,7 +272,5 @@ def _guess_type(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "binary/octet-stream"
 
 
-def _when(path: Path):
-    import datetime as dt
-
+def _when(path: Path) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(path.stat().st_mtime), dt.UTC)

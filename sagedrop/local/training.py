@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from botocore.exceptions import ClientError
+
 from sagedrop.local.s3 import LocalS3
 
 FRAMEWORK_KEYS = ("sagemaker_", "_tuning_")
@@ -126,9 +128,8 @@ class TrainingRun:
             code_dir = self._download_code()
             self.on_status("Training", "Training in progress")
             exit_code = self._train(code_dir)
-        except (OSError, ValueError, tarfile.TarError) as exc:
-            return JobResult("Failed", f"ClientError: {exc}", "Failed")
-        except self._client_error_type() as exc:
+        except (OSError, ValueError, tarfile.TarError, ClientError) as exc:
+            # SageMaker reports input and code problems as ClientError, not AlgorithmError.
             return JobResult("Failed", f"ClientError: {exc}", "Failed")
         if self._stop_reason:
             secondary = (
@@ -142,12 +143,6 @@ class TrainingRun:
         return JobResult("Completed", None, "Completed", dict(self.reader.final), model_uri)
 
     # steps ------------------------------------------------------------------------------
-    @staticmethod
-    def _client_error_type():
-        from botocore.exceptions import ClientError
-
-        return ClientError
-
     def _download_inputs(self) -> None:
         for channel in self.request.get("InputDataConfig", []):
             source = channel["DataSource"]["S3DataSource"]
