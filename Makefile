@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/inference_latency.py
 	$(BIN)/python bench/local_serving.py
+	$(BIN)/python bench/debug_overhead.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

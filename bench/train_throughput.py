@@ -75,10 +75,30 @@ def loop_step_times(model, items, pre, batch_size, workers, warmup=2) -> list[fl
         optimizer,
         nn.CrossEntropyLoss(),
         runtime,
-        step_callback=lambda _loss: stamps.append(time.perf_counter()),
+        probe=_StepClock(stamps),
     )
     intervals = [b - a for a, b in itertools.pairwise(stamps)]
     return intervals[warmup:]
+
+
+class _StepClock:
+    """A ``loops.StepProbe`` that only notes when each step ends."""
+
+    def __init__(self, stamps: list[float]):
+        self.stamps = stamps
+
+    def batch_ready(self) -> None:
+        pass
+
+    def forward_done(self, loss) -> None:
+        pass
+
+    def backward_done(self) -> None:
+        pass
+
+    def step_done(self) -> bool:
+        self.stamps.append(time.perf_counter())
+        return False
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 ``sagedrop dataset sample|check|pack`` work on datasets; ``sagedrop demo`` runs the whole
 thing on the local cloud; ``up``, ``drop``, ``status`` and ``report`` run and inspect the
-local cloud; ``sagedrop aws configure|deploy`` connect the pipeline to an AWS account.
+local cloud; ``sagedrop rules evaluate`` judges a debug job's trace again offline;
+``sagedrop aws configure|deploy`` connect the pipeline to an AWS account.
 Each command prints what a person needs and exits non-zero when something is wrong.
 """
 
@@ -68,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", default=DEFAULT_ROOT)
     report.add_argument("--out", default=None, help="default: <root>/reports/NAME.html")
     report.set_defaults(handler=_report)
+
+    rules = commands.add_parser("rules", help="debug and profiler rules, offline")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    evaluate = rules_commands.add_parser(
+        "evaluate", help="judge a debug job's trace again (same verdicts, or new parameters)"
+    )
+    evaluate.add_argument(
+        "path", help="debug_trace.jsonl, a folder or output.tar.gz holding it, or a local job name"
+    )
+    evaluate.add_argument("--root", default=DEFAULT_ROOT, help="for a local job name")
+    evaluate.add_argument(
+        "--rules", default=None, help="JSON parameters by rule name; default: the job's own"
+    )
+    evaluate.add_argument("--report", default=None, help="also write report.html here")
+    evaluate.add_argument("--json", action="store_true", help="verdicts as JSON")
+    evaluate.add_argument(
+        "--fail-on-issues", action="store_true", help="exit 3 when a rule finds issues"
+    )
+    evaluate.set_defaults(handler=_rules_evaluate)
 
     aws = commands.add_parser("aws", help="connect the pipeline to an AWS account")
     aws_commands = aws.add_subparsers(dest="aws_command", required=True)
@@ -205,6 +225,23 @@ def _report(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(found[0]))
     print(f"wrote {out}")
+    return 0
+
+
+def _rules_evaluate(args) -> int:
+    from sagedrop import rules_offline
+
+    try:
+        records, verdicts = rules_offline.evaluate(args.path, args.root, args.rules)
+    except (OSError, ValueError) as exc:
+        print(f"sagedrop rules evaluate: {exc}", file=sys.stderr)
+        return 1
+    rules_offline.print_verdicts(verdicts, args.json)
+    if args.report:
+        written = rules_offline.write_report(records, verdicts, args.report)
+        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
+    if args.fail_on_issues and any(v.status == "IssuesFound" for v in verdicts):
+        return 3
     return 0
 
 

@@ -143,6 +143,14 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
     say(f"Best trial:      {tuning['best_job']} (valid_accuracy {tuning['best_objective']:.4f})")
     say(f"Debug job:       {debug.get('name')}: {debug.get('status')}, "
         f"test_accuracy {debug.get('test_accuracy') or 0:.4f}")  # fmt: skip
+    rules = debug.get("rules") or []
+    flagged = [r for r in rules if r["RuleEvaluationStatus"] != "NoIssuesFound"]
+    say(f"Rules:           {len(rules) - len(flagged)} of {len(rules)} NoIssuesFound")
+    for rule in flagged:
+        say(f"                 {rule['RuleConfigurationName']} {rule['RuleEvaluationStatus']}: "
+            f"{rule.get('StatusDetails', '')}")  # fmt: skip
+    if debug.get("report"):
+        say(f"Debug report:    {debug['report']}")
     say(f"Quality gate:    {gate.get('decision')}")
     endpoint = overview.endpoints(cloud.state)[0]
     say(f"Endpoint:        {endpoint['name']} {endpoint['status']} (127.0.0.1:{endpoint['port']})")

@@ -21,3 +21,14 @@ def ensure_import_paths() -> None:
     path = str(CHALICE_APP)
     if path not in sys.path:
         sys.path.insert(0, path)
+
+
+def ensure_training_code_importable() -> None:
+    """Make the container code's stdlib-only helpers (charts, trace reader, rules) importable.
+
+    Appended, not prepended: a model artifact's own ``code/`` folder, which
+    ``sagedrop.artifacts`` puts first while it loads, still wins over these.
+    """
+    path = str(TRAINING_CODE)
+    if path not in sys.path:
+        sys.path.append(path)

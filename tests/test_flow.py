@@ -236,18 +236,30 @@ def test_unrelated_training_events_are_ignored(cloud, detail):
     assert cloud.messages() == []
 
 
-def debug_job(cloud, test_accuracy, rules):
+def debug_job(cloud, test_accuracy, rules, archive=True):
+    """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
+    and, when ``archive``, rules.json with the details in its output.tar.gz."""
     name = "sdd-pets-1234abcd"
     prefix = f"jobs/{name}"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        data = json.dumps(rules).encode()
-        info = tarfile.TarInfo("rules.json")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
-    cloud.s3.put_object(
-        Bucket=DATA, Key=f"{prefix}/{name}/output/output.tar.gz", Body=buffer.getvalue()
-    )
+    if archive:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            data = json.dumps(rules).encode()
+            info = tarfile.TarInfo("rules.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        cloud.s3.put_object(
+            Bucket=DATA, Key=f"{prefix}/{name}/output/output.tar.gz", Body=buffer.getvalue()
+        )
+    codes = {"NoIssuesFound": 0, "IssuesFound": 1, "Error": 2}
+    rule_metrics = [
+        {
+            "MetricName": f"rule_{rule['RuleConfigurationName']}",
+            "Value": codes[rule["RuleEvaluationStatus"]],
+            "Timestamp": "2026-11-24T10:00:00Z",
+        }
+        for rule in rules
+    ]
     return name, {
         "TrainingJobName": name,
         "TrainingJobArn": f"{ARN}:training-job/sdd",
@@ -275,7 +287,8 @@ def debug_job(cloud, test_accuracy, rules):
                 "MetricName": "test_accuracy",
                 "Value": test_accuracy,
                 "Timestamp": "2026-11-24T10:00:00Z",
-            }
+            },
+            *rule_metrics,
         ],
     }
 
@@ -443,6 +456,53 @@ def test_failed_invocation_writes_an_error_file(cloud):
     assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
 
 
+def stub_first_deployment(cloud):
+    """No endpoint yet: model, config, then CreateEndpoint."""
+    missing = {
+        "service_error_code": "ValidationException",
+        "service_message": 'Could not find endpoint "sagedrop".',
+        "http_status_code": 400,
+    }
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response(
+        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
+    )
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop"})
+
+
+def test_gate_reads_verdicts_from_metrics_even_without_the_archive(cloud):
+    """The verdict comes from FinalMetricDataList; a missing output.tar.gz only costs the
+    details, and the notice says where to look."""
+    issue = {"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "IssuesFound"}
+    name, described = debug_job(cloud, 0.95, [issue], archive=False)
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "blocked"
+    [reason] = cloud.messages()[0]["reasons"]
+    assert "VanishingGradient found issues: see rules.json and report.html in s3://" in reason
+
+
+def test_non_blocking_rule_issues_are_reported_but_deploy(cloud):
+    rules = [
+        {
+            "RuleConfigurationName": "Overfit",
+            "RuleEvaluationStatus": "IssuesFound",
+            "StatusDetails": "epoch 3: ratio 0.4 > 0.1",
+        },
+        {"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "NoIssuesFound"},
+    ]
+    name, described = debug_job(cloud, 0.95, rules)
+    cloud.stub.add_response("describe_training_job", described)
+    stub_first_deployment(cloud)
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "creating"
+    reasons = cloud.messages()[0]["reasons"]
+    assert "non-blocking rules found issues: Overfit" in reasons
+
+
 def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
     name, described = debug_job(cloud, 0.95, [])
     cloud.stub.add_response("describe_training_job", described)
@@ -461,18 +521,7 @@ def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
 def test_first_model_creates_the_endpoint(cloud):
     name, described = debug_job(cloud, 0.95, [])
     cloud.stub.add_response("describe_training_job", described)
-    missing = {
-        "service_error_code": "ValidationException",
-        "service_message": 'Could not find endpoint "sagedrop".',
-        "http_status_code": 400,
-    }
-    cloud.stub.add_client_error("describe_endpoint", **missing)
-    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
-    cloud.stub.add_response(
-        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
-    )
-    cloud.stub.add_client_error("describe_endpoint", **missing)
-    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop"})
+    stub_first_deployment(cloud)
     detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     assert flow.training_finished(detail, cloud.settings) == "creating"
     assert "no model is serving yet" in cloud.messages()[0]["reasons"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.training_metrics import RULE_NAMES
 from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
 from tests.conftest import make_zip
@@ -98,7 +99,13 @@ def test_pipeline_through_the_cli(tmp_path):
     [pipeline] = snapshot["pipelines"]  # the duplicate drop started nothing
     assert pipeline["tuning"]["status"] == "Completed"
     assert pipeline["tuning"]["trials_started"] == 2
-    assert pipeline["debug_job"]["status"] == "Completed"
+    debug = pipeline["debug_job"]
+    assert debug["status"] == "Completed"
+    # the debug job's rules, report and TensorBoard files, on the pipeline's own paths
+    assert [r["RuleConfigurationName"] for r in debug["rules"]] == list(RULE_NAMES)
+    assert debug["report"].endswith("report.html") and debug["tensorboard"]
+    tensorboard = root / "buckets" / "sagedrop-data" / "jobs" / debug["name"] / "tensorboard"
+    assert any(p.name.startswith("events.out.tfevents") for p in tensorboard.iterdir())
     assert pipeline["gate"]["decision"].startswith("deploy")
     assert pipeline["predictions"] == 1
     [rejected] = snapshot["rejected_uploads"]
@@ -115,6 +122,7 @@ def test_pipeline_through_the_cli(tmp_path):
     assert report.returncode == 0
     page = (root / "reports" / f"{pipeline['name']}.html").read_text()
     assert page.count("<svg") >= 3 and pipeline["tuning"]["best_job"] in page
+    assert "VanishingGradient" in page and "report.html" in page
 
 
 def test_restart_during_tuning_runs_nothing_twice(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ from botocore.validate import ParamValidator
 
 from chalicelib import naming, requests
 from chalicelib.settings import Settings, SettingsError
-from chalicelib.training_metrics import METRIC_DEFINITIONS
+from chalicelib.training_metrics import METRIC_DEFINITIONS, RULE_NAMES
 
 SAGEMAKER = botocore.session.get_session().get_service_model("sagemaker")
 ROLE = "arn:aws:iam::123456789012:role/sagedrop-sagemaker"
@@ -140,6 +141,38 @@ def test_debug_training_job_request(settings, upload):
     assert hp["lr"] == "0.0123" and hp["batch-size"] == "64" and hp["debug"] == "true"
     assert hp["sagemaker_program"] == "train.py"
     assert not any(k.startswith("_tuning") for k in hp)
+    assert hp["debug-save-interval"] == "50" and "rules" not in hp
+    # every rule's verdict is a metric the gate reads from FinalMetricDataList
+    names = {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert {f"rule_{rule}" for rule in RULE_NAMES} <= names and "test_accuracy" in names
+    assert request["TensorBoardOutputConfig"]["S3OutputPath"].endswith("/tensorboard")
+
+
+def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload):
+    staged = replace(settings, debug_rules={"Overfit": {"patience": 3}, "StepOutlier": False})
+    request = requests.debug_training_job_request(staged, upload, describe_tuning(staged, upload))
+    assert_valid("CreateTrainingJob", request)
+    assert json.loads(request["HyperParameters"]["rules"]) == {
+        "Overfit": {"patience": 3},
+        "StepOutlier": False,
+    }
+    own = staged.with_dataset_overrides(
+        {"hyperparameters": {"rules": {"VanishingGradient": {"stop": True}}}}
+    )
+    assert own.static_hyperparameters["rules"] == '{"VanishingGradient":{"stop":true}}'
+    request = requests.debug_training_job_request(own, upload, describe_tuning(own, upload))
+    assert json.loads(request["HyperParameters"]["rules"]) == {"VanishingGradient": {"stop": True}}
+
+
+def test_rule_settings_are_checked_where_they_are_given(settings):
+    with pytest.raises(SettingsError, match="unknown rule"):
+        Settings.from_env({"DEBUG_RULES": '{"Overfitting": {}}'})
+    with pytest.raises(SettingsError, match="GATE_BLOCKING_RULES: unknown rule"):
+        Settings.from_env({"GATE_BLOCKING_RULES": "VanishingGradients"})
+    with pytest.raises(SettingsError, match=r"hyperparameters\.rules: unknown rule"):
+        settings.with_dataset_overrides({"hyperparameters": {"rules": {"Overfitt": {}}}})
+    with pytest.raises(SettingsError, match="must be a JSON object"):
+        settings.with_dataset_overrides({"hyperparameters": {"rules": "Overfit"}})
 
 
 def test_model_and_endpoint_requests(settings, upload):

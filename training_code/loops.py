@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -27,6 +28,22 @@ class EpochResult:
     samples: int
     unreadable: list[str]
     seconds: float
+
+
+class StepProbe(Protocol):
+    """What a debug session sees of each training step (``debug_session.DebugSession``).
+
+    ``step_done`` returns True when training must stop now (a rule's stop action).
+    """
+
+    def batch_ready(self) -> None: ...
+    def forward_done(self, loss: torch.Tensor) -> None: ...
+    def backward_done(self) -> None: ...
+    def step_done(self) -> bool: ...
+
+
+class EvalProbe(Protocol):
+    def eval_batch(self, loss_sum: torch.Tensor, count: int) -> None: ...
 
 
 def autocast(device: torch.device):
@@ -48,7 +65,7 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     runtime: distributed.Runtime,
-    step_callback=None,
+    probe: StepProbe | None = None,
 ) -> EpochResult:
     model.train()
     for module in frozen_modules(model):
@@ -64,23 +81,34 @@ def train_epoch(
         if images is None:
             continue
         images, labels = to_device(images, labels, device)
+        if probe is not None:
+            probe.batch_ready()
         with autocast(device):
             logits = model(images)
             loss = criterion(logits, labels)
+        if probe is not None:
+            probe.forward_done(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if probe is not None:
+            probe.backward_done()
         optimizer.step()
         with torch.no_grad():
             loss_sum += loss.detach().double() * labels.numel()
             correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
-        if step_callback is not None:
-            step_callback(loss)
+        if probe is not None and probe.step_done():
+            break
     totals = distributed.sum_across(runtime, loss_sum, correct, seen)
     return _result(totals, unreadable, start)
 
 
-def evaluate(model: nn.Module, loader: Iterable, runtime: distributed.Runtime) -> EpochResult:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    runtime: distributed.Runtime,
+    probe: EvalProbe | None = None,
+) -> EpochResult:
     """Per-sample mean loss and accuracy over this process's shard, summed over all."""
     model.eval()
     device = runtime.device
@@ -97,9 +125,10 @@ def evaluate(model: nn.Module, loader: Iterable, runtime: distributed.Runtime) -
             images, labels = to_device(images, labels, device)
             with autocast(device):
                 logits = model(images)
-            loss_sum += nn.functional.cross_entropy(
-                logits.float(), labels, reduction="sum"
-            ).double()
+            batch_loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            loss_sum += batch_loss.double()
+            if probe is not None:
+                probe.eval_batch(batch_loss, labels.numel())
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
     totals = distributed.sum_across(runtime, loss_sum, correct, seen)
@@ -147,6 +176,7 @@ def train_head_epoch(
     batch_size: int,
     generator: torch.Generator,
     runtime: distributed.Runtime,
+    probe: StepProbe | None = None,
 ) -> EpochResult:
     head.train()
     start = time.perf_counter()
@@ -156,14 +186,22 @@ def train_head_epoch(
     for begin in range(0, len(order), batch_size):
         idx = order[begin : begin + batch_size]
         x, y = features[idx], labels[idx]
+        if probe is not None:
+            probe.batch_ready()
         logits = head(x)
         loss = criterion(logits, y)
+        if probe is not None:
+            probe.forward_done(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if probe is not None:
+            probe.backward_done()
         optimizer.step()
         with torch.no_grad():
             loss_sum += loss.detach().double() * len(idx)
             correct += (logits.argmax(1) == y).sum()
+        if probe is not None and probe.step_done():
+            break
     totals = distributed.sum_across(runtime, loss_sum, correct, len(labels))
     return _result(totals, [], start)
 

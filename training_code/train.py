@@ -36,6 +36,7 @@ from data_pipeline import (
     find_data_source,
     prepare_dataset,
 )
+from debug_session import DebugOptions, DebugSession, StopTraining, parse_trace_steps
 from image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
 from metric_lines import emit_metrics
 from model_def import (
@@ -48,6 +49,8 @@ from model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
+from rule_base import RuleConfigError
+from rule_set import parse_rules_config
 
 log = logging.getLogger("sagedrop.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="record tensors and profile the run (the debug/profile job)",
     )
+    dbg = p.add_argument_group("debug job (with --debug true)")
+    dbg.add_argument(
+        "--rules",
+        default="",
+        help='JSON: rule parameters by rule name, e.g. {"Overfit": {"patience": 3}, '
+        '"StepOutlier": false, "VanishingGradient": {"stop": true}}',
+    )
+    dbg.add_argument("--debug-save-interval", type=int, default=50, help="steps between saves")
+    dbg.add_argument("--profiler-interval-ms", type=int, default=500)
+    dbg.add_argument(
+        "--profiler-trace-steps", default="", help="torch.profiler trace of these steps, e.g. 5-8"
+    )
+    dbg.add_argument(
+        "--tensorboard-dir",
+        default=None,
+        help="default: SM_OUTPUT_DIR/tensorboard (what TensorBoardOutputConfig uploads)",
+    )
     io = p.add_argument_group("locations (SageMaker sets these through SM_* variables)")
     io.add_argument("--data", default=None, help="zip or folder; default: SM_CHANNEL_TRAINING")
     io.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
@@ -134,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         log.warning("ignoring arguments this script does not know: %s", " ".join(unknown))
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.image_size < 16:
         raise SystemExit("epochs and batch-size must be >= 1, lr > 0, image-size >= 16")
+    if args.debug_save_interval < 1 or args.profiler_interval_ms < 10:
+        raise SystemExit("debug-save-interval must be >= 1 and profiler-interval-ms >= 10")
+    try:
+        parse_trace_steps(args.profiler_trace_steps)
+    except ValueError as exc:
+        raise SystemExit(f"profiler-trace-steps: {exc}") from None
     return args
 
 
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(runtime)
     try:
         return _run(args, runtime)
-    except (DatasetError, WeightsUnavailable) as exc:
+    except (DatasetError, WeightsUnavailable, RuleConfigError, StopTraining) as exc:
         log.error("%s", exc)
         _write_failure_reason(str(exc))
         return 1
@@ -156,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
     started = time.perf_counter()
+    rules_config = parse_rules_config(args.rules) if args.debug else {}
     _seed_everything(args.seed + runtime.rank)
     source = find_data_source(args.data)
     work_dir = args.work_dir or _default_work_dir(source)
@@ -192,11 +219,18 @@ def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
         runtime.device,
         runtime.world_size,
     )
-    if args.debug:
+    session = None
+    if args.debug and runtime.is_main:
+        recorded = model.fc if use_cache else model
+        session = _start_debug_session(args, runtime, recorded, rules_config, use_cache)
         log.info("debug run: rules and profiler report are written to %s", args.output_data_dir)
 
     runner = _train_on_cached_features if use_cache else _train_on_images
-    history, test, unreadable = runner(args, runtime, data, model, pre)
+    try:
+        history, test, unreadable = runner(args, runtime, data, model, pre, session)
+    finally:
+        if session is not None:
+            session.finish(os.environ.get("SM_TRAINING_JOB_NAME", "local run"))
 
     if runtime.is_main:
         summary = {
@@ -216,7 +250,9 @@ def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
     return 0
 
 
-def _train_on_images(args, runtime, data: PreparedDataset, model: nn.Module, pre: Preprocessing):
+def _train_on_images(
+    args, runtime, data: PreparedDataset, model: nn.Module, pre: Preprocessing, session
+):
     per_process_batch = max(1, args.batch_size // runtime.world_size)
     workers = _num_workers(args.num_workers)
     draft = pre.resize_size
@@ -260,15 +296,22 @@ def _train_on_images(args, runtime, data: PreparedDataset, model: nn.Module, pre
     criterion = nn.CrossEntropyLoss()
     history, unreadable = [], set()
     best = _BestSoFar()
+    if session is not None:
+        session.optimizer = optimizer
     for epoch in range(1, args.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        train = loops.train_epoch(trained, train_loader, optimizer, criterion, runtime)
-        valid = loops.evaluate(model, valid_loader, runtime)
+        if session is not None:
+            session.epoch_begin(epoch)
+        train = loops.train_epoch(trained, train_loader, optimizer, criterion, runtime, session)
+        valid = loops.evaluate(model, valid_loader, runtime, session)
+        if session is not None:
+            session.evaluated(epoch, train, valid)
         scheduler.step()
         unreadable.update(train.unreadable + valid.unreadable)
         history.append(_log_epoch(args, runtime, epoch, train, valid))
         best.offer(epoch, valid, model.state_dict())
+        _stop_if_a_rule_says_so(runtime, session)
     best.restore(model)
     test = loops.evaluate(model, eval_loader("test"), runtime)
     unreadable.update(test.unreadable)
@@ -276,7 +319,7 @@ def _train_on_images(args, runtime, data: PreparedDataset, model: nn.Module, pre
     return history, test, unreadable
 
 
-def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Preprocessing):
+def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Preprocessing, session):
     """Frozen backbone: its features never change, so compute them once per image.
 
     Each epoch is then a few matrix products on the head. Training images get the
@@ -303,14 +346,29 @@ def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Prepro
     history, best = [], _BestSoFar()
     x_train, y_train, _ = features["train"]
     x_valid, y_valid, _ = features["valid"]
+    if session is not None:
+        session.optimizer = optimizer
     for epoch in range(1, args.epochs + 1):
+        if session is not None:
+            session.epoch_begin(epoch)
         train = loops.train_head_epoch(
-            trained, x_train, y_train, optimizer, criterion, per_process_batch, generator, runtime
+            trained,
+            x_train,
+            y_train,
+            optimizer,
+            criterion,
+            per_process_batch,
+            generator,
+            runtime,
+            session,
         )
         valid = loops.evaluate_head(head, x_valid, y_valid, runtime)
+        if session is not None:
+            session.evaluated(epoch, train, valid)
         scheduler.step()
         history.append(_log_epoch(args, runtime, epoch, train, valid))
         best.offer(epoch, valid, model.state_dict())
+        _stop_if_a_rule_says_so(runtime, session)
     best.restore(model)
     x_test, y_test, _ = features["test"]
     test = loops.evaluate_head(head, x_test, y_test, runtime)
@@ -362,6 +420,49 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         torch.save({"x": x.cpu(), "y": y.cpu(), "unreadable": unreadable}, tmp)
         os.replace(tmp, cache_file)
     return x, y, unreadable
+
+
+def _start_debug_session(args, runtime, recorded: nn.Module, rules_config: dict, use_cache: bool):
+    tensorboard_dir = args.tensorboard_dir
+    if tensorboard_dir is None:
+        base = os.environ.get("SM_OUTPUT_DIR")
+        tensorboard_dir = os.path.join(base or args.output_data_dir, "tensorboard")
+    options = DebugOptions(
+        rules_config=rules_config,
+        save_interval=args.debug_save_interval,
+        profiler_interval_s=args.profiler_interval_ms / 1000,
+        trace_steps=parse_trace_steps(args.profiler_trace_steps),
+        tensorboard_dir=tensorboard_dir,
+    )
+    meta = {
+        "job": os.environ.get("SM_TRAINING_JOB_NAME", "local run"),
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "num_workers": _num_workers(args.num_workers),
+        "device": str(runtime.device),
+        "world_size": runtime.world_size,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "image_size": args.image_size,
+        "cached_features": use_cache,
+    }
+    return DebugSession(
+        recorded,
+        args.output_data_dir,
+        options,
+        runtime.device,
+        meta,
+        stop_within_epoch=not runtime.distributed,
+    )
+
+
+def _stop_if_a_rule_says_so(runtime: distributed.Runtime, session: DebugSession | None) -> None:
+    """A rule's stop action, agreed by every process at the epoch's end (rank 0 judges)."""
+    rule = session.stopping_rule() if session is not None else None
+    if distributed.sum_across(runtime, 1.0 if rule is not None else 0.0)[0] > 0:
+        if rule is not None:
+            raise StopTraining(rule.verdict())
+        raise StopTraining(None)
 
 
 class _BestSoFar:

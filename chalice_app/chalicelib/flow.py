@@ -22,10 +22,11 @@ from botocore.exceptions import ClientError
 from chalicelib import naming, requests
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, inspect_zip
-from chalicelib.gate import quality_gate
+from chalicelib.gate import ISSUES_FOUND, quality_gate
 from chalicelib.notify import Notice, publish
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings, SettingsError
+from chalicelib.training_metrics import rule_statuses
 
 logger = Logger(service="sagedrop")
 metrics = Metrics(namespace="sagedrop", service="sagedrop")
@@ -233,7 +234,9 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         return "failed"
     final = {m["MetricName"]: m["Value"] for m in training.get("FinalMetricDataList", [])}
     test_accuracy = final.get("test_accuracy")
-    rules = _rule_results(training)
+    rules = rule_statuses(final)
+    if rules and any(r["RuleEvaluationStatus"] == ISSUES_FOUND for r in rules):
+        _add_rule_details(training, rules)
     serving_accuracy = _serving_accuracy(settings)
     decision = quality_gate(
         rules,
@@ -290,21 +293,26 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
     return action
 
 
-def _rule_results(training: dict) -> list[dict] | None:
-    """rules.json from the job's output.tar.gz (SM_OUTPUT_DATA_DIR), if the job wrote one."""
+def _add_rule_details(training: dict, rules: list[dict]) -> None:
+    """Say *why* a rule found issues: StatusDetails from the job's rules.json (in
+    output.tar.gz). The verdicts themselves came from the metrics; if the archive cannot
+    be read, the gate still decides and the notice says where to look."""
     output = training["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-    parsed = urlparse(f"{output}/{training['TrainingJobName']}/output/output.tar.gz")
+    uri = f"{output}/{training['TrainingJobName']}/output/output.tar.gz"
+    parsed = urlparse(uri)
+    details: dict[str, str] = {}
     try:
         body = client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
-    with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
-        for member in archive.getmembers():
-            if member.isfile() and member.name.lstrip("./") == "rules.json":
-                return json.load(archive.extractfile(member))
-    return None
+        with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and member.name.lstrip("./") == "rules.json":
+                    for entry in json.load(archive.extractfile(member)):
+                        details[entry["RuleConfigurationName"]] = entry.get("StatusDetails", "")
+    except (ClientError, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("rule details unavailable from %s: %s", uri, exc)
+    for rule in rules:
+        fallback = f"see rules.json and report.html in {uri}"
+        rule["StatusDetails"] = details.get(rule["RuleConfigurationName"]) or fallback
 
 
 def _serving_accuracy(settings: Settings) -> float | None:

@@ -42,6 +42,13 @@ def quality_gate(
         if not blocked:
             checked = ", ".join(blocking_rules) or "none configured"
             passed.append(f"no blocking rule found issues ({checked})")
+            other = [
+                r["RuleConfigurationName"]
+                for r in rules
+                if r["RuleEvaluationStatus"] == ISSUES_FOUND
+            ]
+            if other:
+                passed.append(f"non-blocking rules found issues: {', '.join(other)}")
     if test_accuracy is None:
         blocked.append("the job reported no test_accuracy metric")
     else:

@@ -7,11 +7,16 @@ botocore's service model, and the local cloud receives precisely what AWS would.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from chalicelib import naming
 from chalicelib.settings import Settings
-from chalicelib.training_metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+from chalicelib.training_metrics import (
+    DEBUG_METRIC_DEFINITIONS,
+    METRIC_DEFINITIONS,
+    OBJECTIVE_METRIC,
+)
 
 TRAINING_CHANNEL = "training"
 VARIANT_NAME = "AllTraffic"
@@ -164,6 +169,10 @@ def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict)
     }
     hyperparameters.update(tuning["BestTrainingJob"]["TunedHyperParameters"])
     hyperparameters["debug"] = "true"
+    hyperparameters.setdefault("debug-save-interval", str(settings.debug_save_interval))
+    if settings.debug_rules:
+        # A dataset's own "rules" (its sagedrop.json hyperparameters) wins over the stage's.
+        hyperparameters.setdefault("rules", json.dumps(settings.debug_rules, separators=(",", ":")))
     output_path = f"s3://{settings.data_bucket}/jobs/{name}"
     return {
         "TrainingJobName": name,
@@ -171,7 +180,7 @@ def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict)
         "AlgorithmSpecification": {
             "TrainingImage": definition["AlgorithmSpecification"]["TrainingImage"],
             "TrainingInputMode": "File",
-            "MetricDefinitions": definition["AlgorithmSpecification"]["MetricDefinitions"],
+            "MetricDefinitions": DEBUG_METRIC_DEFINITIONS,
         },
         "RoleArn": definition["RoleArn"],
         "InputDataConfig": definition["InputDataConfig"],

@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from chalicelib.training_metrics import RULE_NAMES
+
 DEFAULT_RANGES: dict[str, dict] = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
     "momentum": {"type": "continuous", "min": 0.5, "max": 0.99, "scaling": "Linear"},
@@ -21,6 +23,8 @@ DEFAULT_RANGES: dict[str, dict] = {
 }
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 EARLY_STOPPING = ("Auto", "Off")
+# SageMaker's limit on one hyperparameter value.
+MAX_HYPERPARAMETER_LENGTH = 2500
 RANGE_TYPES = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 # What a dataset's sagedrop.json may set, with the type each value must have.
@@ -64,6 +68,8 @@ class Settings:
     tuning_ranges: dict = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_RANGES)))
     static_hyperparameters: dict = field(default_factory=dict)
     gate_blocking_rules: tuple[str, ...] = ("VanishingGradient", "ExplodingTensor")
+    debug_rules: dict = field(default_factory=dict)
+    debug_save_interval: int = 50
     gate_tolerance: float = 0.01
     gate_min_test_accuracy: float = 0.0
 
@@ -80,6 +86,14 @@ class Settings:
         validate_ranges(self.tuning_ranges)
         if not 0 <= self.gate_tolerance <= 1:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
+        _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
+        _check_rule_names("DEBUG_RULES", tuple(self.debug_rules))
+        if len(json.dumps(self.debug_rules, separators=(",", ":"))) > MAX_HYPERPARAMETER_LENGTH:
+            raise SettingsError(
+                f"DEBUG_RULES is longer than a hyperparameter may be ({MAX_HYPERPARAMETER_LENGTH})"
+            )
+        if self.debug_save_interval < 1:
+            raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,10 +130,13 @@ class Settings:
             attribute = "static_hyperparameters" if key == "hyperparameters" else f"tuning_{key}"
             changes[attribute] = value
         if "static_hyperparameters" in changes:
-            changes["static_hyperparameters"] = {
-                **self.static_hyperparameters,
-                **{str(k): str(v) for k, v in changes["static_hyperparameters"].items()},
+            given = {
+                str(k): _hyperparameter_text(v)
+                for k, v in changes["static_hyperparameters"].items()
             }
+            if "rules" in given:
+                _check_rules_hyperparameter(given["rules"])
+            changes["static_hyperparameters"] = {**self.static_hyperparameters, **given}
         try:
             return replace(self, **changes)
         except SettingsError as exc:
@@ -144,6 +161,36 @@ def validate_ranges(ranges: Mapping) -> None:
         _check_choice(f"scaling of range '{name}'", scaling, SCALINGS)
         if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
             raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
+
+
+def _hyperparameter_text(value) -> str:
+    """SageMaker hyperparameters are strings; objects and lists travel as JSON."""
+    return (
+        json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
+    )
+
+
+def _check_rules_hyperparameter(text: str) -> None:
+    """A dataset's own debug rule parameters, checked at upload rather than in the job."""
+    try:
+        rules = json.loads(text)
+    except ValueError:
+        raise SettingsError("sagedrop.json: hyperparameters.rules must be a JSON object") from None
+    if not isinstance(rules, dict):
+        raise SettingsError("sagedrop.json: hyperparameters.rules must be a JSON object")
+    _check_rule_names("sagedrop.json: hyperparameters.rules", tuple(rules))
+    if len(text) > MAX_HYPERPARAMETER_LENGTH:
+        raise SettingsError(
+            f"sagedrop.json: hyperparameters.rules is longer than {MAX_HYPERPARAMETER_LENGTH}"
+        )
+
+
+def _check_rule_names(what: str, names: tuple[str, ...]) -> None:
+    unknown = sorted(set(names) - set(RULE_NAMES))
+    if unknown:
+        raise SettingsError(
+            f"{what}: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_NAMES)}"
+        )
 
 
 def _check_choice(what: str, value: str, options: tuple[str, ...]) -> None:
@@ -187,6 +234,8 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "TUNING_RANGES": ("tuning_ranges", _json_object),
     "STATIC_HYPERPARAMETERS": ("static_hyperparameters", _json_object),
     "GATE_BLOCKING_RULES": ("gate_blocking_rules", _names),
+    "DEBUG_RULES": ("debug_rules", _json_object),
+    "DEBUG_SAVE_INTERVAL": ("debug_save_interval", int),
     "GATE_TOLERANCE": ("gate_tolerance", float),
     "GATE_MIN_TEST_ACCURACY": ("gate_min_test_accuracy", float),
 }

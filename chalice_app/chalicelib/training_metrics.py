@@ -22,6 +22,55 @@ METRIC_DEFINITIONS: list[dict[str, str]] = [
     for name in ("epoch", *EPOCH_METRICS, *FINAL_METRICS)
 ]
 
+# The debug job's rules (training_code/rule_set.py; a test keeps the two lists equal).
+# Each verdict is a metric line ``rule_<Name>=0|1|2``, so the gate reads it from
+# FinalMetricDataList without opening the output archive.
+DEBUG_RULES = (
+    "VanishingGradient",
+    "ExplodingTensor",
+    "Overfit",
+    "Overtraining",
+    "LossNotDecreasing",
+    "PoorWeightInitialization",
+)
+PROFILER_RULES = (
+    "CPUBottleneck",
+    "IOBottleneck",
+    "Dataloader",
+    "LowGPUUtilization",
+    "GPUMemoryIncrease",
+    "BatchSize",
+    "StepOutlier",
+    "MaxInitializationTime",
+)
+RULE_NAMES = (*DEBUG_RULES, *PROFILER_RULES)
+RULE_STATUSES = {0: "NoIssuesFound", 1: "IssuesFound", 2: "Error"}
+RULE_METRIC_PREFIX = "rule_"
+DEBUG_METRIC_DEFINITIONS: list[dict[str, str]] = [
+    *METRIC_DEFINITIONS,
+    *(
+        {"Name": f"{RULE_METRIC_PREFIX}{name}", "Regex": f"{RULE_METRIC_PREFIX}{name}={NUMBER}"}
+        for name in RULE_NAMES
+    ),
+]
+
+
+def rule_statuses(final_metrics: dict[str, float]) -> list[dict] | None:
+    """``DebugRuleEvaluationStatuses``-shaped entries from a job's final metrics, or None
+    when the job reported no rule at all (it was not a debug run)."""
+    statuses = []
+    for name in RULE_NAMES:
+        value = final_metrics.get(f"{RULE_METRIC_PREFIX}{name}")
+        if value is None:
+            continue
+        statuses.append(
+            {
+                "RuleConfigurationName": name,
+                "RuleEvaluationStatus": RULE_STATUSES.get(int(value), "Error"),
+            }
+        )
+    return statuses or None
+
 
 def parse_metric_lines(text: str, definitions: list[dict[str, str]] | None = None) -> dict:
     """Every value each regex finds, in log order: ``{name: [v1, v2, ...]}``.

@@ -36,11 +36,15 @@ def predictions(root: Path, inference_bucket: str = "sagedrop-inference") -> lis
 
 
 def rules_of(root: Path, job: str) -> list[dict]:
-    path = root / "jobs" / job / "output" / "data" / "rules.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
+    """The debug job's verdicts: rule_verdicts.json (with step, tensor and advice) when the
+    job wrote it, else the plain rules.json."""
+    folder = root / "jobs" / job / "output" / "data"
+    for name in ("rule_verdicts.json", "rules.json"):
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return []
 
 
 def pipelines(root: Path, state: State) -> list[dict]:
@@ -125,6 +129,7 @@ def pipelines(root: Path, state: State) -> list[dict]:
                         root / "jobs" / debug_name / "output" / "data" / "report.html"
                     ),
                     "log": _existing(root / "jobs" / debug_name / "logs.txt"),
+                    "tensorboard": _existing(root / "jobs" / debug_name / "output" / "tensorboard"),
                     "series": debug.get("_local", {}).get("series", {}),
                 },
                 "gate": gate[-1] if gate else None,

@@ -58,8 +58,14 @@ def print_status(snapshot: dict) -> None:
                         for r in flagged
                     )
                 )
+            for rule in flagged:
+                details = rule.get("StatusDetails", "")
+                details = details if len(details) <= 110 else details[:107] + "..."
+                print(f"           {rule['RuleConfigurationName']}: {details}")
             if debug.get("report"):
                 print(f"  report   {debug['report']}")
+            if debug.get("tensorboard"):
+                print(f"  tensorboard --logdir {debug['tensorboard']}")
         if p["gate"]:
             print(f"  gate     {p['gate'].get('decision')}")
         print(f"  model    {p['model'] or '-'}  predictions {p['predictions']}")

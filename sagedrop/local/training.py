@@ -33,6 +33,8 @@ from botocore.exceptions import ClientError
 from sagedrop.local.s3 import LocalS3
 
 FRAMEWORK_KEYS = ("sagemaker_", "_tuning_")
+CONTAINER_OUTPUT = "/opt/ml/output"
+CONTAINER_TENSORBOARD = "/opt/ml/output/tensorboard"  # TensorBoardOutputConfig's default
 LOG_TAIL_LINES = 15
 
 
@@ -137,7 +139,12 @@ class TrainingRun:
             )
             return JobResult("Stopped", None, secondary, dict(self.reader.final))
         if exit_code != 0:
-            return JobResult("Failed", self._failure_reason(exit_code), "Failed")
+            # SageMaker uploads output data and TensorBoard files of a failed job too: the
+            # debug report and rules.json say why a rule stopped it.
+            self._upload_output_data()
+            return JobResult(
+                "Failed", self._failure_reason(exit_code), "Failed", dict(self.reader.final)
+            )
         self.on_status("Uploading", "Uploading generated training model")
         model_uri = self._upload_outputs()
         return JobResult("Completed", None, "Completed", dict(self.reader.final), model_uri)
@@ -259,20 +266,39 @@ class TrainingRun:
         tail = " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:] if line.strip())
         return f"AlgorithmError: exit code {exit_code}; last log lines: {tail}"[:1024]
 
+    def _output_base(self) -> tuple[str, str]:
+        parsed = urlparse(self.request["OutputDataConfig"]["S3OutputPath"].rstrip("/"))
+        return parsed.netloc, f"{parsed.path.lstrip('/')}/{self.name}/output".lstrip("/")
+
     def _upload_outputs(self) -> str:
-        output = self.request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-        parsed = urlparse(output)
-        base = f"{parsed.path.lstrip('/')}/{self.name}/output".lstrip("/")
+        bucket, base = self._output_base()
         model_key = f"{base}/model.tar.gz"
-        self.s3.put_object(
-            Bucket=parsed.netloc, Key=model_key, Body=_tar_gz(self.job_dir / "model")
-        )
-        self.s3.put_object(
-            Bucket=parsed.netloc,
-            Key=f"{base}/output.tar.gz",
-            Body=_tar_gz(self.job_dir / "output" / "data"),
-        )
-        return f"s3://{parsed.netloc}/{model_key}"
+        self.s3.put_object(Bucket=bucket, Key=model_key, Body=_tar_gz(self.job_dir / "model"))
+        self._upload_output_data()
+        return f"s3://{bucket}/{model_key}"
+
+    def _upload_output_data(self) -> None:
+        bucket, base = self._output_base()
+        data = self.job_dir / "output" / "data"
+        if data.is_dir():
+            self.s3.put_object(Bucket=bucket, Key=f"{base}/output.tar.gz", Body=_tar_gz(data))
+        self._upload_tensorboard()
+
+    def _upload_tensorboard(self) -> None:
+        """``TensorBoardOutputConfig``: the event files under LocalPath, file by file."""
+        config = self.request.get("TensorBoardOutputConfig")
+        if not config:
+            return
+        local = config.get("LocalPath", CONTAINER_TENSORBOARD)
+        if not local.startswith(CONTAINER_OUTPUT):
+            return  # a path outside /opt/ml/output has no place in the job folder
+        folder = self.job_dir / "output" / local[len(CONTAINER_OUTPUT) :].strip("/")
+        parsed = urlparse(config["S3OutputPath"].rstrip("/"))
+        prefix = parsed.path.lstrip("/")
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_file():
+                key = f"{prefix}/{path.relative_to(folder).as_posix()}".lstrip("/")
+                self.s3.put_object(Bucket=parsed.netloc, Key=key, Body=path.read_bytes())
 
 
 def _tar_gz(folder: Path) -> bytes:
