@@ -88,13 +88,13 @@ class _StepClock:
         self.stamps = stamps
 
     def batch_ready(self) -> None:
-        pass
+        """Nothing to note before the step."""
 
     def forward_done(self, loss) -> None:
-        pass
+        """Nothing to note after the forward pass."""
 
     def backward_done(self) -> None:
-        pass
+        """Nothing to note after the backward pass."""
 
     def step_done(self) -> bool:
         self.stamps.append(time.perf_counter())

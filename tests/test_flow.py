@@ -15,6 +15,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from chalicelib import clients, flow, naming, notify, requests
+from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
 from tests.conftest import jpeg_bytes, layout
@@ -525,3 +526,10 @@ def test_first_model_creates_the_endpoint(cloud):
     detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     assert flow.training_finished(detail, cloud.settings) == "creating"
     assert "no model is serving yet" in cloud.messages()[0]["reasons"]
+
+
+def test_gate_says_which_blocking_rules_could_not_be_evaluated():
+    errored = [{"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "Error"}]
+    decision = quality_gate(errored, 0.9, None, ("VanishingGradient", "ExplodingTensor"), 0.01)
+    assert decision.deploy
+    assert "could not be evaluated (Error): VanishingGradient" in " ".join(decision.reasons)

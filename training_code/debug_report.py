@@ -15,7 +15,7 @@ import statistics
 from rule_base import ISSUES, Verdict
 from svg_charts import heatmap, line_chart, page, stacked_bars, table
 
-PHASES = ("data", "forward", "backward", "optimizer")
+PHASES = ("data", "forward", "backward", "optimizer", "recording")
 MAX_HEATMAP_COLUMNS = 120
 
 
@@ -169,7 +169,7 @@ def _step_breakdown(steps: list[dict]) -> str:
     epochs = sorted({s["epoch"] for s in steps})
     parts = {
         phase: [
-            1000 * statistics.fmean(float(s[phase]) for s in steps if s["epoch"] == epoch)
+            1000 * statistics.fmean(float(s.get(phase, 0.0)) for s in steps if s["epoch"] == epoch)
             for epoch in epochs
         ]
         for phase in PHASES

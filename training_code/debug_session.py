@@ -132,12 +132,14 @@ class DebugSession:
 
     def backward_done(self) -> None:
         self._marks["backward"] = self._now()
+        self._marks["recording"] = 0.0
         if self.recorder.capturing:
             self._flush_losses()
             record = self.recorder.collect(self.step)
             self._emit(record)
             if self.tensorboard is not None:
                 self.tensorboard.put(record)
+            self._marks["recording"] = self._now() - self._marks["backward"]
 
     def step_done(self) -> bool:
         """Records the step's timeline; True when a stop rule asks to end training now."""
@@ -151,8 +153,10 @@ class DebugSession:
                 "data": marks["data"],
                 "forward": marks["forward"] - marks["begin"],
                 "backward": marks["backward"] - marks["forward"],
-                "optimizer": now - marks["backward"],
-                "total": now - marks["begin"] + marks["data"],
+                "optimizer": now - marks["backward"] - marks["recording"],
+                # the recorder's own time is its own phase, never the training's
+                "recording": marks["recording"],
+                "total": now - marks["begin"] + marks["data"] - marks["recording"],
             }
         )
         trace = self.options.trace_steps

@@ -9,7 +9,10 @@ evaluation saw. Record kinds:
 - ``tensors``: per-layer gradient, weight and ReLU-input statistics at a saved step.
 - ``eval``: one validation pass (mean loss, accuracy) and the mean training loss since the
   previous pass.
-- ``step``: one step's timeline (data wait, forward, backward, optimizer), seconds.
+- ``step``: one step's timeline (data wait, forward, backward, optimizer, and the
+  recorder's own time at saved steps), seconds.
+- ``eval_loss``: one validation batch's mean loss.
+- ``operators``: the top operators of a ``torch.profiler`` trace, when one was asked for.
 - ``system``: one sample of CPU, memory, IO and GPU utilisation.
 - ``init``: seconds from process start to the first training step.
 

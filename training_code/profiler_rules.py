@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from abc import ABC, abstractmethod
 
 from rule_base import Rule, finite
 
@@ -26,7 +27,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-class _SystemRule(Rule):
+class _SystemRule(Rule, ABC):
     kind = "profiler"
     # The sample field this rule cannot judge without ("gpu": utilisation, "gpu_memory").
     needs: str | None = None
@@ -55,8 +56,9 @@ class _SystemRule(Rule):
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
 
+    @abstractmethod
     def judge(self, samples: list[dict]) -> None:
-        raise NotImplementedError
+        """Call ``self.found`` when the samples beyond the patience show the problem."""
 
     def quiet_details(self) -> str:
         skipped = self.params.get("patience", 0)
