@@ -10,6 +10,7 @@ Each command prints what a person needs and exits non-zero when something is wro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -167,11 +168,9 @@ def _up(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(f"local cloud up on {cloud.root}; drop files with: sagedrop drop PATH --root "
           f"{args.root}  (Ctrl-C stops)", flush=True)  # fmt: skip
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
+        while not done.wait(0.5):  # short waits: SIGTERM's handler runs between them
+            continue
     print("stopping: running jobs resume on the next `sagedrop up`", flush=True)
     cloud.stop()
     return 0

@@ -46,7 +46,7 @@ DEFAULT_ENVIRONMENT = {"ENDPOINT_NAME": "sagedrop", "INFERENCE_INSTANCE_TYPE": "
 
 
 class AlreadyRunning(RuntimeError):
-    pass
+    """Another ``sagedrop up`` holds this root's lock."""
 
 
 class LocalCloud:
