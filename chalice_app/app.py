@@ -20,6 +20,7 @@ DATA_BUCKET = os.environ.get("DATA_BUCKET", "sagedrop-data")
 INFERENCE_BUCKET = os.environ.get("INFERENCE_BUCKET", "sagedrop-inference")
 ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "sagedrop")
 SAGEMAKER = "aws.sagemaker"
+CREATED = "s3:ObjectCreated:*"
 
 
 def _s3(event) -> tuple[str, str, str]:
@@ -33,13 +34,22 @@ def _detail(event) -> dict:
     return EventBridgeEvent(event.to_dict()).detail
 
 
-@app.on_s3_event(
-    bucket=DATA_BUCKET, events=["s3:ObjectCreated:*"], prefix="datasets/", suffix=".zip"
-)
-def on_dataset_uploaded(event):
+def _dataset(event):
     bucket, key, etag = _s3(event)
-    with flow.handling(event.context, dataset=f"s3://{bucket}/{key}"):
-        return flow.dataset_uploaded(bucket, key, etag)
+    return flow.handle(
+        event.context, "dataset", flow.dataset_uploaded, bucket, key, etag,
+        dataset=f"s3://{bucket}/{key}",
+    )  # fmt: skip
+
+
+@app.on_s3_event(bucket=DATA_BUCKET, events=[CREATED], prefix="datasets/", suffix=".zip")
+def on_dataset_uploaded(event):
+    return _dataset(event)
+
+
+@app.on_s3_event(bucket=DATA_BUCKET, events=[CREATED], prefix="datasets/", suffix=".ZIP")
+def on_upper_dataset_uploaded(event):
+    return _dataset(event)
 
 
 @app.on_cw_event({
@@ -51,8 +61,7 @@ def on_dataset_uploaded(event):
     },
 })  # fmt: skip
 def on_tuning_finished(event):
-    with flow.handling(event.context):
-        return flow.tuning_finished(_detail(event))
+    return flow.handle(event.context, "tuning", flow.tuning_finished, _detail(event))
 
 
 @app.on_cw_event({
@@ -64,8 +73,7 @@ def on_tuning_finished(event):
     },
 })  # fmt: skip
 def on_training_finished(event):
-    with flow.handling(event.context):
-        return flow.training_finished(_detail(event))
+    return flow.handle(event.context, "gate", flow.training_finished, _detail(event))
 
 
 @app.on_cw_event({
@@ -77,33 +85,44 @@ def on_training_finished(event):
     },
 })  # fmt: skip
 def on_endpoint_changed(event):
-    with flow.handling(event.context):
-        return flow.endpoint_changed(_detail(event))
+    return flow.handle(event.context, "endpoint", flow.endpoint_changed, _detail(event))
 
 
-# S3 (and so Chalice) allows one suffix per notification rule: one handler per image type.
-@app.on_s3_event(
-    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".jpg"
-)
+# S3 (and so Chalice) allows one suffix per notification rule, matched case-sensitively:
+# one handler per image type and spelling (cameras write IMG_0001.JPG).
+def _predict(event):
+    bucket, key, _ = _s3(event)
+    return flow.handle(
+        event.context, "prediction", flow.image_uploaded, bucket, key,
+        image=f"s3://{bucket}/{key}",
+    )  # fmt: skip
+
+
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".jpg")
 def on_jpg_uploaded(event):
-    bucket, key, _ = _s3(event)
-    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
-        return flow.image_uploaded(bucket, key)
+    return _predict(event)
 
 
-@app.on_s3_event(
-    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".jpeg"
-)
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".jpeg")
 def on_jpeg_uploaded(event):
-    bucket, key, _ = _s3(event)
-    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
-        return flow.image_uploaded(bucket, key)
+    return _predict(event)
 
 
-@app.on_s3_event(
-    bucket=INFERENCE_BUCKET, events=["s3:ObjectCreated:*"], prefix="images/", suffix=".png"
-)
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".png")
 def on_png_uploaded(event):
-    bucket, key, _ = _s3(event)
-    with flow.handling(event.context, image=f"s3://{bucket}/{key}"):
-        return flow.image_uploaded(bucket, key)
+    return _predict(event)
+
+
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".JPG")
+def on_upper_jpg_uploaded(event):
+    return _predict(event)
+
+
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".JPEG")
+def on_upper_jpeg_uploaded(event):
+    return _predict(event)
+
+
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".PNG")
+def on_upper_png_uploaded(event):
+    return _predict(event)

@@ -55,7 +55,9 @@ def test_event_sources_never_match_the_pipeline_outputs():
     """Predictions end in .json: no image rule's suffix matches them, so no recursion."""
     sources = {s.name: s for s in chalice_app.app.event_sources}
     image_rules = [s for s in sources.values() if getattr(s, "bucket", None) == INFERENCE]
-    assert sorted(s.suffix for s in image_rules) == [".jpeg", ".jpg", ".png"]
+    assert sorted(s.suffix for s in image_rules) == [
+        ".JPEG", ".JPG", ".PNG", ".jpeg", ".jpg", ".png"
+    ]  # fmt: skip
     for output in ("images/x.jpg.json", "images/x.png.error.json"):
         assert not any(
             output.startswith(r.prefix) and output.endswith(r.suffix) for r in image_rules

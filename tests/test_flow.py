@@ -237,11 +237,43 @@ def test_unrelated_training_events_are_ignored(cloud, detail):
     assert cloud.messages() == []
 
 
-def debug_job(cloud, test_accuracy, rules, archive=True):
+def model_archive(classes=("001.cat", "002.dog"), untested=(), omit=(), coverage=True) -> bytes:
+    """A model.tar.gz as train.py writes it (tiny stand-in weights)."""
+    members = {
+        "model.pt": b"weights",
+        "code/inference.py": b"def model_fn(model_dir): ...\n",
+        "classes.json": json.dumps(
+            [{"index": i, "folder": c, "label": c.split(".")[-1]} for i, c in enumerate(classes)]
+        ).encode(),
+        "config.json": json.dumps(
+            {"test_coverage": {"classes": len(classes), "untested_classes": list(untested)}}
+            if coverage
+            else {}
+        ).encode(),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for member, data in members.items():
+            if member in omit:
+                continue
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def debug_job(cloud, test_accuracy, rules, archive=True, model=None):
     """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
-    and, when ``archive``, rules.json with the details in its output.tar.gz."""
+    and, when ``archive``, rules.json with the details in its output.tar.gz; its dataset
+    zip and model artifact (``model``: the archive's bytes) are in the data bucket."""
     name = "sdd-pets-1234abcd"
     prefix = f"jobs/{name}"
+    cloud.put_zip("datasets/pets.zip", layout())
+    cloud.s3.put_object(
+        Bucket=DATA,
+        Key=f"{prefix}/{name}/output/model.tar.gz",
+        Body=model_archive() if model is None else model,
+    )
     if archive:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

@@ -15,6 +15,7 @@ RESOURCES = TEMPLATE["Resources"]
 LAMBDA_ACTIONS = {
     "s3:GetObject",
     "s3:PutObject",
+    "s3:DeleteObject",
     "sns:Publish",
     "sagemaker:CreateHyperParameterTuningJob",
     "sagemaker:DescribeHyperParameterTuningJob",

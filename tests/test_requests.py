@@ -236,6 +236,6 @@ def test_settings_from_environment_and_dataset_overrides():
     with pytest.raises(SettingsError, match="log-scaled"):
         Settings(
             tuning_ranges={
-                "lr": {"type": "continuous", "min": 0, "max": 1, "scaling": "Logarithmic"}
+                "momentum": {"type": "continuous", "min": 0, "max": 0.9, "scaling": "Logarithmic"}
             }
         )

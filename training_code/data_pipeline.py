@@ -43,13 +43,19 @@ class PreparedDataset:
     splits: dict[str, list[tuple[str, int]]]
     report: dataset_rules.DatasetReport
     notes: list[str] = field(default_factory=list)
+    root: str = ""
 
     def fingerprint(self) -> str:
-        """Identifies the exact images and splits, for caches keyed on the data."""
+        """Identifies the exact images and splits, for caches keyed on the data.
+
+        Names are taken relative to the dataset's root, so the same zip extracted into
+        another run's folder (each run has its own) has the same fingerprint.
+        """
         digest = hashlib.sha256()
         for split in sorted(self.splits):
             for path, label in self.splits[split]:
-                digest.update(f"{split}\0{path}\0{label}\0{os.path.getsize(path)}\n".encode())
+                name = os.path.relpath(path, self.root) if self.root else path
+                digest.update(f"{split}\0{name}\0{label}\0{os.path.getsize(path)}\n".encode())
         return digest.hexdigest()[:16]
 
 
@@ -133,7 +139,7 @@ def prepare_dataset(
     for note in notes:
         log.warning("dataset: %s", note)
     return PreparedDataset(
-        classes=classes, labels=report.labels, splits=splits, report=report, notes=notes
+        classes=classes, labels=report.labels, splits=splits, report=report, notes=notes, root=root
     )
 
 

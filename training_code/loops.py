@@ -75,10 +75,15 @@ def train_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     unreadable: list[str] = []
+    # BatchNorm cannot normalise a single sample whose feature map is 1x1 (late ResNet
+    # stages on small images); a batch cut to one by unreadable images is skipped instead.
+    needs_pairs = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
+    )
     start = time.perf_counter()
     for images, labels, errors in loader:
         unreadable.extend(errors)
-        if images is None:
+        if images is None or (needs_pairs and labels.numel() < 2):
             continue
         images, labels = to_device(images, labels, device)
         if probe is not None:

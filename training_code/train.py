@@ -37,6 +37,7 @@ from data_pipeline import (
     prepare_dataset,
 )
 from debug_session import DebugOptions, DebugSession, StopTraining, parse_trace_steps
+from hyperparameter_rules import HyperparameterError, check_job_hyperparameters
 from image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
 from metric_lines import emit_metrics
 from model_def import (
@@ -80,8 +81,16 @@ def choice(options):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse prints its usage text and exits 2 on a bad value; a job's failure reason
+    should be the one line that says which hyperparameter was wrong."""
+
+    def error(self, message: str):
+        raise HyperparameterError(f"invalid hyperparameter: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     hp = p.add_argument_group("hyperparameters (SageMaker passes these as --name value)")
     hp.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     hp.add_argument("--momentum", type=float, default=0.9)
@@ -149,22 +158,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Arguments, checked; raises ``HyperparameterError`` naming the one that is wrong.
+
+    In a SageMaker job (``SM_HPS`` set by the toolkit) every hyperparameter must also be
+    on the shared allow-list with a bounded value: a request that slipped a path or a
+    framework key past the upload checks still cannot steer this job.
+    """
+    if "SM_HPS" in os.environ:
+        try:
+            received = json.loads(os.environ["SM_HPS"])
+        except ValueError:
+            raise HyperparameterError("SM_HPS is not a JSON object") from None
+        check_job_hyperparameters(received if isinstance(received, dict) else {})
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         log.warning("ignoring arguments this script does not know: %s", " ".join(unknown))
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.image_size < 16:
-        raise SystemExit("epochs and batch-size must be >= 1, lr > 0, image-size >= 16")
+        raise HyperparameterError("epochs and batch-size must be >= 1, lr > 0, image-size >= 16")
     if args.debug_save_interval < 1 or args.profiler_interval_ms < 10:
-        raise SystemExit("debug-save-interval must be >= 1 and profiler-interval-ms >= 10")
+        raise HyperparameterError("debug-save-interval must be >= 1 and profiler-interval-ms >= 10")
     try:
         parse_trace_steps(args.profiler_trace_steps)
     except ValueError as exc:
-        raise SystemExit(f"profiler-trace-steps: {exc}") from None
+        raise HyperparameterError(f"profiler-trace-steps: {exc}") from None
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except HyperparameterError as exc:
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        log.error("%s", exc)
+        _write_failure_reason(str(exc))
+        return 2
     runtime = distributed.start(args.device)
     _setup_logging(runtime)
     try:
@@ -181,11 +208,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
+    """Train and save; the extraction folder this run made is removed however it ends."""
+    source = find_data_source(args.data)
+    work_dir = args.work_dir or _default_work_dir(source)
+    try:
+        return _train_and_save(args, runtime, source, work_dir)
+    finally:
+        if args.work_dir is None and runtime.local_rank == 0:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _train_and_save(args, runtime: distributed.Runtime, source, work_dir: str) -> int:
     started = time.perf_counter()
     rules_config = parse_rules_config(args.rules) if args.debug else {}
     _seed_everything(args.seed + runtime.rank)
-    source = find_data_source(args.data)
-    work_dir = args.work_dir or _default_work_dir(source)
     data = _on_local_main_first(
         runtime,
         lambda: prepare_dataset(
@@ -232,11 +268,20 @@ def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
         if session is not None:
             session.finish(os.environ.get("SM_TRAINING_JOB_NAME", "local run"))
 
+    untested = _classes_without_test_images(runtime, data, unreadable)
+    if untested and runtime.is_main:
+        log.warning(
+            "%d class(es) have no readable test image, so test accuracy says nothing about "
+            "them: %s",
+            len(untested),
+            ", ".join(untested[:20]),
+        )
     if runtime.is_main:
         summary = {
             "history": history,
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
+            "test_coverage": {"classes": len(data.classes), "untested_classes": untested},
             "unreadable_images": sorted(unreadable),
             "dataset": data.report.summary(),
             "split_notes": data.notes,
@@ -422,6 +467,26 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
     return x, y, unreadable
 
 
+def _classes_without_test_images(runtime, data: PreparedDataset, unreadable: set[str]) -> list:
+    """Labels of classes none of whose test images could be read, across all processes.
+
+    Such a class is invisible to test accuracy (a dataset whose every 'cat' image is
+    corrupt scores 1.0 on the rest); the gate refuses a model whose artifact lists any.
+    """
+    failed_paths = set()
+    for reason in unreadable:  # "<path>: <why>"; a path may itself hold ": "
+        at = reason.find(": ")
+        while at != -1:
+            failed_paths.add(reason[:at])
+            at = reason.find(": ", at + 1)
+    readable = [0.0] * len(data.classes)
+    for path, label in distributed.shard(data.splits["test"], runtime):
+        if path not in failed_paths:
+            readable[label] += 1
+    totals = distributed.sum_across(runtime, *readable) if readable else []
+    return [data.labels[i] for i, count in enumerate(totals) if count == 0]
+
+
 def _start_debug_session(args, runtime, recorded: nn.Module, rules_config: dict, use_cache: bool):
     tensorboard_dir = args.tensorboard_dir
     if tensorboard_dir is None:
@@ -561,10 +626,10 @@ def _on_local_main_first(runtime: distributed.Runtime, work):
 
 
 def _default_work_dir(source) -> str:
-    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode())
-    if isinstance(source, str) and os.path.isfile(source):
-        stat = os.stat(source)
-        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    """One folder per run, shared by its DDP ranks (torchrun gives them one run id), so a
+    run that removes its folder at the end never pulls files from under another run."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID") or str(os.getpid())
+    digest = hashlib.sha256(json.dumps([source, run], sort_keys=True).encode())
     return os.path.join(tempfile.gettempdir(), f"sagedrop-data-{digest.hexdigest()[:16]}")
 
 
@@ -595,6 +660,7 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
         "freeze": freeze,
         "hyperparameters": hyperparameters,
         "metrics": {"test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"]},
+        "test_coverage": summary["test_coverage"],
         "torch_version": torch.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -17,6 +17,7 @@ import os
 import posixpath
 import re
 import stat
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Iterable
@@ -53,6 +54,10 @@ class Limits:
     max_compression_ratio: float = 100.0
     # Small entries may compress well (a flat PNG); the ratio check starts above this size.
     ratio_check_min_bytes: int = 1024 * 1024
+    # The same ratio over the whole archive, so many entries each just under the per-entry
+    # threshold (400 x 1 MiB of zeros: 489 KB inflating to 419 MB) are caught together.
+    max_archive_ratio: float = 100.0
+    archive_ratio_min_bytes: int = 16 * 1024 * 1024
     min_classes: int = 2
 
 
@@ -116,6 +121,11 @@ def label_for(folder: str) -> str:
     """``001.Affenpinscher`` → ``Affenpinscher``; a name that is only digits stays as it is."""
     stripped = _LABEL_PREFIX.sub("", folder)
     return stripped or folder
+
+
+def comparable(name: str) -> str:
+    """A name as a person reads it: Unicode NFC, case folded."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def is_image_name(name: str) -> bool:
@@ -232,7 +242,7 @@ def _check_archive_safety(entries: list[Entry], limits: Limits, report: DatasetR
             f"The archive has {len(entries):,} entries; the limit is {limits.max_entries:,}."
         )
         return
-    total = 0
+    total = compressed = 0
     seen: Counter[str] = Counter()
     for entry in entries:
         reason = unsafe_reason(entry.name)
@@ -247,6 +257,7 @@ def _check_archive_safety(entries: list[Entry], limits: Limits, report: DatasetR
             continue
         seen[entry.name.rstrip("/")] += 1
         total += entry.size
+        compressed += entry.compressed_size if entry.compressed_size is not None else entry.size
         if entry.size > limits.max_entry_bytes:
             report.problems.append(
                 f"Entry '{entry.name}' expands to {_human(entry.size)}, over the per-file limit "
@@ -267,6 +278,14 @@ def _check_archive_safety(entries: list[Entry], limits: Limits, report: DatasetR
         report.problems.append(
             f"The archive expands to {_human(total)}, over the limit of "
             f"{_human(limits.max_total_bytes)}."
+        )
+    elif total >= limits.archive_ratio_min_bytes and total > limits.max_archive_ratio * max(
+        compressed, 1
+    ):
+        report.problems.append(
+            f"The archive expands {total / max(compressed, 1):,.0f}x as a whole "
+            f"({_human(compressed)} to {_human(total)}), over the "
+            f"{limits.max_archive_ratio:g}x limit: it looks like a zip bomb."
         )
     for name, count in sorted(seen.items()):
         if count > 1:
@@ -303,13 +322,21 @@ def _check_layout(report: DatasetReport, limits: Limits) -> None:
             f"Only {len(report.classes)} class(es) found in 'train'; at least "
             f"{limits.min_classes} are needed to train a classifier."
         )
-    labels = Counter(report.labels)
-    for label, n in sorted(labels.items()):
-        if n > 1:
-            folders = [c for c in report.classes if label_for(c) == label]
-            report.problems.append(
-                f"Folders {', '.join(repr(f) for f in folders)} all give the label '{label}'."
+    # 'Cat' and 'cat', or 'café' composed and decomposed, are one class to a person and
+    # two to a file system: refuse rather than train two classes that mean the same.
+    by_label: dict[str, list[str]] = {}
+    for folder in report.classes:
+        by_label.setdefault(comparable(label_for(folder)), []).append(folder)
+    for folders in by_label.values():
+        if len(folders) > 1:
+            labels = sorted({label_for(f) for f in folders})
+            how = (
+                f"all give the label '{labels[0]}'"
+                if len(labels) == 1
+                else "give labels that differ only in case or Unicode normalisation "
+                f"({', '.join(repr(label) for label in labels)})"
             )
+            report.problems.append(f"Folders {', '.join(repr(f) for f in folders)} {how}.")
     missing = report.missing_splits
     if missing:
         report.warnings.append(

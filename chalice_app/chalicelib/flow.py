@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import tarfile
 import time
+import traceback
 import zipfile
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import naming, requests
+from chalicelib import bounded_json, naming, requests
+from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, inspect_zip
 from chalicelib.gate import ISSUES_FOUND, quality_gate
@@ -59,8 +63,78 @@ def handling(context, **correlation: str):
         metrics.flush_metrics(raise_on_empty_metrics=False)
 
 
+# Errors worth Lambda's retries: the next attempt may well succeed.
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalError",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Would retrying help? Throttling, a service's 5xx, or the network; not our own bugs
+    or a bad input, which fail the same way every time."""
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_CODES or status >= 500
+    return isinstance(error, BotoCoreError | ConnectionError | TimeoutError)
+
+
+def handle(context, stage: str, step: Callable[..., str], *args, **correlation: str) -> str:
+    """Run one pipeline step for a handler, so that no failure ends only in a log.
+
+    A transient error is raised again, for Lambda's retries; any other failure (a bug,
+    a hostile input no check foresaw) is published as an ``error`` notice, since a retry
+    would fail the same way, and the handler returns ``"failed"``.
+    """
+    with handling(context, **correlation):
+        try:
+            return step(*args)
+        except Exception as exc:
+            if is_transient(exc):
+                logger.warning("transient failure, Lambda retries: %s", exc)
+                raise
+            logger.exception("%s step failed", stage)
+            _notify_failure(stage, exc, correlation)
+            return "failed"
+
+
+def _notify_failure(stage: str, error: Exception, correlation: dict[str, str]) -> None:
+    reason = "".join(traceback.format_exception_only(error)).strip()
+    notice = Notice(
+        stage=stage,
+        status="error",
+        dataset=correlation.get("dataset"),
+        jobs={k: v for k, v in correlation.items() if k != "dataset"},
+        summary=f"The {stage} step failed and was not retried: {reason}",
+        failure_reason=reason,
+    )
+    topic = os.environ.get("TOPIC_ARN", "")
+    if topic:
+        with contextlib.suppress(ClientError, BotoCoreError):  # already failing: log only
+            publish(client("sns"), topic, notice)
+
+
 def _notify(settings: Settings, notice: Notice) -> None:
-    logger.info(notice.summary, extra={"stage": notice.stage, "status": notice.status})
+    """Log every reason (a notice may list only the first ones), then publish."""
+    logger.info(
+        notice.summary,
+        extra={"stage": notice.stage, "status": notice.status, "reasons": notice.reasons},
+    )
     if settings.topic_arn:
         publish(client("sns"), settings.topic_arn, notice)
 
@@ -133,10 +207,7 @@ def _read_config(source, prefix: str) -> dict:
                 info = archive.getinfo(name)
                 if info.file_size > MAX_CONFIG_BYTES:
                     raise ValueError(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
-                try:
-                    return json.loads(archive.read(info))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
+                return bounded_json.loads(archive.read(info), CONFIG_NAME)
     return {}
 
 
@@ -245,6 +316,7 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         settings.gate_blocking_rules,
         settings.gate_tolerance,
         settings.gate_min_test_accuracy,
+        artifact_problems=_unservable(training, upload),
     )
     shown = {k: v for k, v in final.items() if k.startswith(("test_", "valid_"))}
     if not decision.deploy:
@@ -291,6 +363,30 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         ),
     )
     return action
+
+
+def _unservable(training: dict, upload: requests.Upload) -> list[str]:
+    """Why the job's artifact cannot serve its dataset ([] when it can).
+
+    The dataset's classes come from the zip itself (its central directory, by ranged
+    reads), not from the job, so a job that went wrong cannot vouch for itself.
+    """
+    uri = training.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if not uri:
+        return ["the job produced no model artifact"]
+    try:
+        sizes, documents = read_artifact(client("s3"), uri)
+    except (ClientError, tarfile.TarError, OSError, EOFError) as exc:
+        return [f"the model artifact {uri} cannot be read: {exc}"]
+    try:
+        report = inspect_zip(S3RangedFile(client("s3"), upload.bucket, upload.key))
+    except ClientError as exc:
+        return [f"the dataset {upload.uri} cannot be read to check the model's classes: {exc}"]
+    if not report.usable:
+        return [
+            f"the dataset {upload.uri} can no longer be checked: {'; '.join(report.problems[:3])}"
+        ]
+    return artifact_problems(sizes, documents, report.classes)
 
 
 def _add_rule_details(training: dict, rules: list[dict]) -> None:
@@ -412,7 +508,13 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         )
         result = json.loads(response["Body"].read())
     except (ClientError, ValueError) as exc:
+        if is_transient(exc):
+            raise  # Lambda retries; the image gets its answer then
         reason = _reason(exc)
+        if _exists(s3, bucket, f"{key}.json"):
+            # A re-delivered event after a success: the image already has its answer.
+            logger.info("prediction already written; not replacing it with an error")
+            return "duplicate"
         metrics.add_metric(name="PredictionFailures", unit=MetricUnit.Count, value=1)
         error = {
             "image": f"s3://{bucket}/{key}",
@@ -443,7 +545,20 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         Body=json.dumps(output, indent=2),
         ContentType="application/json",
     )
+    if _exists(s3, bucket, f"{key}.error.json"):
+        # An earlier attempt failed (endpoint not ready yet); one answer per image.
+        s3.delete_object(Bucket=bucket, Key=f"{key}.error.json")
     return "predicted"
+
+
+def _exists(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 def _reason(exc: Exception) -> str:

@@ -28,8 +28,11 @@ def quality_gate(
     blocking_rules: tuple[str, ...],
     tolerance: float,
     min_test_accuracy: float = 0.0,
+    artifact_problems: list[str] | None = None,
 ) -> GateDecision:
-    blocked: list[str] = []
+    """``artifact_problems`` are the reasons the model artifact cannot serve its dataset
+    (``artifact_check``); any one of them blocks, whatever the accuracy."""
+    blocked: list[str] = list(artifact_problems or [])
     passed: list[str] = []
     if rules is None:
         passed.append("no rule results were recorded by this job; rules were not checked")

@@ -7,9 +7,14 @@ read the JSON after the ``---`` line (the same keys for every stage).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no newlines
+# SNS refuses a message over 262,144 bytes (UTF-8). Notices stay well below it: the
+# reasons are listed in the text and again in the JSON part, so each copy gets < half.
+MESSAGE_LIMIT = 262_144
+MESSAGE_BUDGET = 200_000
+TEXT_FIELD_LIMIT = 4_000  # a summary or failure reason longer than this is cut
 JSON_MARKER = "--- sagedrop event (JSON) ---"
 
 
@@ -45,9 +50,35 @@ class Notice:
         lines += ["", JSON_MARKER, json.dumps(asdict(self), sort_keys=True)]
         return "\n".join(lines)
 
+    def fitted(self, budget: int = MESSAGE_BUDGET) -> Notice:
+        """This notice, small enough for SNS: long texts cut, and only as many reasons as
+        fit, then "... and N more" (the caller logs the full list)."""
+        fitted = replace(
+            self,
+            summary=_cut(self.summary),
+            failure_reason=None if self.failure_reason is None else _cut(self.failure_reason),
+            reasons=[_cut(r) for r in self.reasons],
+        )
+        keep = len(fitted.reasons)
+        while len(fitted.body().encode()) > budget and keep > 0:
+            keep //= 2
+            dropped = len(self.reasons) - keep
+            fitted.reasons = [
+                *(_cut(r) for r in self.reasons[:keep]),
+                f"... and {dropped} more (the full list is in the pipeline's log)",
+            ]
+        return fitted
+
+
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_FIELD_LIMIT:
+        return text
+    return text[:TEXT_FIELD_LIMIT] + f"... ({len(text) - TEXT_FIELD_LIMIT} more characters)"
+
 
 def publish(sns, topic_arn: str, notice: Notice) -> None:
-    sns.publish(TopicArn=topic_arn, Subject=notice.subject(), Message=notice.body())
+    fitted = notice.fitted()
+    sns.publish(TopicArn=topic_arn, Subject=fitted.subject(), Message=fitted.body())
 
 
 def parse_message(message: str) -> dict:

@@ -100,14 +100,18 @@ def _tags(upload: Upload, tuning_job: str, **extra: str) -> list[dict]:
 
 
 def static_hyperparameters(settings: Settings) -> dict[str, str]:
+    """The user's (allow-listed) values first, then the framework's keys, which always win:
+    which code a job runs is decided here, never by a dataset."""
     values = {
-        **SCRIPT_MODE,
-        "sagemaker_submit_directory": settings.code_s3_uri,
         "epochs": str(settings.tuning_epochs),
-        **{str(k): str(v) for k, v in settings.static_hyperparameters.items()},
+        **{
+            str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+            for k, v in settings.static_hyperparameters.items()
+        },
     }
     # A tuned hyperparameter must not also be static: SageMaker rejects the request.
-    return {k: v for k, v in values.items() if k not in settings.tuning_ranges}
+    values = {k: v for k, v in values.items() if k not in settings.tuning_ranges}
+    return {**values, **SCRIPT_MODE, "sagemaker_submit_directory": settings.code_s3_uri}
 
 
 def tuning_job_request(settings: Settings, upload: Upload) -> dict:

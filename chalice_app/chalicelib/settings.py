@@ -10,10 +10,13 @@ for that dataset alone; unknown keys there are errors, not silently ignored.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from chalicelib import hyperparameters
+from chalicelib.hyperparameters import HyperparameterError
 from chalicelib.training_metrics import RULE_NAMES
 
 DEFAULT_RANGES: dict[str, dict] = {
@@ -27,7 +30,8 @@ EARLY_STOPPING = ("Auto", "Off")
 MAX_HYPERPARAMETER_LENGTH = 2500
 RANGE_TYPES = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
-# What a dataset's sagedrop.json may set, with the type each value must have.
+# What a dataset's sagedrop.json may set, with the type each value must have; which
+# hyperparameters (and ranges) it may name is ``hyperparameters.SETTABLE``.
 DATASET_OVERRIDES = {
     "strategy": str,
     "max_jobs": int,
@@ -36,6 +40,12 @@ DATASET_OVERRIDES = {
     "epochs": int,
     "ranges": dict,
     "hyperparameters": dict,
+}
+# Upper bounds of a dataset's own limits (the README lists them).
+DATASET_MAXIMA = {
+    "max_jobs": hyperparameters.MAX_TRIALS,
+    "max_parallel_jobs": hyperparameters.MAX_PARALLEL_TRIALS,
+    "epochs": hyperparameters.MAX_EPOCHS,
 }
 
 
@@ -84,6 +94,10 @@ class Settings:
         if self.tuning_epochs < 1:
             raise SettingsError("epochs must be at least 1")
         validate_ranges(self.tuning_ranges)
+        try:
+            hyperparameters.check_settable(self.static_hyperparameters)
+        except HyperparameterError as exc:
+            raise SettingsError(f"hyperparameters: {exc}") from None
         if not 0 <= self.gate_tolerance <= 1:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
         _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
@@ -127,13 +141,18 @@ class Settings:
                 raise SettingsError(
                     f"sagedrop.json: '{key}' must be a {expected.__name__}, not {value!r}"
                 )
+            if key in DATASET_MAXIMA and not 1 <= value <= DATASET_MAXIMA[key]:
+                raise SettingsError(
+                    f"sagedrop.json: '{key}' must be between 1 and {DATASET_MAXIMA[key]}, "
+                    f"not {value}"
+                )
             attribute = "static_hyperparameters" if key == "hyperparameters" else f"tuning_{key}"
             changes[attribute] = value
         if "static_hyperparameters" in changes:
-            given = {
-                str(k): _hyperparameter_text(v)
-                for k, v in changes["static_hyperparameters"].items()
-            }
+            try:
+                given = hyperparameters.check_settable(changes["static_hyperparameters"])
+            except HyperparameterError as exc:
+                raise SettingsError(f"sagedrop.json: hyperparameters: {exc}") from None
             if "rules" in given:
                 _check_rules_hyperparameter(given["rules"])
             changes["static_hyperparameters"] = {**self.static_hyperparameters, **given}
@@ -144,30 +163,34 @@ class Settings:
 
 
 def validate_ranges(ranges: Mapping) -> None:
+    """Every range well formed, naming a settable hyperparameter, within its bounds."""
     if not isinstance(ranges, Mapping) or not ranges:
         raise SettingsError("tuning ranges must be a non-empty JSON object")
     for name, spec in ranges.items():
         if not isinstance(spec, Mapping) or spec.get("type") not in RANGE_TYPES:
             raise SettingsError(f"range '{name}' needs a type: one of {', '.join(RANGE_TYPES)}")
+        try:
+            hyperparameters.check_range(str(name), spec)
+        except HyperparameterError as exc:
+            raise SettingsError(str(exc)) from None
         if spec["type"] == "categorical":
             values = spec.get("values")
             if not isinstance(values, list) or not values:
                 raise SettingsError(f"categorical range '{name}' needs a non-empty 'values' list")
             continue
         low, high = spec.get("min"), spec.get("max")
-        if not isinstance(low, int | float) or not isinstance(high, int | float) or low > high:
-            raise SettingsError(f"range '{name}' needs numbers min <= max")
+        numbers = all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in (low, high)
+        )
+        if not numbers or low > high:
+            raise SettingsError(
+                f"range '{name}' needs finite numbers min <= max, not {low}, {high}"
+            )
         scaling = spec.get("scaling", "Auto")
         _check_choice(f"scaling of range '{name}'", scaling, SCALINGS)
         if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
             raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
-
-
-def _hyperparameter_text(value) -> str:
-    """SageMaker hyperparameters are strings; objects and lists travel as JSON."""
-    return (
-        json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
-    )
 
 
 def _check_rules_hyperparameter(text: str) -> None:

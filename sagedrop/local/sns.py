@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from chalicelib.notify import parse_message
+from chalicelib.notify import MESSAGE_LIMIT, parse_message
 from sagedrop.local.aws_shapes import client_error, iso, metadata, validate
 
 
@@ -32,6 +32,12 @@ class LocalSNS:
         topic = params.get("TopicArn")
         if not topic or not topic.startswith("arn:aws:sns:"):
             raise client_error("Publish", "InvalidParameter", "Invalid parameter: TopicArn")
+        if len(params["Message"].encode()) > MESSAGE_LIMIT:
+            raise client_error(
+                "Publish",
+                "InvalidParameter",
+                "Invalid parameter: Message too long",
+            )
         message_id = str(uuid.uuid4())
         record = {
             "MessageId": message_id,

@@ -1,0 +1,85 @@
+"""Can this ``model.tar.gz`` serve the dataset it was trained on? Checked before deploying.
+
+A job that exits 0 is not proof of a usable artifact: a job steered to write its model
+elsewhere leaves an empty archive, and a dataset whose every image of one class is
+unreadable yields a model whose test accuracy never saw that class. The archive is read
+as a stream (no temporary file, constant memory), and only its small JSON members are
+kept.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from urllib.parse import urlparse
+
+# What the PyTorch inference container needs in the archive to serve.
+REQUIRED = ("code/inference.py", "model.pt", "classes.json", "config.json")
+_JSON_MEMBERS = ("classes.json", "config.json")
+_MAX_JSON_BYTES = 4 * 1024 * 1024
+
+
+def read_artifact(s3, uri: str) -> tuple[dict[str, int], dict[str, object]]:
+    """Member sizes by name, and the parsed JSON members, of the archive at ``uri``."""
+    parsed = urlparse(uri)
+    body = s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+    sizes: dict[str, int] = {}
+    documents: dict[str, object] = {}
+    with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            name = member.name.removeprefix("./")
+            sizes[name] = member.size
+            if name in _JSON_MEMBERS and member.size <= _MAX_JSON_BYTES:
+                handle = archive.extractfile(member)
+                try:
+                    documents[name] = json.loads(handle.read()) if handle else None
+                except ValueError:
+                    documents[name] = None
+    return sizes, documents
+
+
+def artifact_problems(
+    sizes: dict[str, int], documents: dict[str, object], dataset_classes: list[str] | None
+) -> list[str]:
+    """Every reason the artifact cannot serve ``dataset_classes`` (folder names), or []."""
+    problems = []
+    for name in REQUIRED:
+        if name not in sizes:
+            problems.append(f"the model artifact has no {name}")
+        elif sizes[name] == 0:
+            problems.append(f"the model artifact's {name} is empty")
+    classes = documents.get("classes.json")
+    folders = None
+    if isinstance(classes, list) and all(isinstance(c, dict) for c in classes):
+        folders = [str(c.get("folder")) for c in sorted(classes, key=lambda c: c.get("index", 0))]
+    elif "classes.json" in sizes:
+        problems.append("the model artifact's classes.json is not a list of classes")
+    if folders is not None and dataset_classes is not None and folders != list(dataset_classes):
+        missing = sorted(set(dataset_classes) - set(folders))
+        extra = sorted(set(folders) - set(dataset_classes))
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:10])}" if missing else "",
+                f"not in the dataset {', '.join(extra[:10])}" if extra else "",
+                "same classes in another order" if not missing and not extra else "",
+            )
+            if part
+        )
+        problems.append(f"the model's classes differ from the dataset's ({detail})")
+    config = documents.get("config.json")
+    coverage = config.get("test_coverage") if isinstance(config, dict) else None
+    if isinstance(coverage, dict) and coverage.get("untested_classes"):
+        untested = [str(c) for c in coverage["untested_classes"]]
+        shown = ", ".join(untested[:10]) + (
+            f" and {len(untested) - 10} more" if len(untested) > 10 else ""
+        )
+        problems.append(
+            f"{len(untested)} class(es) have no readable test image, so test accuracy says "
+            f"nothing about them: {shown}. Fix or replace those images in the dataset."
+        )
+    elif isinstance(config, dict) and coverage is None:
+        problems.append("the model artifact does not say which classes its test split covered")
+    return problems
