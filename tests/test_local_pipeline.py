@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from chalicelib.training_metrics import RULE_NAMES
 from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
+from sagedrop.local.sns import read_notifications
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
 from tests.conftest import make_zip
 
@@ -145,6 +145,7 @@ def test_restart_during_tuning_runs_nothing_twice(tmp_path):
             lambda: trials(cloud.state, "Completed") and trials(cloud.state, "InProgress"), 300
         )
         [finished] = trials(cloud.state, "Completed")
+        [running] = trials(cloud.state, "InProgress")
     finally:
         cloud.stop()  # the second trial is interrupted mid-run
     cloud = LocalCloud(root, say=lambda _: None)
@@ -162,10 +163,15 @@ def test_restart_during_tuning_runs_nothing_twice(tmp_path):
     trial_jobs = [j for j in jobs if j.get("TuningJobArn")]
     again = next(j for j in trial_jobs if j["TrainingJobName"] == finished["TrainingJobName"])
     assert again["TrainingEndTime"] == finished["TrainingEndTime"]  # not run again
-    interrupted = [j for j in trial_jobs if j["TrainingJobStatus"] == "Failed"]
-    assert len(interrupted) == 1 and "local cloud stopped" in interrupted[0]["FailureReason"]
-    assert sum(j["TrainingJobStatus"] == "Completed" for j in trial_jobs) == 3
+    # The interrupted trial ran again under its own name with its own parameters: the
+    # budget of 3 jobs is kept, and every one of them completed.
+    rerun = next(j for j in trial_jobs if j["TrainingJobName"] == running["TrainingJobName"])
+    assert rerun["TrainingJobStatus"] == "Completed"
+    assert rerun["_local"]["tuned"] == running["_local"]["tuned"]
+    assert len(trial_jobs) == 3 and all(j["TrainingJobStatus"] == "Completed" for j in trial_jobs)
     assert len({j["TrainingJobName"] for j in jobs}) == len(jobs)
     debug_jobs = [j for j in jobs if j["TrainingJobName"].startswith("sdd-")]
     assert len(debug_jobs) == 1 and debug_jobs[0]["TrainingJobStatus"] == "Completed"
-    assert os.path.exists(root / "notifications" / "sagedrop.jsonl")
+    notices = read_notifications(root / "notifications" / "sagedrop.jsonl")
+    kinds = [(n["event"]["stage"], n["event"]["status"]) for n in notices]
+    assert kinds.count(("tuning", "started")) == 1 and kinds.count(("endpoint", "ready")) == 1

@@ -59,17 +59,28 @@ def _summary(meta: dict, by_kind: dict, verdicts: list[Verdict]) -> str:
     ]
     if init is not None:
         facts.append(f"first step {float(init):.1f}s after process start")
+    unjudged = [v.rule for v in verdicts if not v.judged]
     headline = (
         f"<p class='IssuesFound'>Issues found by: {html.escape(', '.join(found))}.</p>"
         if found
         else "<p>No rule found issues.</p>"
     )
+    if unjudged:
+        headline += (
+            f"<p>Not judged, too little data in this job: {html.escape(', '.join(unjudged))}.</p>"
+        )
     return headline + "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>"
 
 
 def _rules_table(verdicts: list[Verdict]) -> str:
     rows = [
-        [v.rule, v.kind, v.status, v.details, v.advice if v.status == ISSUES else ""]
+        [
+            v.rule,
+            v.kind,
+            v.status if v.judged else f"{v.status} (not judged: too little data)",
+            v.details,
+            v.advice if v.status == ISSUES else "",
+        ]
         for v in verdicts
     ]
     return table(

@@ -1,10 +1,14 @@
 """SageMaker's profiler rules, with its documented default thresholds, on our trace.
 
 System rules read the ``system`` samples (every 500 ms); ``patience`` is, as in
-SageMaker, the number of samples skipped before a rule starts judging, so a short run is
-judged on the samples it has beyond that (often none: the verdict says so). Rules that
-compare CPU with GPU activity have nothing to judge on a host without a GPU, and say so.
-Step rules read the ``step`` timeline.
+SageMaker, the number of samples skipped before a rule starts judging. SageMaker's
+default (1,000 samples, about 8 minutes) would leave every shorter job unjudged, so the
+default scales to the job: the first tenth of its samples, at most 1,000. A patience the
+user sets is used as given. A rule with fewer than ``MIN_SAMPLES`` samples (or steps)
+left to judge reports "no issues" as *not judged*, which the metric line (code 3), the
+gate's notice and the report all show. Rules that compare CPU with GPU activity have
+nothing to judge on a host without a GPU, and say so the same way. Step rules read the
+``step`` timeline.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import statistics
 from abc import ABC, abstractmethod
 
 from rule_base import Rule, finite
+
+MIN_SAMPLES = 10  # fewer judged samples (5 s at 500 ms) or steps is too little evidence
+DEFAULT_PATIENCE_SHARE = 0.1  # a default patience skips at most this share of a job
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,8 +46,20 @@ class _SystemRule(Rule, ABC):
     def on_system(self, record: dict) -> None:
         self.samples.append(record)
 
+    @property
+    def patience(self) -> int:
+        """Samples skipped at the start: as set, or by default scaled to the job."""
+        configured = int(self.params.get("patience", 0))
+        if "patience" in self.explicit:
+            return configured
+        return min(configured, int(len(self.samples) * DEFAULT_PATIENCE_SHARE))
+
     def judged(self) -> list[dict]:
-        return self.samples[self.params.get("patience", 0) :]
+        return self.samples[self.patience :]
+
+    def had_data(self) -> bool:
+        samples = self.judged()
+        return len(samples) >= MIN_SAMPLES and not (self.needs and not samples[0].get(self.needs))
 
     def verdict(self):
         if self.failure is None and self.issue is None:
@@ -48,9 +67,9 @@ class _SystemRule(Rule, ABC):
         return super().verdict()
 
     def evaluate(self) -> None:
-        samples = self.judged()
-        if not samples or (self.needs and not samples[0].get(self.needs)):
+        if not self.had_data():
             return
+        samples = self.judged()
         try:
             self.judge(samples)
         except Exception as exc:
@@ -61,18 +80,20 @@ class _SystemRule(Rule, ABC):
         """Call ``self.found`` when the samples beyond the patience show the problem."""
 
     def quiet_details(self) -> str:
-        skipped = self.params.get("patience", 0)
+        skipped = self.patience
+        left = len(self.samples) - skipped
         if not self.samples:
-            return "no system samples were recorded"
-        if len(self.samples) <= skipped:
+            return "not judged: no system samples were recorded"
+        if left < MIN_SAMPLES:
             return (
-                f"only {len(self.samples)} samples, all within the patience of {skipped}; "
-                "nothing judged (a longer job, or a lower patience, gives this rule data)"
+                f"not judged: {len(self.samples)} samples, {max(0, left)} after a patience of "
+                f"{skipped}; at least {MIN_SAMPLES} are needed (a longer job, or a lower "
+                "patience, gives this rule data)"
             )
         if self.needs and not self.samples[0].get(self.needs):
             what = "utilisation" if self.needs == "gpu" else "memory"
-            return f"no GPU {what} readings in this job: nothing to judge"
-        return f"{len(self.samples) - skipped} samples judged; within the thresholds"
+            return f"not judged: no GPU {what} readings in this job"
+        return f"{left} samples judged (patience {skipped}); within the thresholds"
 
 
 def _gpu_mean(sample: dict, field: str = "gpu") -> float:
@@ -263,7 +284,7 @@ class Dataloader(Rule):
         self.steps += 1
 
     def verdict(self):
-        if self.failure is None and self.issue is None and self.total > 0:
+        if self.failure is None and self.issue is None and self.had_data():
             share = 100 * self.data / self.total
             if share > self.params["wait_threshold"]:
                 self.advice = self._advice()
@@ -295,9 +316,12 @@ class Dataloader(Rule):
             "--image-size, pre-resize the dataset, or use an instance with more CPUs."
         )
 
+    def had_data(self) -> bool:
+        return self.steps >= MIN_SAMPLES and self.total > 0
+
     def quiet_details(self) -> str:
-        if not self.total:
-            return "no training steps were timed"
+        if not self.had_data():
+            return f"not judged: {self.steps} training steps timed; at least {MIN_SAMPLES} needed"
         return (
             f"{100 * self.data / self.total:.0f}% of step time waiting for data over "
             f"{self.steps} steps (threshold {self.params['wait_threshold']:g}%)"
@@ -327,13 +351,24 @@ class StepOutlier(Rule):
         if not first_of_epoch:
             self.durations.append((record["step"], finite(record["total"])))
 
+    @property
+    def n_outliers(self) -> int:
+        """As set, or by default 1 per 100 steps (1 to SageMaker's 10): a short job cannot
+        have more than 10 steps beyond 3 standard deviations unless it has ~100 steps."""
+        if "n_outliers" in self.explicit:
+            return int(self.params["n_outliers"])
+        return min(int(self.params["n_outliers"]), max(1, len(self.durations) // 100))
+
+    def had_data(self) -> bool:
+        return len(self.durations) >= 2 * MIN_SAMPLES
+
     def verdict(self):
-        if self.failure is None and self.issue is None and len(self.durations) > 2:
+        if self.failure is None and self.issue is None and self.had_data():
             values = [d for _, d in self.durations]
             mean, spread = statistics.fmean(values), statistics.pstdev(values)
             limit = mean + self.params["stddev"] * spread
             outliers = [(s, d) for s, d in self.durations if d > limit]
-            if len(outliers) > self.params["n_outliers"]:
+            if len(outliers) > self.n_outliers:
                 step, longest = max(outliers, key=lambda o: o[1])
                 self.found(
                     step,
@@ -345,8 +380,12 @@ class StepOutlier(Rule):
         return super().verdict()
 
     def quiet_details(self) -> str:
+        if not self.had_data():
+            return (
+                f"not judged: {len(self.durations)} steps timed; at least {2 * MIN_SAMPLES} needed"
+            )
         return (
-            f"at most {self.params['n_outliers']} outliers beyond {self.params['stddev']:g} "
+            f"at most {self.n_outliers} outliers beyond {self.params['stddev']:g} "
             f"standard deviations in {len(self.durations)} steps"
         )
 
@@ -376,9 +415,12 @@ class MaxInitializationTime(Rule):
                 f"minutes after start, over {self.params['threshold']:g}",
             )
 
+    def had_data(self) -> bool:
+        return self.seconds is not None
+
     def quiet_details(self) -> str:
         if self.seconds is None:
-            return "training never reached its first step"
+            return "not judged: training never reached its first step"
         return f"the first step started {self.seconds:.1f}s after start"
 
 

@@ -14,8 +14,10 @@ from typing import ClassVar
 NO_ISSUES = "NoIssuesFound"
 ISSUES = "IssuesFound"
 ERROR = "Error"
-# The value each verdict takes in the ``rule_<Name>=`` metric lines the gate reads.
+# The value each verdict takes in the ``rule_<Name>=`` metric lines the gate reads;
+# NOT_JUDGED_CODE is NoIssuesFound from a rule that had too little data to judge.
 STATUS_CODES = {NO_ISSUES: 0, ISSUES: 1, ERROR: 2}
+NOT_JUDGED_CODE = 3
 
 
 class RuleConfigError(ValueError):
@@ -31,6 +33,15 @@ class Verdict:
     tensor: str | None = None
     advice: str = ""
     kind: str = "debug"
+    # False: "no issues" only because the job gave the rule too little data to judge.
+    judged: bool = True
+
+    @property
+    def code(self) -> int:
+        """The ``rule_<Name>=`` metric value."""
+        if self.status == NO_ISSUES and not self.judged:
+            return NOT_JUDGED_CODE
+        return STATUS_CODES[self.status]
 
     def as_status(self) -> dict:
         """One entry of ``DebugRuleEvaluationStatuses`` / ``ProfilerRuleEvaluationStatuses``."""
@@ -47,6 +58,7 @@ class Verdict:
             "Step": self.step,
             "Tensor": self.tensor,
             "Advice": self.advice,
+            "Judged": self.judged,
         }
 
 
@@ -77,6 +89,8 @@ class Rule:
                 f"it takes {', '.join(self.defaults) or 'none'} and stop"
             )
         self.params = {k: _coerce(k, v, self.defaults[k], self.name) for k, v in params.items()}
+        # Parameters the user set are honoured as given; defaults may scale to the job.
+        self.explicit = frozenset(self.params)
         self.params = {**self.defaults, **self.params}
         self.issue: Verdict | None = None
         self.occurrences = 0
@@ -116,11 +130,18 @@ class Rule:
                 issue.advice,
                 self.kind,
             )
-        return Verdict(self.name, NO_ISSUES, self.quiet_details(), kind=self.kind)
+        return Verdict(
+            self.name, NO_ISSUES, self.quiet_details(), kind=self.kind, judged=self.had_data()
+        )
 
     def quiet_details(self) -> str:
         """What was checked, so "no issues" also says how much evidence there was."""
         return "no issues found"
+
+    def had_data(self) -> bool:
+        """Whether the job gave this rule enough to judge; rules that can go without data
+        say so, and their "no issues" is then reported as not judged."""
+        return True
 
 
 def finite(value) -> float:

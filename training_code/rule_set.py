@@ -12,7 +12,7 @@ import os
 
 from debug_rules import DEBUG_RULES
 from profiler_rules import PROFILER_RULES
-from rule_base import STATUS_CODES, Rule, RuleConfigError, Verdict
+from rule_base import Rule, RuleConfigError, Verdict
 
 ALL_RULES: dict[str, type[Rule]] = {rule.name: rule for rule in (*DEBUG_RULES, *PROFILER_RULES)}
 RULES_FILE = "rules.json"
@@ -86,8 +86,9 @@ def evaluate_records(records: list[dict], config: dict | None = None) -> list[Ve
 
 
 def metric_values(verdicts: list[Verdict]) -> dict[str, int]:
-    """``rule_<Name>`` = 0 (NoIssuesFound), 1 (IssuesFound) or 2 (Error) for the log lines."""
-    return {f"rule_{v.rule}": STATUS_CODES[v.status] for v in verdicts}
+    """``rule_<Name>`` = 0 (NoIssuesFound), 1 (IssuesFound), 2 (Error) or 3 (no issues,
+    but too little data to judge) for the log lines."""
+    return {f"rule_{v.rule}": v.code for v in verdicts}
 
 
 def write_verdicts(output_dir: str, verdicts: list[Verdict]) -> None:

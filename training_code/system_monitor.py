@@ -27,6 +27,7 @@ class SystemMonitor:
         self.interval_s = interval_s
         self.started_at = started_at if started_at is not None else time.perf_counter()
         self._stop = threading.Event()
+        self._failed = False
         self._thread = threading.Thread(target=self._run, name="system-monitor", daemon=True)
         self._process = psutil.Process()
         self._gpu = _GpuReader() if torch.cuda.is_available() else None
@@ -38,17 +39,27 @@ class SystemMonitor:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop sampling, and take one last sample of the time since the previous one:
+        a run shorter than one interval still has a sample, whatever the machine's speed."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._thread.ident is not None and not self._failed:
+            self._emit_sample()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.emit(self.sample())
-            except Exception as exc:  # sampling must never break training
-                log.warning("system sampling stopped: %s", exc)
+            if not self._emit_sample():
                 return
+
+    def _emit_sample(self) -> bool:
+        try:
+            self.emit(self.sample())
+        except Exception as exc:  # sampling must never break training
+            log.warning("system sampling stopped: %s", exc)
+            self._failed = True
+            return False
+        return True
 
     def sample(self) -> dict:
         now, counters = time.perf_counter(), _io_counters()

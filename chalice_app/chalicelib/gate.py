@@ -62,6 +62,12 @@ def quality_gate(
                 passed.append(
                     f"blocking rules that could not be evaluated (Error): {', '.join(unchecked)}"
                 )
+            unjudged = [r["RuleConfigurationName"] for r in rules if r.get("Judged") is False]
+            if unjudged:
+                passed.append(
+                    "rules with too little data to judge (a longer job gives them data): "
+                    + ", ".join(unjudged)
+                )
     if test_accuracy is None:
         blocked.append("the job reported no test_accuracy metric")
     else:

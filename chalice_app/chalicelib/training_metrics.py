@@ -44,7 +44,9 @@ PROFILER_RULES = (
     "MaxInitializationTime",
 )
 RULE_NAMES = (*DEBUG_RULES, *PROFILER_RULES)
-RULE_STATUSES = {0: "NoIssuesFound", 1: "IssuesFound", 2: "Error"}
+RULE_STATUSES = {0: "NoIssuesFound", 1: "IssuesFound", 2: "Error", 3: "NoIssuesFound"}
+# Code 3: no issues because the job gave the rule too little data (a short job).
+NOT_JUDGED = 3
 RULE_METRIC_PREFIX = "rule_"
 DEBUG_METRIC_DEFINITIONS: list[dict[str, str]] = [
     *METRIC_DEFINITIONS,
@@ -67,6 +69,7 @@ def rule_statuses(final_metrics: dict[str, float]) -> list[dict] | None:
             {
                 "RuleConfigurationName": name,
                 "RuleEvaluationStatus": RULE_STATUSES.get(int(value), "Error"),
+                "Judged": int(value) != NOT_JUDGED,
             }
         )
     return statuses or None

@@ -3,8 +3,10 @@
 Routing reads ``app.event_sources``, the very configuration ``chalice deploy`` turns into
 S3 notifications and EventBridge rules, and matches with EventBridge's semantics for the
 operators patterns use (exact values, ``prefix``, ``suffix``, ``anything-but``,
-``exists``, ``equals-ignore-case``, ``numeric``). Events come from the SQLite outbox; each
-is claimed once, and a handler that raises is retried twice, as Lambda retries
+``exists``, ``equals-ignore-case``, ``numeric``). Events come from the SQLite outbox and
+are delivered at least once: claimed, handled, then marked delivered when every matching
+handler has finished, so a crash in between hands the event out again at the next start
+(handlers are idempotent). A handler that raises is retried twice, as Lambda retries
 asynchronous invocations, before the failure is recorded.
 """
 
@@ -185,16 +187,20 @@ class EventBus:
         say: Callable[[str], None],
         workers: int = 4,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
+        on_failure: Callable[[str, str], None] | None = None,
     ):
         self.state = state
         self.routes = routes_of(app_module)
         self.say = say
+        self.on_failure = on_failure
         self.retry_delays = retry_delays
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = 0
         self._busy_lock = threading.Lock()
+        # event id -> [handlers still running, outcomes so far]
+        self._running: dict[str, list] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="event-bus", daemon=True)
@@ -221,12 +227,25 @@ class EventBus:
             if not matched:
                 self.state.finish_event(event_id, "no matching handler")
                 continue
+            with self._busy_lock:
+                self._busy += len(matched)
+                self._running[event_id] = [len(matched), []]
             for route in matched:
-                with self._busy_lock:
-                    self._busy += 1
                 self._pool.submit(self._invoke, event_id, route, body)
             delivered += 1
         return delivered
+
+    def _finished(self, event_id: str, outcome: str) -> None:
+        """One handler of the event is done; the event is delivered when all are."""
+        with self._busy_lock:
+            entry = self._running[event_id]
+            entry[0] -= 1
+            entry[1].append(outcome)
+            done = entry[0] == 0
+            if done:
+                del self._running[event_id]
+        if done:
+            self.state.finish_event(event_id, "; ".join(entry[1]))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -250,9 +269,14 @@ class EventBus:
                         time.sleep(self.retry_delays[attempt])
                         continue
                     self.say(f"[lambda] {route.name} failed after retries: {detail}")
-                    self.state.finish_event(event_id, f"{route.name}: error: {detail}")
+                    if self.on_failure is not None:
+                        try:
+                            self.on_failure(route.name, detail)
+                        except Exception:  # the destination failing must not lose the event
+                            log.exception("on-failure destination failed")
+                    self._finished(event_id, f"{route.name}: error: {detail}")
                     return
-                self.state.finish_event(event_id, f"{route.name}: {outcome}")
+                self._finished(event_id, f"{route.name}: {outcome}")
                 return
         finally:
             with self._busy_lock:

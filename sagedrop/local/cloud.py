@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from chalicelib.notify import Notice, publish
 from sagedrop.aws_configure import pack_training_code, upload_training_code
 from sagedrop.local.aws_shapes import ACCOUNT, eventbridge_event
 from sagedrop.local.bus import EventBus
@@ -81,8 +82,23 @@ class LocalCloud:
             raise ValueError(f"the local cloud has no {service!r} service")
         return services[service]
 
-    def _emit(self, detail_type: str, detail: dict, resources: list[str]) -> None:
-        self.state.add_event("eventbridge", eventbridge_event(detail_type, detail, resources))
+    def _emit(
+        self, detail_type: str, detail: dict, resources: list[str], event_id: str | None = None
+    ) -> None:
+        event = eventbridge_event(detail_type, detail, resources)
+        self.state.add_event("eventbridge", event, event_id)
+
+    def _handler_failed(self, function: str, detail: str) -> None:
+        """Lambda's on-failure destination, pointed at the topic: a handler that failed
+        after its retries is never only a log line."""
+        notice = Notice(
+            stage="lambda",
+            status="error",
+            jobs={"function": function},
+            summary=f"{function} failed after Lambda's retries: {detail}",
+            failure_reason=detail,
+        )
+        publish(self.sns, TOPIC_ARN, notice)
 
     @property
     def topic_file(self) -> Path:
@@ -102,7 +118,10 @@ class LocalCloud:
         clients.use_factory(self.client)
         self._log_to_file(flow)
         app_module = _import_app()
-        self.bus = EventBus(self.state, app_module, self.say)
+        self.bus = EventBus(self.state, app_module, self.say, on_failure=self._handler_failed)
+        unfinished = self.state.release_claims()
+        if unfinished:
+            self.say(f"[bus] {unfinished} event(s) whose handlers did not finish: delivering again")
         self.sagemaker.resume()
         self.bus.start()
         if watch:

@@ -27,7 +27,19 @@ from sagedrop.artifacts import load_inference_code
 
 MAX_BATCH = 16
 GATHER_SECONDS = 0.002  # how long a batch waits for requests already being decoded
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit for real-time endpoints
+# Connections the kernel queues before the server accepts them: a burst of new clients
+# waits here instead of being reset (the standard library's default is 5).
+LISTEN_BACKLOG = 1024
+IDLE_SECONDS = 60  # a keep-alive connection silent this long is closed
 _ENVIRONMENT_LOCK = threading.Lock()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """One thread per connection, daemonic, with a listen backlog sized for bursts."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 class ModelWorker:
@@ -130,6 +142,7 @@ class EndpointServer:
             # Headers and body are separate writes: without this, Nagle's algorithm and the
             # client's delayed ACK add ~40 ms to every response.
             disable_nagle_algorithm = True
+            timeout = IDLE_SECONDS
 
             def log_message(self, *args) -> None:
                 """Quiet: the pipeline logs what matters, not every request line."""
@@ -142,8 +155,15 @@ class EndpointServer:
                 return self._reply(status, "text/plain", b"" if ready else b"loading")
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                length, problem = _content_length(self.headers)
+                if problem is not None:
+                    status, message = problem
+                    self.close_connection = True  # the body's end is unknown: do not reuse
+                    return self._reply(status, "text/plain", message.encode())
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    self.close_connection = True
+                    return  # the client went away mid-body
                 if self.path != "/invocations":
                     return self._reply(HTTPStatus.NOT_FOUND, "text/plain", b"not found")
                 worker = server.worker  # the model this request started with
@@ -161,8 +181,7 @@ class EndpointServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
+        self._http = _HTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(
             target=self._http.serve_forever, daemon=True, name=f"endpoint-{name}"
@@ -180,6 +199,28 @@ class EndpointServer:
         self._http.server_close()
         if self.worker:
             self.worker.close()
+
+
+def _content_length(headers) -> tuple[int, tuple[int, str] | None]:
+    """The body's length, or the 4xx to answer: a request with a missing, malformed,
+    negative or oversized Content-Length gets a reply, never a silently closed socket."""
+    if headers.get("Transfer-Encoding"):
+        return 0, (
+            HTTPStatus.LENGTH_REQUIRED,
+            "chunked bodies are not accepted; send Content-Length",
+        )
+    text = headers.get("Content-Length")
+    if text is None:
+        return 0, (HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+    if not text.strip().isdigit():
+        return 0, (HTTPStatus.BAD_REQUEST, f"Content-Length {text[:40]!r} is not a number")
+    length = int(text)
+    if length > MAX_PAYLOAD_BYTES:
+        return 0, (
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the body is {length} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+        )
+    return length, None
 
 
 def unpack_model(model_tar_gz: bytes, destination: Path) -> Path:

@@ -102,7 +102,8 @@ def render(pipeline: dict) -> str:
                     [
                         [
                             r["RuleConfigurationName"],
-                            r["RuleEvaluationStatus"],
+                            r["RuleEvaluationStatus"]
+                            + ("" if r.get("Judged", True) else " (not judged)"),
                             r.get("StatusDetails", ""),
                             _advice(r),
                         ]

@@ -9,9 +9,12 @@ its size and time have stopped changing, and fires the same event.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
+import ipaddress
+import logging
 import mimetypes
 import os
 import re
@@ -25,8 +28,32 @@ from botocore.response import StreamingBody
 from sagedrop.local.aws_shapes import client_error, md5_etag, metadata, s3_event, validate
 from sagedrop.local.state import State
 
+log = logging.getLogger("sagedrop.local.s3")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SETTLE_SECONDS = 0.5
+# S3's general-purpose bucket naming rules.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+MAX_KEY_BYTES = 1024  # S3's limit on a key
+MAX_NAME_BYTES = 255  # a folder's limit on one path segment (not S3's: see the README)
+
+
+def bucket_name_problem(bucket: str) -> str | None:
+    """Why ``bucket`` is not a valid S3 bucket name, or None."""
+    if not _BUCKET.match(bucket or ""):
+        return (
+            "must be 3-63 lowercase letters, digits, dots or hyphens, starting and ending "
+            "with a letter or digit"
+        )
+    if ".." in bucket:
+        return "must not contain two adjacent periods"
+    with contextlib.suppress(ValueError):
+        ipaddress.IPv4Address(bucket)
+        return "must not be formatted as an IP address"
+    if bucket.startswith(_BUCKET_RESERVED_PREFIXES) or bucket.endswith(_BUCKET_RESERVED_SUFFIXES):
+        return "uses a prefix or suffix S3 reserves"
+    return None
 
 
 class LocalS3:
@@ -38,19 +65,56 @@ class LocalS3:
         self.state = state
 
     def ensure_bucket(self, bucket: str) -> None:
-        (self.buckets / bucket).mkdir(parents=True, exist_ok=True)
+        self._bucket_folder(bucket, "CreateBucket", must_exist=False).mkdir(
+            parents=True, exist_ok=True
+        )
 
-    def path_of(self, bucket: str, key: str, operation: str) -> Path:
+    def _bucket_folder(self, bucket: str, operation: str, must_exist: bool = True) -> Path:
+        """``<root>/buckets/<bucket>``, for a valid bucket name only: a name is never a
+        path (``..``, ``/etc``, ``b/../other`` are refused as AWS refuses them)."""
+        problem = bucket_name_problem(bucket)
+        if problem:
+            raise client_error(
+                operation, "InvalidBucketName", f"The specified bucket is not valid: {problem}"
+            )
         folder = self.buckets / bucket
-        if not folder.is_dir():
+        if must_exist and (folder.is_symlink() or not folder.is_dir()):
             raise client_error(
                 operation, "NoSuchBucket", "The specified bucket does not exist", 404
             )
+        return folder
+
+    def path_of(self, bucket: str, key: str, operation: str) -> Path:
+        folder = self._bucket_folder(bucket, operation)
+        if len(key.encode()) > MAX_KEY_BYTES:
+            raise client_error(operation, "KeyTooLongError", "Your key is too long")
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             # Real S3 accepts these keys; a folder cannot hold them safely.
             raise client_error(operation, "InvalidArgument", f"key {key!r} cannot be stored")
+        if "\x00" in key or any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+            raise client_error(
+                operation,
+                "InvalidArgument",
+                f"key {key[:80]!r}... cannot be stored locally: a NUL character, or a path "
+                f"segment over {MAX_NAME_BYTES} bytes",
+            )
         return folder.joinpath(*parts)
+
+    def _no_links(self, bucket: str, path: Path) -> bool:
+        """True when nothing from the bucket folder down to ``path`` is a symbolic link.
+
+        A link put into a bucket folder by hand could point anywhere on the machine; the
+        local S3 neither serves nor announces what it points at.
+        """
+        folder = self.buckets / bucket
+        current = path
+        while current != folder and folder in current.parents:
+            if current.is_symlink():
+                log.warning("ignoring symbolic link %s in bucket %s", current, bucket)
+                return False
+            current = current.parent
+        return True
 
     # boto3 operations ------------------------------------------------------------------
     def put_object(self, **params) -> dict:
@@ -112,15 +176,11 @@ class LocalS3:
     def list_objects_v2(self, **params) -> dict:
         validate("s3", "list_objects_v2", params)
         bucket = params["Bucket"]
-        folder = self.buckets / bucket
-        if not folder.is_dir():
-            raise client_error(
-                "ListObjectsV2", "NoSuchBucket", "The specified bucket does not exist", 404
-            )
+        folder = self._bucket_folder(bucket, "ListObjectsV2")
         prefix = params.get("Prefix", "")
         limit = params.get("MaxKeys", 1000)
         after = params.get("ContinuationToken") or params.get("StartAfter") or ""
-        keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        keys = sorted(p.relative_to(folder).as_posix() for p in _files(folder))
         keys = [k for k in keys if k.startswith(prefix) and k > after]
         page, rest = keys[:limit], keys[limit:]
         contents = []
@@ -154,24 +214,39 @@ class LocalS3:
     # internals ---------------------------------------------------------------------------
     def _write(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
         path = self.path_of(bucket, key, "PutObject")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._no_links(bucket, path.parent):
+            raise client_error("PutObject", "InvalidArgument", f"key {key!r} cannot be stored")
         descriptor, temporary = tempfile.mkstemp(dir=self.scratch)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, path)
+        except OSError as exc:
+            Path(temporary).unlink(missing_ok=True)
+            raise client_error(
+                "PutObject", "InvalidArgument", f"key {key!r} cannot be stored: {exc.strerror}"
+            ) from exc
         etag = md5_etag(data)
-        os.replace(temporary, path)
         self.record(bucket, key, path, etag, content_type)
         return etag
 
     def record(self, bucket: str, key: str, path: Path, etag: str, content_type: str) -> None:
-        """Remember the object and queue its event in one go (a restart loses neither)."""
+        """Remember the object and queue its event in one transaction: a crash leaves
+        either both or neither (and then the watcher finds the file)."""
         stat = path.stat()
-        self.state.put_object(bucket, key, etag, stat.st_size, content_type)
-        self.state.add_event("s3", s3_event(bucket, key, stat.st_size, etag))
+        self.state.put_object(
+            bucket,
+            key,
+            etag,
+            stat.st_size,
+            content_type,
+            event=("s3", s3_event(bucket, key, stat.st_size, etag)),
+        )
 
     def _existing(self, bucket: str, key: str, operation: str, head: bool = False):
         path = self.path_of(bucket, key, operation)
-        if not path.is_file():
+        if not path.is_file() or not self._no_links(bucket, path):
             # HEAD responses have no body, so boto3 reports the bare status code.
             code = "404" if head else "NoSuchKey"
             raise client_error(operation, code, "The specified key does not exist.", 404)
@@ -196,16 +271,20 @@ class FolderWatcher:
         self.s3 = s3
         self.interval = interval
         self._seen: dict[Path, tuple[int, int]] = {}
+        self._warned: set[Path] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def scan(self) -> list[tuple[str, str]]:
         announced = []
         current: dict[Path, tuple[int, int]] = {}
-        for bucket_dir in sorted(p for p in self.s3.buckets.iterdir() if p.is_dir()):
-            for path in bucket_dir.rglob("*"):
-                if not path.is_file():
-                    continue
+        buckets = [
+            p
+            for p in self.s3.buckets.iterdir()
+            if p.is_dir() and not p.is_symlink() and bucket_name_problem(p.name) is None
+        ]
+        for bucket_dir in sorted(buckets):
+            for path in _files(bucket_dir, warn=self._warned):
                 try:
                     stat = path.stat()
                 except FileNotFoundError:
@@ -249,6 +328,25 @@ class FolderWatcher:
                 self.scan()
             except OSError:
                 time.sleep(self.interval)
+
+
+def _files(folder: Path, warn: set[Path] | None = None) -> list[Path]:
+    """Regular files under ``folder``, never through a symbolic link (each one is logged,
+    once per watcher when ``warn`` remembers them)."""
+    found = []
+    for directory, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(directory)
+        for name in [*dirnames, *filenames]:
+            path = base / name
+            if path.is_symlink():
+                if warn is None or path not in warn:
+                    log.warning("ignoring symbolic link %s in a bucket folder", path)
+                    if warn is not None:
+                        warn.add(path)
+                continue
+            if name in filenames and path.is_file():
+                found.append(path)
+    return found
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:

@@ -82,6 +82,10 @@ class LocalSageMaker:
         self.emit = emit
         self.say = say
         self.cpus = cpus or os.cpu_count() or 1
+        # However many pipelines run, at most this many training processes at once; the
+        # rest wait as SecondaryStatus "Pending" (SAGEDROP_MAX_TRAINING_JOBS overrides).
+        self.max_training_jobs = _max_training_jobs(self.cpus)
+        self._slots = threading.BoundedSemaphore(self.max_training_jobs)
         self.servers: dict[str, EndpointServer] = {}
         self._runs: dict[str, TrainingRun] = {}
         self._threads: list[threading.Thread] = []
@@ -91,23 +95,34 @@ class LocalSageMaker:
 
     # lifecycle ---------------------------------------------------------------------------
     def resume(self) -> None:
-        """After a restart: finish what was running, exactly once."""
+        """After a restart: finish what was running, exactly once.
+
+        Standalone jobs run again from the start; a tuning job re-runs its interrupted
+        trials under their own names (its budget is not spent twice); endpoints that were
+        serving start serving again without announcing themselves a second time. Terminal
+        state-change events are queued again under their deterministic ids, so one lost
+        to a crash between the state change and its event is sent, and one already sent
+        is not.
+        """
         for job in self.state.all(TRAINING):
-            if job["TrainingJobStatus"] != "InProgress":
-                continue
-            if job.get("TuningJobArn"):
-                self._finish_training(job["TrainingJobName"], JobResult("Failed", INTERRUPTED))
-            else:
+            if job["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+                self._emit_training(job)
+            elif job["TrainingJobStatus"] == "InProgress" and not job.get("TuningJobArn"):
                 self.say(f"[sagemaker] resuming training job {job['TrainingJobName']}")
                 self._background(self._run_training, job["TrainingJobName"], None, self.cpus)
         for job in self.state.all(TUNING):
             if job["HyperParameterTuningJobStatus"] in ("InProgress", "Stopping"):
                 self.say(f"[sagemaker] resuming tuning job {job['HyperParameterTuningJobName']}")
                 self._background(self._run_tuning, job["HyperParameterTuningJobName"])
+            else:
+                self._emit_tuning(job)
         for endpoint in self.state.all(ENDPOINT):
             if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
                 self._background(
-                    self._deploy, endpoint["EndpointName"], endpoint["EndpointConfigName"]
+                    self._deploy,
+                    endpoint["EndpointName"],
+                    endpoint["EndpointConfigName"],
+                    endpoint["EndpointStatus"] != "InService",
                 )
 
     def shutdown(self) -> None:
@@ -131,7 +146,10 @@ class LocalSageMaker:
         self._background(self._run_training, params["TrainingJobName"], None, self.cpus)
         return {**metadata(), "TrainingJobArn": arn("training-job", params["TrainingJobName"])}
 
-    def _create_training(self, params: dict, parent: str | None, local: dict | None = None):
+    def _create_training(
+        self, params: dict, parent: str | None, local: dict | None = None, replace: bool = False
+    ):
+        """Record a new training job (``replace``: start an interrupted one afresh)."""
         name = params["TrainingJobName"]
         job_arn = arn("training-job", name)
         record = {
@@ -149,7 +167,9 @@ class LocalSageMaker:
         )
         if parent:
             record["TuningJobArn"] = arn("hyper-parameter-tuning-job", parent)
-        if not self.state.insert(TRAINING, name, record):
+        if replace:
+            self.state.put(TRAINING, name, record)
+        elif not self.state.insert(TRAINING, name, record):
             raise client_error(
                 "CreateTrainingJob",
                 "ResourceInUse",
@@ -212,9 +232,15 @@ class LocalSageMaker:
         self._runs[name] = run
         if ready:
             ready(run)
-        self._set_secondary(name, "Starting", "Preparing the instances for training")
         try:
-            result = run.run()
+            if self._take_slot(name, run):
+                try:
+                    self._set_secondary(name, "Starting", "Preparing the instances for training")
+                    result = run.run()
+                finally:
+                    self._slots.release()
+            else:
+                result = JobResult("Stopped", None, "Stopped")
         except Exception as exc:  # a bug here must still end the job, not leave it running
             result = JobResult("Failed", f"InternalServerError: {exc}", "Failed")
         finally:
@@ -223,6 +249,24 @@ class LocalSageMaker:
             return result  # shutting down: the job stays InProgress and resumes on restart
         self._finish_training(name, result, series=run.reader.series)
         return result
+
+    def _take_slot(self, name: str, run: TrainingRun) -> bool:
+        """Wait for one of the ``max_training_jobs`` slots; False when stopped meanwhile."""
+        if self._slots.acquire(blocking=False):
+            return True
+        self._set_secondary(
+            name,
+            "Pending",
+            f"Waiting for a free local training slot ({self.max_training_jobs} training "
+            "jobs run at once; SAGEDROP_MAX_TRAINING_JOBS sets it)",
+        )
+        while not self._slots.acquire(timeout=0.5):
+            if run.stopped or self._stopping.is_set():
+                return False
+        if run.stopped or self._stopping.is_set():
+            self._slots.release()
+            return False
+        return True
 
     def _set_secondary(self, name: str, secondary: str, message: str) -> None:
         record = self.state.get(TRAINING, name)
@@ -273,7 +317,11 @@ class LocalSageMaker:
         self._emit_training(record)
 
     def _emit_training(self, record: dict) -> None:
-        self.emit(TRAINING_EVENT, _event_detail(record), [record["TrainingJobArn"]])
+        status = record["TrainingJobStatus"]
+        event_id = None
+        if status in ("Completed", "Failed", "Stopped"):  # once per job and outcome
+            event_id = f"training:{record['TrainingJobName']}:{status}"
+        self.emit(TRAINING_EVENT, _event_detail(record), [record["TrainingJobArn"]], event_id)
 
     # tuning jobs -------------------------------------------------------------------------
     def create_hyper_parameter_tuning_job(self, **params) -> dict:
@@ -448,33 +496,53 @@ class LocalSageMaker:
         dists = tuner.distributions(config["ParameterRanges"])
         seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         study = tuner.make_study(config, seed)
-        finished, counted = [], 0
+        finished, interrupted, counted = [], [], 0
         for trial in record["_local"]["trials"]:
             job = self.state.get(TRAINING, trial)
             local = job["_local"]
-            if job.get("FailureReason") == INTERRUPTED or "optuna" not in local:
-                continue  # ended by a restart: it does not use up the budget
-            counted += 1
-            finished.append(local["optuna"])
+            if "optuna" in local:
+                counted += 1
+                finished.append(local["optuna"])
+            elif job["TrainingJobStatus"] == "InProgress" and "params" in local:
+                # Its process ended with the last `up`: run it again under its own name
+                # with its own parameters, so the budget is spent once.
+                counted += 1
+                interrupted.append(trial)
+                study.enqueue_trial(local["params"])
+            elif job["TrainingJobStatus"] == "InProgress":
+                self._finish_training(trial, JobResult("Failed", INTERRUPTED))
         tuner.replay(study, dists, finished)
         stop = self._tuning_stops.setdefault(name, threading.Event())
         lock = threading.Lock()
         threads_per_job = max(1, self.cpus // parallel)
-        launched = [counted]
+        launched = [counted - len(interrupted)]
 
         def worker() -> None:
             while not stop.is_set() and not self._stopping.is_set():
                 with lock:
-                    if launched[0] >= max_jobs:
+                    rerun = bool(interrupted)
+                    if not rerun and launched[0] + len(interrupted) >= max_jobs:
                         return
                     launched[0] += 1
-                    trial = study.ask(dists)
-                    trials = self.state.get(TUNING, name)["_local"]["trials"]
-                    job_name = tuner.trial_job_name(name, len(trials) + 1)
-                    self.state.update(TUNING, name, _local={"trials": [*trials, job_name]})
-                    self.say(f"[tuning] {name}: trial {launched[0]}/{max_jobs} is {job_name}")
+                    trial = study.ask(dists)  # an interrupted trial's parameters come first
+                    if rerun:
+                        job_name = interrupted.pop(0)
+                        self.say(f"[tuning] {name}: re-running interrupted trial {job_name}")
+                    else:
+                        trials = self.state.get(TUNING, name)["_local"]["trials"]
+                        job_name = tuner.trial_job_name(name, len(trials) + 1)
+                        self.state.update(TUNING, name, _local={"trials": [*trials, job_name]})
+                        self.say(f"[tuning] {name}: trial {launched[0]}/{max_jobs} is {job_name}")
                 self._run_trial(
-                    name, definition, objective, study, trial, job_name, lock, threads_per_job
+                    name,
+                    definition,
+                    objective,
+                    study,
+                    trial,
+                    job_name,
+                    lock,
+                    threads_per_job,
+                    rerun,
                 )
                 self._update_tuning_counters(name)
 
@@ -487,7 +555,9 @@ class LocalSageMaker:
             return  # resumes on restart
         self._finish_tuning(name, stopped=stop.is_set())
 
-    def _run_trial(self, name, definition, objective, study, trial, job_name, lock, threads):
+    def _run_trial(
+        self, name, definition, objective, study, trial, job_name, lock, threads, rerun=False
+    ):
         tuned = tuner.hyperparameters_of(trial.params)
         request = {
             "TrainingJobName": job_name,
@@ -503,7 +573,9 @@ class LocalSageMaker:
             "ResourceConfig": definition["ResourceConfig"],
             "StoppingCondition": definition["StoppingCondition"],
         }
-        self._create_training(request, parent=name, local={"tuned": tuned})
+        self._create_training(
+            request, parent=name, local={"tuned": tuned, "params": trial.params}, replace=rerun
+        )
         reporter_box: list = []
 
         def on_metrics(metrics: dict) -> None:
@@ -606,7 +678,11 @@ class LocalSageMaker:
     def _emit_tuning(self, record: dict) -> None:
         detail = _event_detail(record)
         detail.pop("TrainingJobDefinition", None)
-        self.emit(TUNING_EVENT, detail, [record["HyperParameterTuningJobArn"]])
+        status = record["HyperParameterTuningJobStatus"]
+        event_id = None
+        if status in ("Completed", "Failed", "Stopped"):
+            event_id = f"tuning:{record['HyperParameterTuningJobName']}:{status}"
+        self.emit(TUNING_EVENT, detail, [record["HyperParameterTuningJobArn"]], event_id)
 
     # models, endpoint configs, endpoints ----------------------------------------------------
     def create_model(self, **params) -> dict:
@@ -749,7 +825,10 @@ class LocalSageMaker:
             return None
         return server.port
 
-    def _deploy(self, name: str, config_name: str) -> None:
+    def _deploy(self, name: str, config_name: str, announce: bool = True) -> None:
+        """Load the config's model and serve it; ``announce=False`` (a restart bringing
+        back an endpoint that was already in service) sends no state-change event, so no
+        second "endpoint ready" notice."""
         with self._endpoint_lock:
             try:
                 config = self.state.get(CONFIG, config_name)
@@ -797,7 +876,8 @@ class LocalSageMaker:
             )
             record.pop("FailureReason", None)
             self.say(f"[endpoint] {name} in service on 127.0.0.1:{server.port} ({config_name})")
-            self._emit_endpoint(record, "IN_SERVICE")
+            if announce:
+                self._emit_endpoint(record, "IN_SERVICE")
 
     def _emit_endpoint(self, record: dict, status: str) -> None:
         detail = {
@@ -827,6 +907,21 @@ class LocalSageMaker:
     def _tag(self, resource_arn: str, tags: list[dict]) -> None:
         if tags:
             self.state.put(TAGS, resource_arn, {"Tags": tags})
+
+
+def _max_training_jobs(cpus: int) -> int:
+    configured = os.environ.get("SAGEDROP_MAX_TRAINING_JOBS", "")
+    if configured:
+        try:
+            value = int(configured)
+        except ValueError:
+            raise ValueError(
+                f"SAGEDROP_MAX_TRAINING_JOBS must be a whole number, not {configured!r}"
+            ) from None
+        if value < 1:
+            raise ValueError("SAGEDROP_MAX_TRAINING_JOBS must be at least 1")
+        return value
+    return max(2, cpus // 2)
 
 
 def _counters(jobs: list[dict]) -> dict:

@@ -28,9 +28,11 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, kind TEXT NOT NULL,
-    body TEXT NOT NULL, created REAL NOT NULL, delivered REAL, outcome TEXT
+    body TEXT NOT NULL, created REAL NOT NULL, delivered REAL, outcome TEXT, claimed REAL
 );
 """
+# An event's life: pending (claimed and delivered NULL) → claimed (a deliverer runs its
+# handlers) → delivered (every handler finished; ``outcome`` says how).
 
 
 class State:
@@ -46,6 +48,9 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "claimed" not in columns:  # a state file from before claims existed
+            self._db.execute("ALTER TABLE events ADD COLUMN claimed REAL")
         self.new_event = threading.Event()
 
     def close(self) -> None:
@@ -119,12 +124,26 @@ class State:
         return [json.loads(r[0]) for r in rows]
 
     # Objects of the folder-backed S3.
-    def put_object(self, bucket: str, key: str, etag: str, size: int, content_type: str) -> None:
+    def put_object(
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        size: int,
+        content_type: str,
+        event: tuple[str, dict] | None = None,
+    ) -> None:
+        """Record an object and, in the same transaction, the ``(kind, body)`` event its
+        write causes: a crash keeps both or neither."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
                 (bucket, key, etag, size, content_type, time.time()),
             )
+            if event is not None:
+                self._insert_event(db, event[0], event[1], str(uuid.uuid4()))
+        if event is not None:
+            self.new_event.set()
 
     def object(self, bucket: str, key: str) -> dict | None:
         with self._lock:
@@ -141,45 +160,81 @@ class State:
         with self.transaction() as db:
             db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
 
-    # The event outbox: written with the change that caused it, delivered exactly once.
+    # The event outbox: written with the change that caused it, delivered at least once.
     def add_event(self, kind: str, body: dict, event_id: str | None = None) -> str:
+        """Queue an event. A deterministic ``event_id`` makes the call idempotent: the same
+        id queued again (a restart re-announcing a finished job) is ignored."""
         event_id = event_id or str(uuid.uuid4())
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO events (id, kind, body, created) VALUES (?, ?, ?, ?)",
-                (event_id, kind, json.dumps(body, default=str), time.time()),
-            )
+            self._insert_event(db, kind, body, event_id)
         self.new_event.set()
         return event_id
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, kind: str, body: dict, event_id: str) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO events (id, kind, body, created) VALUES (?, ?, ?, ?)",
+            (event_id, kind, json.dumps(body, default=str), time.time()),
+        )
 
     def pending_events(self, limit: int = 32) -> list[tuple[str, str, dict]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, kind, body FROM events WHERE delivered IS NULL ORDER BY seq LIMIT ?",
+                "SELECT id, kind, body FROM events WHERE delivered IS NULL AND claimed IS NULL "
+                "ORDER BY seq LIMIT ?",
                 (limit,),
             ).fetchall()
         return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
     def claim_event(self, event_id: str) -> bool:
-        """Mark delivered before running handlers: a crash mid-handler does not re-run it
-        (Lambda's async retries are in the bus, not in a second delivery)."""
+        """Take an event to run its handlers; False when someone else has it. It stays
+        claimed, not delivered, until ``finish_event``: a crash in between leaves it for
+        ``release_claims`` to hand out again (at-least-once, like Lambda)."""
         with self.transaction() as db:
             cursor = db.execute(
-                "UPDATE events SET delivered = ? WHERE id = ? AND delivered IS NULL",
+                "UPDATE events SET claimed = ? WHERE id = ? AND claimed IS NULL "
+                "AND delivered IS NULL",
                 (time.time(), event_id),
             )
             return cursor.rowcount == 1
 
     def finish_event(self, event_id: str, outcome: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE events SET outcome = ? WHERE id = ?", (outcome, event_id))
+            db.execute(
+                "UPDATE events SET delivered = ?, outcome = ? WHERE id = ?",
+                (time.time(), outcome, event_id),
+            )
+
+    def release_claims(self) -> int:
+        """At start, with this root's lock held: events whose handlers never finished
+        (the process died) are pending again. Returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE events SET claimed = NULL WHERE delivered IS NULL AND claimed IS NOT NULL"
+            )
+            count = cursor.rowcount
+        if count:
+            self.new_event.set()
+        return count
+
+    def unfinished_events(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM events WHERE delivered IS NULL").fetchone()
+        return row[0]
 
     def event_outcomes(self) -> list[dict]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, kind, body, delivered, outcome FROM events ORDER BY seq"
+                "SELECT id, kind, body, delivered, outcome, claimed FROM events ORDER BY seq"
             ).fetchall()
         return [
-            {"id": r[0], "kind": r[1], "body": json.loads(r[2]), "delivered": r[3], "outcome": r[4]}
+            {
+                "id": r[0],
+                "kind": r[1],
+                "body": json.loads(r[2]),
+                "delivered": r[3],
+                "outcome": r[4],
+                "claimed": r[5],
+            }
             for r in rows
         ]

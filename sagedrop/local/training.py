@@ -107,6 +107,10 @@ class TrainingRun:
     def name(self) -> str:
         return self.request["TrainingJobName"]
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop_reason is not None
+
     def stop(self, reason: str = "Stopped") -> None:
         with self._lock:
             self._stop_reason = self._stop_reason or reason
