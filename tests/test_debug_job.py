@@ -67,7 +67,10 @@ def test_rules_json_has_every_rule_in_sagemakers_shape(debug_job):
         assert status["RuleEvaluationStatus"] in ("NoIssuesFound", "IssuesFound", "Error")
         assert status["StatusDetails"]
     by_name = {s["RuleConfigurationName"]: s for s in statuses}
-    assert by_name["CPUBottleneck"]["StatusDetails"].startswith("no GPU")  # patience 0, no GPU
+    details = by_name["CPUBottleneck"]["StatusDetails"]  # a CPU host has no GPU readings
+    assert details.startswith("not judged") and "no GPU" in details
+    verdicts = json.loads((debug_job["out"] / "rule_verdicts.json").read_text())
+    assert {v["RuleConfigurationName"]: v["Judged"] for v in verdicts}["CPUBottleneck"] is False
 
 
 def test_verdicts_reach_the_gate_through_metric_lines(debug_job):

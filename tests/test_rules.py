@@ -203,11 +203,48 @@ def system(n, cpu=50.0, gpu=None, gpu_memory=None, iowait=0.0):
     return samples
 
 
-def test_profiler_rules_wait_for_their_patience_and_need_a_gpu_when_they_say_so():
-    short = judge(profiler_rules.CPUBottleneck(), system(20, cpu=99, gpu=1))
-    assert short.status == NO_ISSUES and "within the patience of 1000" in short.details
+def test_profiler_rules_scale_their_patience_to_the_job_and_say_when_not_judged():
+    # A 20-second job (40 samples) with the problem: the default patience (SageMaker's
+    # 1,000 samples) scales to a tenth of the job, so the rule judges and fires.
+    short = judge(profiler_rules.CPUBottleneck(), system(40, cpu=99, gpu=1))
+    assert short.status == ISSUES and short.judged
+    assert "of 36 samples" in short.details  # 4 skipped: a tenth of 40
+    # A patience the user sets is used as given: nothing left to judge, and it says so.
+    patient = judge(profiler_rules.CPUBottleneck(patience=1000), system(40, cpu=99, gpu=1))
+    assert patient.status == NO_ISSUES and not patient.judged and patient.code == 3
+    assert patient.details.startswith("not judged") and "patience of 1000" in patient.details
+    tiny = judge(profiler_rules.IOBottleneck(), system(6, iowait=90))
+    assert tiny.status == NO_ISSUES and not tiny.judged and "at least 10" in tiny.details
     no_gpu = judge(profiler_rules.LowGPUUtilization(patience=0), system(20))
-    assert no_gpu.status == NO_ISSUES and "no GPU utilisation readings" in no_gpu.details
+    assert no_gpu.status == NO_ISSUES and not no_gpu.judged
+    assert "no GPU utilisation readings" in no_gpu.details
+
+
+@pytest.mark.parametrize(
+    ("rule", "samples"),
+    [
+        (profiler_rules.CPUBottleneck, system(40, cpu=99, gpu=2)),
+        (profiler_rules.IOBottleneck, system(40, iowait=80)),
+        (profiler_rules.LowGPUUtilization, system(40, gpu=20)),
+        (profiler_rules.GPUMemoryIncrease, system(40, gpu=90, gpu_memory=lambda i: 20 + i)),
+        (profiler_rules.BatchSize, system(40, cpu=20, gpu=20, gpu_memory=20)),
+    ],
+)
+def test_every_system_rule_fires_with_its_defaults_on_a_20_second_job(rule, samples):
+    verdict = judge(rule(), samples)
+    assert verdict.status == ISSUES, verdict.details
+
+
+def test_step_rules_fire_with_their_defaults_on_a_short_job():
+    steps = [
+        {"kind": "step", "epoch": 1, "step": i, "data": 0.01, "total": 1.0 if i % 12 == 5 else 0.1}
+        for i in range(60)
+    ]
+    assert judge(profiler_rules.StepOutlier(), steps).status == ISSUES  # 5 of 60 steps stall
+    waiting = [{**s, "data": 0.08, "total": 0.1} for s in steps]
+    assert judge(profiler_rules.Dataloader(), waiting).status == ISSUES
+    few = judge(profiler_rules.StepOutlier(), steps[:8])
+    assert few.status == NO_ISSUES and not few.judged
 
 
 def test_cpu_bottleneck():

@@ -117,13 +117,13 @@ class LocalSageMaker:
             else:
                 self._emit_tuning(job)
         for endpoint in self.state.all(ENDPOINT):
-            if endpoint["EndpointStatus"] in ("InService", "Creating", "Updating"):
-                self._background(
-                    self._deploy,
-                    endpoint["EndpointName"],
-                    endpoint["EndpointConfigName"],
-                    endpoint["EndpointStatus"] != "InService",
-                )
+            name, config = endpoint["EndpointName"], endpoint["EndpointConfigName"]
+            if endpoint["EndpointStatus"] == "InService":
+                # Serving again before the bus delivers a single image event: on AWS the
+                # endpoint never went away, so no image may meet a missing one here.
+                self._deploy(name, config, announce=False)
+            elif endpoint["EndpointStatus"] in ("Creating", "Updating"):
+                self._background(self._deploy, name, config)
 
     def shutdown(self) -> None:
         self._stopping.set()
