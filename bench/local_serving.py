@@ -8,14 +8,20 @@ measures in one run:
 - raw batch-8 forward throughput vs 8 concurrent clients' throughput through the endpoint
 - drop → ``.json`` p50 (S3 put → event → handler → InvokeEndpoint → put) minus the
   in-process ``input_fn → predict_fn → output_fn`` p50 (the model's own inference time)
+- a burst of 200 simultaneous new connections (each one request, then close): how many
+  were served, and their latency
+- 64 keep-alive clients, 10 requests each: requests/s, p50 and p99, and the process's
+  resident memory before and after
 
 Run: .venv/bin/python bench/local_serving.py
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,10 +42,87 @@ from sagedrop.sample_data import pack_dataset, write_sample_dataset
 
 REPEATS = 40
 CLIENTS = 8
+BURST = 200
+KEEPALIVE_CLIENTS = 64
+KEEPALIVE_REQUESTS = 10
 
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
+
+
+def burst_of_new_connections(port: int, body: bytes) -> tuple[int, list[float]]:
+    """BURST clients connect at the same moment, send one request each and close."""
+    request = (
+        b"POST /invocations HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    barrier = threading.Barrier(BURST)
+    served: list[float] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        try:
+            barrier.wait(timeout=60)
+            start = time.perf_counter()
+            with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+                sock.sendall(request)
+                reply = b""
+                while chunk := sock.recv(65536):  # the server closes after the reply
+                    reply += chunk
+            if reply.startswith(b"HTTP/1.1 200"):
+                with lock:
+                    served.append(time.perf_counter() - start)
+        except OSError:
+            pass  # reset or refused: counted as not served
+
+    threads = [threading.Thread(target=client) for _ in range(BURST)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    return len(served), served
+
+
+def keep_alive_clients(port: int, body: bytes) -> tuple[float, list[float]]:
+    """KEEPALIVE_CLIENTS each send KEEPALIVE_REQUESTS on one connection."""
+    barrier = threading.Barrier(KEEPALIVE_CLIENTS + 1)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    headers = {"Content-Type": "image/jpeg"}
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        barrier.wait(timeout=60)
+        mine = []
+        for _ in range(KEEPALIVE_REQUESTS):
+            start = time.perf_counter()
+            try:
+                connection.request("POST", "/invocations", body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()  # reset or refused: not served; the next one reconnects
+                continue
+            if response.status == 200:
+                mine.append(time.perf_counter() - start)
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(KEEPALIVE_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=60)
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=600)
+    return len(latencies) / (time.perf_counter() - start), latencies
 
 
 def train_artifact(work: Path) -> Path:
@@ -173,6 +256,14 @@ def main() -> None:
                 thread.join()
             concurrent_rate = CLIENTS * per_client / (time.perf_counter() - start)
 
+            port = sm.endpoint_port("sagedrop")
+            import psutil
+
+            rss_before = psutil.Process().memory_info().rss / 2**20
+            burst_served, burst_latency = burst_of_new_connections(port, body)
+            keep_rate, keep_latency = keep_alive_clients(port, body)
+            rss_after = psutil.Process().memory_info().rss / 2**20
+
             images = cloud.root / "buckets" / INFERENCE_BUCKET / "images"
             dropped = []
             for n in range(REPEATS // 2):
@@ -201,6 +292,20 @@ def main() -> None:
     print(f"image dropped → JSON written p50:    {p50(dropped) * 1000:8.2f} ms")
     print(f"  minus the model's own inference:   {(p50(dropped) - p50(chain)) * 1000:8.2f} ms"
           "  (target < 100)")  # fmt: skip
+    print(f"burst of {BURST} new connections:       {burst_served:8d} served  ({BURST} sent)")
+    if burst_latency:
+        print(
+            f"  their latency p50 / p99:           {p50(burst_latency) * 1000:8.1f} / "
+            f"{p99(burst_latency) * 1000:.1f} ms"
+        )
+    print(f"{KEEPALIVE_CLIENTS} keep-alive clients:              {keep_rate:8.1f} req/s "
+          f"({len(keep_latency)}/{KEEPALIVE_CLIENTS * KEEPALIVE_REQUESTS} ok)")  # fmt: skip
+    if keep_latency:
+        print(
+            f"  latency p50 / p99:                 {p50(keep_latency) * 1000:8.1f} / "
+            f"{p99(keep_latency) * 1000:.1f} ms"
+        )
+    print(f"process resident memory before/after: {rss_before:.0f} / {rss_after:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -143,10 +143,13 @@ def test_7_kill_9_during_a_burst_of_image_drops_loses_and_doubles_nothing(tmp_pa
     state.close()
 
 
-def _sleeping_code(tmp_path: Path, seconds: float) -> bytes:
-    """A sourcedir.tar.gz whose train.py sleeps: a stand-in for a long training job."""
+def _waiting_code(tmp_path: Path, release: Path) -> bytes:
+    """A sourcedir.tar.gz whose train.py runs until ``release`` exists: a training job
+    that ends when the test says, not after some number of seconds."""
     script = tmp_path / "train.py"
-    script.write_text(f"import time\ntime.sleep({seconds})\n")
+    script.write_text(
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\n"
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         archive.add(script, arcname="train.py")
@@ -158,7 +161,8 @@ def test_5_training_processes_are_capped_and_the_rest_wait_as_pending(tmp_path, 
     state = State(tmp_path / "state.sqlite")
     s3 = LocalS3(tmp_path, state)
     s3.ensure_bucket("data")
-    s3.put_object(Bucket="data", Key="code/sourcedir.tar.gz", Body=_sleeping_code(tmp_path, 1.5))
+    release = tmp_path / "release"
+    s3.put_object(Bucket="data", Key="code/sourcedir.tar.gz", Body=_waiting_code(tmp_path, release))
     s3.put_object(Bucket="data", Key="datasets/x.zip", Body=b"zip")
     sagemaker = LocalSageMaker(tmp_path, state, s3, lambda *a: None, lambda _: None, cpus=2)
     assert sagemaker.max_training_jobs == 1
@@ -191,8 +195,9 @@ def test_5_training_processes_are_capped_and_the_rest_wait_as_pending(tmp_path, 
     def secondary(name):
         return state.get("training-job", name)["SecondaryStatus"]
 
-    assert _wait(lambda: secondary("second") == "Pending", 10)
+    assert _wait(lambda: secondary("second") == "Pending", 30)
     assert secondary("first") == "Training"  # one process at a time
+    release.touch()
     pending = state.get("training-job", "second")["SecondaryStatusTransitions"][-1]
     assert "SAGEDROP_MAX_TRAINING_JOBS" in pending["StatusMessage"]
     assert _wait(lambda: secondary("second") == "Completed", 60)
@@ -203,6 +208,9 @@ def test_5_training_processes_are_capped_and_the_rest_wait_as_pending(tmp_path, 
         if t["Status"] == "Training"
     )
     assert second_training["StartTime"] >= first_end  # it waited for the slot
+    for name in ("first", "second"):  # 12: the input copy goes with the job, logs stay
+        assert not (tmp_path / "jobs" / name / "input" / "data").exists()
+        assert (tmp_path / "jobs" / name / "logs.txt").exists()
     sagemaker.shutdown()
     state.close()
 
@@ -264,3 +272,24 @@ def test_10_malformed_requests_get_a_4xx_reply(echo_server, headers, status):
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
         reply = sock.recv(1024)
     assert reply.startswith(b"HTTP/1.1 " + status), reply
+
+
+def test_5_status_shows_jobs_waiting_for_a_slot(capsys):
+    from sagedrop.local.status import print_status
+
+    trial = {"name": "t-001", "status": "InProgress", "secondary_status": "Pending"}
+    pipeline = {
+        "name": "sdt-x",
+        "dataset": "s3://d/datasets/x.zip",
+        "tuning": {"status": "InProgress", "trials_started": 1, "trials_planned": 4,
+                   "best_objective": None},
+        "trials": [trial],
+        "debug_job": None,
+        "gate": None,
+        "model": None,
+        "predictions": 0,
+    }  # fmt: skip
+    print_status(
+        {"pipelines": [pipeline], "rejected_uploads": [], "endpoints": [], "predictions": 0}
+    )
+    assert "1 trial(s) waiting for a free local training slot" in capsys.readouterr().out

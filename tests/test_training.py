@@ -118,6 +118,7 @@ def test_frozen_backbone_trains_head_on_cached_features(tmp_path, tiny_dataset):
 
 
 def test_required_weights_that_do_not_exist_fail_clearly(tmp_path, tiny_dataset):
+    (tmp_path / "tmp").mkdir()
     result = run_train(
         [
             *TINY_HYPERPARAMETERS,
@@ -129,10 +130,13 @@ def test_required_weights_that_do_not_exist_fail_clearly(tmp_path, tiny_dataset)
             str(tmp_path / "missing.pt"),
             "--model-dir",
             str(tmp_path / "m"),
-        ]
+        ],
+        {"TMPDIR": str(tmp_path / "tmp")},
     )
     assert result.returncode == 1
     assert "ImageNet weights for resnet18 could not be obtained" in result.stdout
+    # Issue 10, 12: it failed after extracting the zip, and its folder went with it.
+    assert "dataset: 3 classes" in result.stdout and list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_ddp_with_two_cpu_processes(tmp_path, tiny_dataset):

@@ -84,15 +84,15 @@ class _SystemRule(Rule, ABC):
         left = len(self.samples) - skipped
         if not self.samples:
             return "not judged: no system samples were recorded"
+        if self.needs and not self.samples[-1].get(self.needs):
+            what = "utilisation" if self.needs == "gpu" else "memory"
+            return f"not judged: no GPU {what} readings in this job"
         if left < MIN_SAMPLES:
             return (
                 f"not judged: {len(self.samples)} samples, {max(0, left)} after a patience of "
                 f"{skipped}; at least {MIN_SAMPLES} are needed (a longer job, or a lower "
                 "patience, gives this rule data)"
             )
-        if self.needs and not self.samples[0].get(self.needs):
-            what = "utilisation" if self.needs == "gpu" else "memory"
-            return f"not judged: no GPU {what} readings in this job"
         return f"{left} samples judged (patience {skipped}); within the thresholds"
 
 

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import queue
+import sys
 import tarfile
 import threading
 import time
@@ -40,6 +41,13 @@ class _HTTPServer(ThreadingHTTPServer):
 
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-reply is its own business, not a server fault: no
+        traceback for it; anything else is still printed."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 class ModelWorker:

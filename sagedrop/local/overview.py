@@ -67,6 +67,7 @@ def pipelines(root: Path, state: State) -> list[dict]:
                 {
                     "name": trial_name,
                     "status": job.get("TrainingJobStatus"),
+                    "secondary_status": job.get("SecondaryStatus"),
                     "hyperparameters": job.get("_local", {}).get("tuned", {}),
                     "objective": final.get("valid_accuracy"),
                     "early_stopped": job.get("_local", {}).get("optuna", {}).get("state")
@@ -122,6 +123,7 @@ def pipelines(root: Path, state: State) -> list[dict]:
                 else {
                     "name": debug_name,
                     "status": debug["TrainingJobStatus"],
+                    "secondary_status": debug.get("SecondaryStatus"),
                     "test_accuracy": debug_final.get("test_accuracy"),
                     "failure_reason": debug.get("FailureReason"),
                     "rules": rules_of(root, debug_name),

@@ -42,12 +42,17 @@ def print_status(snapshot: dict) -> None:
         )
         if tuning.get("failure_reason"):
             print(f"           {tuning['failure_reason']}")
+        waiting = [t for t in p["trials"] if t.get("secondary_status") == "Pending"]
+        if waiting:
+            print(f"           {len(waiting)} trial(s) waiting for a free local training slot")
         debug = p["debug_job"]
         if debug:
             accuracy = debug["test_accuracy"]
+            pending = debug.get("secondary_status") == "Pending"
             print(
                 f"  debug    {debug['status']:<11} {debug['name']}"
                 + ("" if accuracy is None else f", test_accuracy {accuracy:.4f}")
+                + (" (waiting for a free local training slot)" if pending else "")
             )
             flagged = [r for r in debug["rules"] if r["RuleEvaluationStatus"] != "NoIssuesFound"]
             if debug["rules"]:

@@ -126,6 +126,14 @@ class TrainingRun:
                     os.killpg(process.pid, signal.SIGKILL)
 
     def run(self) -> JobResult:
+        """Run the job; its copy of the input data is removed when it ends, however it
+        ends, as SageMaker discards the instance's storage (logs and outputs stay)."""
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.job_dir / "input" / "data", ignore_errors=True)
+
+    def _run(self) -> JobResult:
         if self.job_dir.exists():
             shutil.rmtree(self.job_dir)  # a resumed job starts clean
         try:
