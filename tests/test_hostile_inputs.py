@@ -216,6 +216,12 @@ def test_6_deeply_nested_config_is_refused_with_a_reason(cloud):  # noqa: F811
     assert "nests 30000 levels deep" in " ".join(rejection(cloud)["reasons"])
 
 
+def test_6_rules_given_as_a_deeply_nested_string_are_refused(cloud):  # noqa: F811
+    etag = config_zip(cloud, {"hyperparameters": {"rules": "[" * 2400 + "]" * 100}})
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "rejected"
+    assert "'rules' nests too deeply" in " ".join(rejection(cloud)["reasons"])
+
+
 def test_6_a_handler_failure_ends_in_a_notice_not_only_a_log(cloud, monkeypatch):  # noqa: F811
     monkeypatch.setenv("TOPIC_ARN", cloud.topic)
 

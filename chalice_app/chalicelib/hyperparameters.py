@@ -139,6 +139,8 @@ def check_value(name: str, value, bound: Bound | None = None) -> str:
     if bound.kind == "json":
         try:
             parsed = json.loads(text) if isinstance(value, str) else value
+        except RecursionError:  # a string of 2,500 '[' nests deeper than Python recurses
+            raise HyperparameterError(f"'{name}' nests too deeply") from None
         except ValueError:
             raise HyperparameterError(f"'{name}' must be a JSON object") from None
         if not isinstance(parsed, dict):
