@@ -27,19 +27,11 @@ from sagedrop.local.endpoints import EndpointServer
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sagemaker import LocalSageMaker
 from sagedrop.local.state import State
+from sagedrop.local.training import tar_gz
 from tests.conftest import jpeg_bytes
 
 ROLE = "arn:aws:iam::000000000000:role/sagedrop-local"
 IMAGES = 150
-
-
-def _model_tar(model_dir: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file():
-                archive.add(path, arcname=path.relative_to(model_dir).as_posix())
-    return buffer.getvalue()
 
 
 def _serving_root(root: Path, model_dir: Path) -> None:
@@ -48,7 +40,7 @@ def _serving_root(root: Path, model_dir: Path) -> None:
     cloud.start(watch=False)
     try:
         key = "jobs/test/model.tar.gz"
-        cloud.s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=_model_tar(model_dir))
+        cloud.s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=tar_gz(model_dir))
         container = {"Image": "local", "ModelDataUrl": f"s3://{DATA_BUCKET}/{key}"}
         cloud.sagemaker.create_model(
             ModelName="m", PrimaryContainer=container, ExecutionRoleArn=ROLE

@@ -65,7 +65,7 @@ def quality_gate(
             unjudged = [r["RuleConfigurationName"] for r in rules if r.get("Judged") is False]
             if unjudged:
                 passed.append(
-                    "rules with too little data to judge (a longer job gives them data): "
+                    "rules not judged, for want of data (a short job, or no GPU on its host): "
                     + ", ".join(unjudged)
                 )
     if test_accuracy is None:

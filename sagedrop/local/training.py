@@ -285,7 +285,7 @@ class TrainingRun:
     def _upload_outputs(self) -> str:
         bucket, base = self._output_base()
         model_key = f"{base}/model.tar.gz"
-        self.s3.put_object(Bucket=bucket, Key=model_key, Body=_tar_gz(self.job_dir / "model"))
+        self.s3.put_object(Bucket=bucket, Key=model_key, Body=tar_gz(self.job_dir / "model"))
         self._upload_output_data()
         return f"s3://{bucket}/{model_key}"
 
@@ -293,7 +293,7 @@ class TrainingRun:
         bucket, base = self._output_base()
         data = self.job_dir / "output" / "data"
         if data.is_dir():
-            self.s3.put_object(Bucket=bucket, Key=f"{base}/output.tar.gz", Body=_tar_gz(data))
+            self.s3.put_object(Bucket=bucket, Key=f"{base}/output.tar.gz", Body=tar_gz(data))
         self._upload_tensorboard()
 
     def _upload_tensorboard(self) -> None:
@@ -313,7 +313,8 @@ class TrainingRun:
                 self.s3.put_object(Bucket=parsed.netloc, Key=key, Body=path.read_bytes())
 
 
-def _tar_gz(folder: Path) -> bytes:
+def tar_gz(folder: Path) -> bytes:
+    """A folder's files as ``.tar.gz`` bytes, named relative to it (SageMaker's layout)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path in sorted(folder.rglob("*")):
