@@ -418,3 +418,18 @@ def test_hyperparameter_allow_list_mirrors_train_py():
     ) == {"lr": "0.1"}
     with pytest.raises(HyperparameterError, match="names a path"):
         hyperparameters.check_job_hyperparameters({"work-dir": "/"})
+
+
+# 14. rules that had too little data say so, through the metrics, to the gate ----------------
+def test_14_a_not_judged_rule_reaches_the_gate_as_such():
+    from chalicelib.gate import quality_gate
+    from chalicelib.training_metrics import rule_statuses
+
+    rules = rule_statuses({"rule_VanishingGradient": 0.0, "rule_CPUBottleneck": 3.0})
+    assert [(r["RuleEvaluationStatus"], r["Judged"]) for r in rules] == [
+        ("NoIssuesFound", True),
+        ("NoIssuesFound", False),
+    ]
+    decision = quality_gate(rules, 0.9, None, ("VanishingGradient",), 0.01)
+    assert decision.deploy
+    assert any("not judged" in r and "CPUBottleneck" in r for r in decision.reasons)
