@@ -165,7 +165,10 @@ def _up(args) -> int:
         print(f"sagedrop up: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
+    # Both stop it, however it was started: a shell starts background jobs with SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt.
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
     print(f"local cloud up on {cloud.root}; drop files with: sagedrop drop PATH --root "
           f"{args.root}  (Ctrl-C stops)", flush=True)  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
