@@ -175,7 +175,7 @@ def main() -> None:
 
         code = load_inference_code(model_dir / "code")
         model = code.model_fn(str(model_dir))
-        one = code.input_fn(body, "image/jpeg", model)
+        one = code.input_fn(body, "image/jpeg")
         eight = torch.cat([one] * CLIENTS)
         with torch.inference_mode():
             for _ in range(5):
@@ -193,7 +193,9 @@ def main() -> None:
         chain = []
         for _ in range(REPEATS):
             start = time.perf_counter()
-            code.output_fn(code.predict_fn(code.input_fn(body, "image/jpeg", model), model))
+            code.output_fn(
+                code.predict_fn(code.input_fn(body, "image/jpeg"), model), "application/json"
+            )
             chain.append(time.perf_counter() - start)
 
         cloud = LocalCloud(work / "cloud", say=lambda _: None)

@@ -99,6 +99,7 @@ def test_images_over_the_pixel_limit_are_refused(served, monkeypatch):
 def test_unsupported_accept(served):
     inference, model = served
     results = inference.predict_fn(inference.input_fn(jpeg_bytes(), "image/jpeg"), model)
-    with pytest.raises(inference.UnsupportedMediaType, match="application/json"):
+    with pytest.raises(inference.NotAcceptable, match="application/json") as caught:
         inference.output_fn(results, "text/csv")
+    assert caught.value.status_code == 406
     assert inference.output_fn(results, "*/*")[1] == "application/json"

@@ -5,8 +5,16 @@ The model artifact carries this file in ``code/`` together with ``image_io.py`` 
 endpoint load exactly the preprocessing the model was trained with (read from the
 artifact's ``config.json``, not from this file's defaults).
 
-``predict_fn`` takes a batch (N images stacked), which lets a server batch concurrent
-requests: ``input_fn`` per request, one ``predict_fn``, ``output_fn`` per request.
+The handlers have exactly the signatures SageMaker's inference toolkit calls
+(``sagemaker_inference.transformer``): ``model_fn(model_dir)``, ``input_fn(input_data,
+content_type)``, ``predict_fn(data, model)``, ``output_fn(prediction, accept)``. The toolkit
+counts parameters and passes its request context in an extra one, so none may have an
+optional extra parameter. A client's mistake is raised as the toolkit's own error class
+(``BaseInferenceToolkitError``), which it answers with that status (415 content type,
+406 Accept, 400 bad image); anything else is a 500. Where the toolkit is not installed
+(a benchmark, a notebook), the same classes stand on a local base with the same fields.
+
+``predict_fn`` also takes a batch (N images stacked).
 """
 
 from __future__ import annotations
@@ -25,12 +33,44 @@ ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 MAX_PIXELS = int(os.environ.get("SAGEDROP_MAX_IMAGE_PIXELS", "64000000"))
 
 
-class UnsupportedMediaType(ValueError):
-    """The request's Content-Type or Accept is not one this model serves."""
+try:
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # outside the serving container: same fields, same meaning
+
+    class _ToolkitError(Exception):
+        def __init__(self, status_code: int, message: str, phrase: str):
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+            super().__init__(status_code, message, phrase)
 
 
-class InvalidImage(ValueError):
+class InferenceRequestError(_ToolkitError):
+    """A client's mistake: the toolkit answers it with ``status`` and the message."""
+
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(self.status, message, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnsupportedMediaType(InferenceRequestError):
+    """The request's Content-Type is not one this model reads."""
+
+    status = 415
+
+
+class NotAcceptable(InferenceRequestError):
+    """The request's Accept asks for a type this model does not write."""
+
+    status = 406
+
+
+class InvalidImage(InferenceRequestError):
     """The request body is not a usable image; the message says why."""
+
+    status = 400
 
 
 @dataclass
@@ -85,23 +125,22 @@ def model_fn(model_dir: str) -> LoadedModel:
     return _current
 
 
-def input_fn(
-    request_body: bytes, request_content_type: str | None, model: LoadedModel | None = None
-):
+def input_fn(input_data: bytes, content_type: str | None):
     """Decoded and preprocessed, shape (1, 3, H, W).
 
-    SageMaker's toolkit calls ``input_fn(body, content_type)``; the artifact's own config
-    supplies the preprocessing, so ``model_fn`` must have run (it caches the transform).
+    The toolkit passes no model, but the preprocessing belongs to the model (its
+    config), so ``model_fn`` keeps the model it loaded for this module's ``input_fn``.
     """
-    content_type = (request_content_type or "").split(";")[0].strip().lower()
-    if content_type not in ACCEPTED_CONTENT_TYPES:
+    request_body = input_data
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind not in ACCEPTED_CONTENT_TYPES:
         raise UnsupportedMediaType(
-            f"content type {request_content_type!r} is not supported; send one of "
+            f"content type {content_type!r} is not supported; send one of "
             f"{', '.join(ACCEPTED_CONTENT_TYPES)}"
         )
     if not request_body:
         raise InvalidImage("the request body is empty")
-    loaded = model or _current
+    loaded = _current
     if loaded is None:
         raise RuntimeError("model_fn must run before input_fn")
     try:
@@ -138,7 +177,7 @@ def output_fn(prediction: list[dict] | dict, accept: str | None = JSON) -> tuple
     """JSON for one image (a batch of one) or a list for several; returns (body, type)."""
     wanted = [a.split(";")[0].strip().lower() for a in (accept or JSON).split(",")]
     if not any(a in (JSON, "application/*", "*/*", "") for a in wanted):
-        raise UnsupportedMediaType(f"accept {accept!r} is not supported; this model returns {JSON}")
+        raise NotAcceptable(f"accept {accept!r} is not supported; this model returns {JSON}")
     if isinstance(prediction, list) and len(prediction) == 1:
         prediction = prediction[0]
     return json.dumps(prediction), JSON

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from chalicelib import naming
+from chalicelib import aws_limits, naming
 from chalicelib.settings import Settings
 from chalicelib.training_metrics import (
     DEBUG_METRIC_DEFINITIONS,
@@ -95,7 +95,9 @@ def _training_definition(settings: Settings, upload: Upload, job_name: str) -> d
 
 
 def _tags(upload: Upload, tuning_job: str, **extra: str) -> list[dict]:
-    tags = {TAG_DATASET: upload.uri[:256], TAG_TUNING_JOB: tuning_job, **extra}
+    """The dataset's URI comes from an uploader's key (``Dog Images (2024).zip``): its
+    characters outside SageMaker's tag pattern become ``_``, so the request stays valid."""
+    tags = {TAG_DATASET: aws_limits.tag_value(upload.uri), TAG_TUNING_JOB: tuning_job, **extra}
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 

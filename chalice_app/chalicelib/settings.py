@@ -94,6 +94,7 @@ class Settings:
         if self.tuning_epochs < 1:
             raise SettingsError("epochs must be at least 1")
         validate_ranges(self.tuning_ranges)
+        self._check_ranges_for_strategy()
         try:
             hyperparameters.check_settable(self.static_hyperparameters)
         except HyperparameterError as exc:
@@ -108,6 +109,16 @@ class Settings:
             )
         if self.debug_save_interval < 1:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
+
+    def _check_ranges_for_strategy(self) -> None:
+        """What SageMaker refuses in a tuning job, refused here where it can be fixed."""
+        if self.tuning_strategy == "Grid":
+            numeric = sorted(n for n, r in self.tuning_ranges.items() if r["type"] != "categorical")
+            if numeric:
+                raise SettingsError(
+                    f"Grid search only supports categorical ranges; {', '.join(numeric)} "
+                    "are not (give them a 'values' list, or use another strategy)"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -189,8 +200,13 @@ def validate_ranges(ranges: Mapping) -> None:
             )
         scaling = spec.get("scaling", "Auto")
         _check_choice(f"scaling of range '{name}'", scaling, SCALINGS)
-        if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
+        if scaling == "Logarithmic" and low <= 0:
             raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
+        if scaling == "ReverseLogarithmic" and not (low >= 0 and high < 1):
+            raise SettingsError(
+                f"range '{name}' is ReverseLogarithmic, so it must lie within [0, 1), not "
+                f"[{low}, {high}]"
+            )
 
 
 def _check_rules_hyperparameter(text: str) -> None:

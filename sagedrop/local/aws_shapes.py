@@ -17,6 +17,8 @@ from botocore import xform_name
 from botocore.exceptions import ClientError, ParamValidationError
 from botocore.validate import ParamValidator
 
+from chalicelib import aws_limits
+
 ACCOUNT = "000000000000"
 REGION = "local"
 
@@ -37,6 +39,11 @@ def validate(service: str, method: str, params: dict) -> None:
     report = ParamValidator().validate(params, operation.input_shape)
     if report.has_errors():
         raise ParamValidationError(report=report.generate_report())
+    # What the service checks beyond botocore's shapes, before anything is created.
+    for tag in params.get("Tags", []) if service == "sagemaker" else []:
+        problem = aws_limits.tag_problem(tag)
+        if problem:
+            raise client_error(operation.name, "ValidationException", problem)
 
 
 def client_error(operation: str, code: str, message: str, status: int = 400) -> ClientError:

@@ -1,10 +1,10 @@
-"""Local endpoints: SageMaker's serving contract around the artifact's ``code/inference.py``.
+"""Local endpoints: SageMaker's serving contract, served by SageMaker's own handler service.
 
-Each endpoint is one HTTP server on 127.0.0.1 (``GET /ping``, ``POST /invocations``).
-Requests are decoded in their own threads (``input_fn``), then a batcher runs
-``predict_fn`` on whatever requests are waiting together, so concurrent clients share
-forward passes; a lone request never waits for company. Updating an endpoint loads the
-new model beside the old one and swaps it in between two requests: nothing is dropped.
+Each endpoint is one HTTP server on 127.0.0.1 (``GET /ping``, ``POST /invocations``);
+behind it, the artifact's ``code/inference.py`` is loaded and called by the PyTorch
+inference container's handler service (``handler_service.py``), one request at a time per
+call as TorchServe does. Updating an endpoint loads the new model beside the old one and
+swaps it in between two requests: nothing is dropped.
 """
 
 from __future__ import annotations
@@ -12,28 +12,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
 import sys
 import tarfile
 import threading
-import time
-from concurrent.futures import Future
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import torch
+from sagedrop.local.handler_service import invoke, start_handler_service
 
-from sagedrop.artifacts import load_inference_code
-
-MAX_BATCH = 16
-GATHER_SECONDS = 0.002  # how long a batch waits for requests already being decoded
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit for real-time endpoints
 # Connections the kernel queues before the server accepts them: a burst of new clients
 # waits here instead of being reset (the standard library's default is 5).
 LISTEN_BACKLOG = 1024
 IDLE_SECONDS = 60  # a keep-alive connection silent this long is closed
-_ENVIRONMENT_LOCK = threading.Lock()
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -51,90 +43,29 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class ModelWorker:
-    """One loaded artifact and its batcher thread."""
+    """One artifact loaded by SageMaker's PyTorch handler service.
+
+    Each request is one ``handle([request], context)`` call, as a TorchServe worker makes
+    it: the real stack never batches requests together, so neither does this. Requests
+    run concurrently, at most as many as TorchServe would start workers (one per CPU).
+    """
 
     def __init__(self, model_dir: Path, environment: dict[str, str]):
         self.model_dir = Path(model_dir)
-        self.code = load_inference_code(self.model_dir / "code")
-        # model_fn reads its settings (model name, top-k) from the container environment.
-        with _ENVIRONMENT_LOCK:
-            saved = {k: os.environ.get(k) for k in environment}
-            os.environ.update(environment)
-            try:
-                self.model = self.code.model_fn(str(self.model_dir))
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-        self._queue: queue.Queue = queue.Queue()
-        self._decoding = 0
-        self._decoding_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._batch_loop, daemon=True, name="batcher")
-        self._thread.start()
+        if not (self.model_dir / "code" / "inference.py").is_file():
+            raise FileNotFoundError(
+                f"{self.model_dir / 'code' / 'inference.py'} is missing: the artifact cannot serve"
+            )
+        self.service = start_handler_service(self.model_dir, environment)
+        self._workers = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None):
         """(status, content type, body) as the container would answer."""
-        with self._decoding_lock:
-            self._decoding += 1
-        try:
-            tensor = self.code.input_fn(body, content_type, self.model)
-        except Exception as exc:
-            return _error_status(self.code, exc), "text/plain", str(exc).encode()
-        finally:
-            with self._decoding_lock:
-                self._decoding -= 1
-        future: Future = Future()
-        self._queue.put((tensor, future))
-        try:
-            prediction = future.result()
-            payload, returned_type = self.code.output_fn([prediction], accept)
-        except Exception as exc:
-            return _error_status(self.code, exc), "text/plain", str(exc).encode()
-        data = payload.encode() if isinstance(payload, str) else payload
-        return HTTPStatus.OK, returned_type, data
+        with self._workers:
+            return invoke(self.service, self.model_dir, body, content_type, accept)
 
     def close(self) -> None:
-        self._queue.put(None)
-
-    def _batch_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + GATHER_SECONDS
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    with self._decoding_lock:
-                        more_coming = self._decoding > 0
-                    if not more_coming or time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.0002)
-                    continue
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-            try:
-                results = self.code.predict_fn(torch.cat([t for t, _ in batch]), self.model)
-            except Exception as exc:
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
-
-
-def _error_status(code, exc: Exception) -> int:
-    if isinstance(exc, getattr(code, "UnsupportedMediaType", ())):
-        return HTTPStatus.UNSUPPORTED_MEDIA_TYPE
-    if isinstance(exc, getattr(code, "InvalidImage", ())):
-        return HTTPStatus.BAD_REQUEST
-    return HTTPStatus.INTERNAL_SERVER_ERROR
+        """Nothing to stop: requests already holding this worker finish on it."""
 
 
 class EndpointServer:

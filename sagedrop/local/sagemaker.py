@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import optuna
 
+from chalicelib import aws_limits
 from sagedrop.local import tuner
 from sagedrop.local.aws_shapes import arn, client_error, metadata, now, validate
 from sagedrop.local.endpoints import EndpointServer, ModelWorker, shutdown_all, unpack_model
@@ -370,10 +371,8 @@ class LocalSageMaker:
         problem = None
         if clash:
             problem = f"hyperparameters both static and tuned: {', '.join(sorted(clash))}"
-        elif config["Strategy"] == "Grid" and (
-            ranges.get("ContinuousParameterRanges") or ranges.get("IntegerParameterRanges")
-        ):
-            problem = "Grid search only supports categorical parameter ranges"
+        elif aws_limits.parameter_ranges_problem(config["Strategy"], ranges):
+            problem = aws_limits.parameter_ranges_problem(config["Strategy"], ranges)
         elif config["Strategy"] == "Grid" and "MaxNumberOfTrainingJobs" in config.get(
             "ResourceLimits", {}
         ):
