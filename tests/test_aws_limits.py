@@ -41,7 +41,7 @@ def test_the_local_sagemaker_refuses_a_tag_sagemaker_refuses():
 
 
 def test_grid_search_with_a_continuous_range_is_a_settings_error():
-    with pytest.raises(SettingsError, match="Grid search only supports categorical ranges; lr"):
+    with pytest.raises(SettingsError, match="only supports categorical parameter ranges; lr"):
         Settings(tuning_strategy="Grid")
 
 
@@ -55,7 +55,7 @@ def test_reverse_logarithmic_must_lie_within_zero_and_one(name, low, high):
 
 
 def test_more_than_30_categorical_values_is_a_settings_error():
-    with pytest.raises(SettingsError, match="SageMaker allows at most 30"):
+    with pytest.raises(SettingsError, match="has 31 values; at most 30"):
         Settings(tuning_ranges={"seed": {"type": "categorical", "values": list(range(31))}})
 
 

@@ -214,7 +214,7 @@ class _EchoWorker:
         return 200, "application/json", json.dumps({"bytes": len(body)}).encode()
 
     def close(self):
-        pass
+        """Holds nothing that needs stopping."""
 
 
 @pytest.fixture

@@ -237,12 +237,16 @@ def test_unrelated_training_events_are_ignored(cloud, detail):
     assert cloud.messages() == []
 
 
-def model_archive(classes=("001.cat", "002.dog"), untested=(), omit=(), coverage=True) -> bytes:
-    """A model.tar.gz as train.py writes it (tiny stand-in weights)."""
+def model_archive(
+    classes=("001.cat", "002.dog"), untested=(), omit=(), coverage=True, classes_json=None
+) -> bytes:
+    """A model.tar.gz as train.py writes it (tiny stand-in weights); ``classes_json``
+    replaces its classes.json with other bytes."""
     members = {
         "model.pt": b"weights",
         "code/inference.py": b"def model_fn(model_dir): ...\n",
-        "classes.json": json.dumps(
+        "classes.json": classes_json
+        or json.dumps(
             [{"index": i, "folder": c, "label": c.split(".")[-1]} for i, c in enumerate(classes)]
         ).encode(),
         "config.json": json.dumps(

@@ -99,15 +99,20 @@ def test_2_train_py_refuses_a_path_it_was_handed_as_a_hyperparameter(tmp_path, t
 
 
 @pytest.mark.parametrize(
-    ("omit", "expected"),
+    ("archive", "expected"),
     [
-        (("code/inference.py",), "has no code/inference.py"),
-        (("model.pt",), "has no model.pt"),
-        (("model.pt", "code/inference.py", "classes.json", "config.json"), "has no model.pt"),
+        ({"omit": ("code/inference.py",)}, "has no code/inference.py"),
+        ({"omit": ("model.pt",)}, "has no model.pt"),
+        (
+            {"omit": ("model.pt", "code/inference.py", "classes.json", "config.json")},
+            "has no model.pt",
+        ),
+        ({"classes_json": b'{"0": "cat"}'}, "classes.json is not a list of classes"),
+        ({"coverage": False}, "does not say which classes its test split covered"),
     ],
 )
-def test_2_the_gate_refuses_an_artifact_that_cannot_serve(cloud, omit, expected):  # noqa: F811
-    name, described = debug_job(cloud, 0.99, NO_ISSUES, model=model_archive(omit=omit))
+def test_2_the_gate_refuses_an_artifact_that_cannot_serve(cloud, archive, expected):  # noqa: F811
+    name, described = debug_job(cloud, 0.99, NO_ISSUES, model=model_archive(**archive))
     cloud.stub.add_response("describe_training_job", described)
     cloud.stub.add_client_error(
         "describe_endpoint", "ValidationException", 'Could not find endpoint "x".'
@@ -412,6 +417,19 @@ def test_hyperparameter_allow_list_mirrors_train_py():
     } - {"help"}
     listed = set(hyperparameters.SETTABLE) | hyperparameters.PATH_KEYS
     assert listed | hyperparameters.PIPELINE_KEYS == options
+    # ...and the same choices: a backbone added to train.py is settable only once listed.
+    from image_io import AUGMENTATIONS
+    from model_def import BACKBONES, FREEZE_MODES, PRETRAINED_MODES
+
+    choices = {n: b.choices for n, b in hyperparameters.SETTABLE.items() if b.kind == "choice"}
+    assert choices == {
+        "backbone": tuple(BACKBONES),
+        "pretrained": PRETRAINED_MODES,
+        "freeze": FREEZE_MODES,
+        "augment": AUGMENTATIONS,
+        "lr-schedule": ("cosine", "constant"),
+        "cache-features": ("auto", "true", "false"),
+    }
     # A job's own list: the toolkit's keys pass through (it consumed them), paths never do.
     assert hyperparameters.check_job_hyperparameters(
         {"sagemaker_program": "train.py", "_tuning_objective_metric": "x", "lr": "0.1"}

@@ -48,10 +48,16 @@ def parameter_ranges_problem(strategy: str, ranges: dict) -> str | None:
     count = sum(len(ranges.get(kind, [])) for kind in ranges)
     if count > MAX_PARAMETER_RANGES:
         return f"{count} parameter ranges; SageMaker allows at most {MAX_PARAMETER_RANGES}"
-    if strategy == "Grid" and (
-        ranges.get("ContinuousParameterRanges") or ranges.get("IntegerParameterRanges")
-    ):
-        return "Grid search only supports categorical parameter ranges"
+    numeric = [
+        spec["Name"]
+        for kind in ("ContinuousParameterRanges", "IntegerParameterRanges")
+        for spec in ranges.get(kind, [])
+    ]
+    if strategy == "Grid" and numeric:
+        return (
+            f"Grid search only supports categorical parameter ranges; {', '.join(numeric)} "
+            "are not (give them a list of values, or use another strategy)"
+        )
     for spec in ranges.get("CategoricalParameterRanges", []):
         if len(spec["Values"]) > MAX_CATEGORICAL_VALUES:
             return (
@@ -62,5 +68,8 @@ def parameter_ranges_problem(strategy: str, ranges: dict) -> str | None:
         if spec.get("ScalingType") == "ReverseLogarithmic" and not (
             float(spec["MinValue"]) >= 0 and float(spec["MaxValue"]) < 1
         ):
-            return f"ReverseLogarithmic range {spec['Name']} must lie within [0, 1)"
+            return (
+                f"ReverseLogarithmic range {spec['Name']} must lie within [0, 1), not "
+                f"[{spec['MinValue']}, {spec['MaxValue']}]"
+            )
     return None

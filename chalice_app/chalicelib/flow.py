@@ -124,9 +124,12 @@ def _notify_failure(stage: str, error: Exception, correlation: dict[str, str]) -
         failure_reason=reason,
     )
     topic = os.environ.get("TOPIC_ARN", "")
-    if topic:
-        with contextlib.suppress(ClientError, BotoCoreError):  # already failing: log only
-            publish(client("sns"), topic, notice)
+    if not topic:
+        return
+    try:
+        publish(client("sns"), topic, notice)
+    except (ClientError, BotoCoreError):  # the step's failure is logged above; so is this
+        logger.exception("the failure notice for the %s step could not be published", stage)
 
 
 def _notify(settings: Settings, notice: Notice) -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chalicelib import aws_limits, naming
-from chalicelib.settings import Settings
 from chalicelib.training_metrics import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
     OBJECTIVE_METRIC,
 )
+
+if TYPE_CHECKING:  # settings validates ranges with this module's parameter_ranges
+    from chalicelib.settings import Settings
 
 TRAINING_CHANNEL = "training"
 VARIANT_NAME = "AllTraffic"

@@ -15,8 +15,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from chalicelib import hyperparameters
+from chalicelib import aws_limits, hyperparameters
 from chalicelib.hyperparameters import HyperparameterError
+from chalicelib.requests import parameter_ranges
 from chalicelib.training_metrics import RULE_NAMES
 
 DEFAULT_RANGES: dict[str, dict] = {
@@ -111,14 +112,13 @@ class Settings:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
 
     def _check_ranges_for_strategy(self) -> None:
-        """What SageMaker refuses in a tuning job, refused here where it can be fixed."""
-        if self.tuning_strategy == "Grid":
-            numeric = sorted(n for n, r in self.tuning_ranges.items() if r["type"] != "categorical")
-            if numeric:
-                raise SettingsError(
-                    f"Grid search only supports categorical ranges; {', '.join(numeric)} "
-                    "are not (give them a 'values' list, or use another strategy)"
-                )
+        """What SageMaker refuses in a tuning job (``aws_limits``, the very check the local
+        SageMaker applies), refused here, where the setting can still be fixed."""
+        problem = aws_limits.parameter_ranges_problem(
+            self.tuning_strategy, parameter_ranges(self.tuning_ranges)
+        )
+        if problem:
+            raise SettingsError(f"tuning ranges: {problem}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,11 +202,6 @@ def validate_ranges(ranges: Mapping) -> None:
         _check_choice(f"scaling of range '{name}'", scaling, SCALINGS)
         if scaling == "Logarithmic" and low <= 0:
             raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
-        if scaling == "ReverseLogarithmic" and not (low >= 0 and high < 1):
-            raise SettingsError(
-                f"range '{name}' is ReverseLogarithmic, so it must lie within [0, 1), not "
-                f"[{low}, {high}]"
-            )
 
 
 def _check_rules_hyperparameter(text: str) -> None:
