@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -55,12 +56,21 @@ def layout(classes=("001.cat", "002.dog"), splits=("train", "valid", "test"), n=
 
 
 def run_train(args: list[str], env_extra: dict | None = None, timeout: int = 300, launcher=None):
-    """Run train.py as SageMaker would (a subprocess in its own folder); return the result."""
+    """Run train.py by hand, in its own folder (``tests/test_training_toolkit.py`` runs it
+    through SageMaker's training runner); return the result."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     command = [*(launcher or [sys.executable]), str(TRAIN_SCRIPT), *args]
     return subprocess.run(
         command, cwd=TRAINING_CODE, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def failure_line(result: subprocess.CompletedProcess) -> str:
+    """train.py's reason for failing: the end of its stderr from the last line that starts
+    with an error class, which SageMaker's training toolkit turns into the FailureReason."""
+    lines = result.stderr.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"\w*(Error|Exception): ", line)]
+    return "\n".join(lines[starts[-1] :]) if starts else ""
 
 
 @pytest.fixture(scope="session")

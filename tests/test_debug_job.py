@@ -22,7 +22,7 @@ from chalicelib.training_metrics import (
 )
 from debug_trace import read_trace
 from sagedrop import cli
-from tests.conftest import TINY_HYPERPARAMETERS, run_train
+from tests.conftest import TINY_HYPERPARAMETERS, failure_line, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -162,8 +162,7 @@ def test_sagedrop_rules_evaluate_agrees_with_the_job(debug_job, capsys, tmp_path
 def test_a_bad_rules_hyperparameter_fails_fast_with_the_reason(tiny_dataset, tmp_path):
     result = debug_run(tmp_path, tiny_dataset, "--rules", '{"Overfitting": {"patience": 2}}')
     assert result.returncode == 1
-    failure = (tmp_path / "output" / "failure").read_text()
-    assert "unknown rule(s) Overfitting" in failure
+    assert "unknown rule(s) Overfitting" in failure_line(result)
 
 
 def test_a_stop_rule_ends_the_job_with_its_report(tiny_dataset, tmp_path):
@@ -178,8 +177,7 @@ def test_a_stop_rule_ends_the_job_with_its_report(tiny_dataset, tmp_path):
         hyperparameters=huge_lr,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    failure = (tmp_path / "output" / "failure").read_text()
-    assert failure.startswith("training stopped by rule ExplodingTensor: step ")
+    assert failure_line(result).startswith("Exception: training stopped by rule ExplodingTensor: ")
     statuses = json.loads((tmp_path / "output" / "data" / "rules.json").read_text())
     assert {
         "RuleConfigurationName": "ExplodingTensor",

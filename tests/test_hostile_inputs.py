@@ -26,7 +26,7 @@ from distributed import Runtime
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
-from tests.conftest import jpeg_bytes, layout, make_zip, run_train
+from tests.conftest import failure_line, jpeg_bytes, layout, make_zip, run_train
 from tests.test_flow import DATA, cloud, debug_job, model_archive  # noqa: F401 - fixture
 
 NO_ISSUES = [
@@ -66,8 +66,8 @@ def test_1_a_dataset_cannot_choose_the_code_a_job_runs(cloud, config):  # noqa: 
 def test_1_framework_keys_in_a_request_are_always_the_builders():
     settings = Settings(code_s3_uri="s3://data/code/sourcedir.tar.gz")
     static = requests.static_hyperparameters(settings)
-    assert static["sagemaker_program"] == "train.py"
-    assert static["sagemaker_submit_directory"] == "s3://data/code/sourcedir.tar.gz"
+    assert json.loads(static["sagemaker_program"]) == "train.py"
+    assert json.loads(static["sagemaker_submit_directory"]) == "s3://data/code/sourcedir.tar.gz"
     with pytest.raises(SettingsError, match="reserved"):
         Settings(static_hyperparameters={"sagemaker_program": "evil.py"})
 
@@ -94,7 +94,7 @@ def test_2_train_py_refuses_a_path_it_was_handed_as_a_hyperparameter(tmp_path, t
         ["--data", str(tiny_dataset["zip"]), "--model-dir", str(tmp_path / "stolen")], env
     )
     assert result.returncode == 2
-    assert "'model-dir' names a path" in (output / "failure").read_text()
+    assert "'model-dir' names a path" in failure_line(result)
     assert not (tmp_path / "stolen").exists()
 
 
@@ -371,8 +371,9 @@ def test_13_a_bad_value_fails_with_one_line_not_a_usage_dump(tmp_path, tiny_data
         ["--data", str(tiny_dataset["zip"]), "--lr", "fast"], {"SM_OUTPUT_DIR": str(output)}
     )
     assert result.returncode == 2
-    reason = (output / "failure").read_text()
-    assert reason == "invalid hyperparameter: argument --lr: invalid float value: 'fast'"
+    reason = failure_line(result)
+    expected = "invalid hyperparameter: argument --lr: invalid float value: 'fast'"
+    assert reason == f"ValueError: {expected}"
     assert "usage:" not in result.stdout + result.stderr
 
 

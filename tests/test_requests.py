@@ -90,7 +90,8 @@ def test_tuning_job_request(settings, upload, strategy):
     ]
     definition = request["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
-    assert definition["StaticHyperParameters"]["sagemaker_program"] == "train.py"
+    # JSON-encoded, as the SageMaker Python SDK sends every value (the toolkit decodes them)
+    assert definition["StaticHyperParameters"]["sagemaker_program"] == '"train.py"'
     assert "lr" not in definition["StaticHyperParameters"]
     assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == (
         "s3://sagedrop-data/datasets/Dog Images (v2).zip"
@@ -138,8 +139,9 @@ def test_debug_training_job_request(settings, upload):
     assert_valid("CreateTrainingJob", request)
     assert request["TrainingJobName"].startswith(naming.DEBUG_PREFIX)
     hp = request["HyperParameters"]
-    assert hp["lr"] == "0.0123" and hp["batch-size"] == "64" and hp["debug"] == "true"
-    assert hp["sagemaker_program"] == "train.py"
+    # tuned values as SageMaker chose them; the pipeline's own JSON-encoded like the SDK's
+    assert hp["lr"] == "0.0123" and hp["batch-size"] == "64" and hp["debug"] == '"true"'
+    assert hp["sagemaker_program"] == '"train.py"'
     assert not any(k.startswith("_tuning") for k in hp)
     assert hp["debug-save-interval"] == "50" and "rules" not in hp
     # every rule's verdict is a metric the gate reads from FinalMetricDataList
@@ -152,7 +154,8 @@ def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload
     staged = replace(settings, debug_rules={"Overfit": {"patience": 3}, "StepOutlier": False})
     request = requests.debug_training_job_request(staged, upload, describe_tuning(staged, upload))
     assert_valid("CreateTrainingJob", request)
-    assert json.loads(request["HyperParameters"]["rules"]) == {
+    # a JSON string holding the rules' JSON: the toolkit decodes it once, to that text
+    assert json.loads(json.loads(request["HyperParameters"]["rules"])) == {
         "Overfit": {"patience": 3},
         "StepOutlier": False,
     }
@@ -161,7 +164,8 @@ def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload
     )
     assert own.static_hyperparameters["rules"] == '{"VanishingGradient":{"stop":true}}'
     request = requests.debug_training_job_request(own, upload, describe_tuning(own, upload))
-    assert json.loads(request["HyperParameters"]["rules"]) == {"VanishingGradient": {"stop": True}}
+    rules = json.loads(json.loads(request["HyperParameters"]["rules"]))
+    assert rules == {"VanishingGradient": {"stop": True}}
 
 
 def test_rule_settings_are_checked_where_they_are_given(settings):
@@ -239,3 +243,28 @@ def test_settings_from_environment_and_dataset_overrides():
                 "momentum": {"type": "continuous", "min": 0, "max": 0.9, "scaling": "Logarithmic"}
             }
         )
+
+
+def test_values_are_json_encoded_as_the_sagemaker_sdk_sends_them(settings, upload):
+    """SageMaker's training toolkit JSON-decodes every value; numbers stay numbers, text
+    becomes a JSON string, and rules a JSON string holding their JSON."""
+    own = settings.with_dataset_overrides(
+        {"hyperparameters": {"augment": "crop", "image-size": 64, "weight-decay": 0.001}}
+    )
+    static = requests.static_hyperparameters(own)
+    assert static["augment"] == '"crop"' and static["image-size"] == "64"
+    assert static["weight-decay"] == "0.001" and static["epochs"] == str(own.tuning_epochs)
+    assert json.loads(static["sagemaker_submit_directory"]) == own.code_s3_uri
+
+
+def test_the_length_limit_counts_the_encoding(settings):
+    """Rules that fit SageMaker's 2,500 characters as written but not once encoded."""
+    params, index = {}, 0
+    while len(json.dumps({"Overfit": params}, separators=(",", ":"))) < 2300:
+        params[f"p{index}"] = 1
+        index += 1
+    assert len(json.dumps({"Overfit": params}, separators=(",", ":"))) <= 2500
+    with pytest.raises(SettingsError, match="longer than SageMaker allows once encoded"):
+        settings.with_dataset_overrides({"hyperparameters": {"rules": {"Overfit": params}}})
+    with pytest.raises(SettingsError, match=r"DEBUG_RULES: .* once encoded"):
+        Settings.from_env({"DEBUG_RULES": json.dumps({"Overfit": params})})

@@ -15,7 +15,7 @@ from chalicelib.training_metrics import (
     parse_metric_lines,
 )
 from model_def import build_classifier
-from tests.conftest import TINY_HYPERPARAMETERS, run_train
+from tests.conftest import TINY_HYPERPARAMETERS, failure_line, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +78,8 @@ def test_hostile_dataset_fails_the_job_with_a_reason(tmp_path):
         {"SM_OUTPUT_DIR": str(tmp_path / "output")},
     )
     assert result.returncode == 1
-    reason = (tmp_path / "output" / "failure").read_text()
-    assert "escape.jpg" in reason and "'..'" in reason
+    reason = failure_line(result)
+    assert reason.startswith("ValueError: ") and "escape.jpg" in reason and "'..'" in reason
     assert not (tmp_path / "m" / "model.pt").exists()
 
 

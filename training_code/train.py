@@ -164,13 +164,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on the shared allow-list with a bounded value: a request that slipped a path or a
     framework key past the upload checks still cannot steer this job.
     """
+    received = {}
     if "SM_HPS" in os.environ:
         try:
             received = json.loads(os.environ["SM_HPS"])
         except ValueError:
             raise HyperparameterError("SM_HPS is not a JSON object") from None
-        check_job_hyperparameters(received if isinstance(received, dict) else {})
+        received = received if isinstance(received, dict) else {}
+        check_job_hyperparameters(received)
     args, unknown = build_parser().parse_known_args(argv)
+    if isinstance(received.get("rules"), dict):
+        # A request that passed rules as a JSON object (not as JSON text) reaches the
+        # command line as the toolkit's "Overfit={...},StepOutlier=False"; SM_HPS still
+        # holds the object itself.
+        args.rules = json.dumps(received["rules"])
     if unknown:
         log.warning("ignoring arguments this script does not know: %s", " ".join(unknown))
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.image_size < 16:
@@ -188,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except HyperparameterError as exc:
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+        _setup_logging(None)
         log.error("%s", exc)
-        _write_failure_reason(str(exc))
+        _report_failure(exc)
         return 2
     runtime = distributed.start(args.device)
     _setup_logging(runtime)
@@ -198,11 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, runtime)
     except (DatasetError, WeightsUnavailable, RuleConfigError, StopTraining) as exc:
         log.error("%s", exc)
-        _write_failure_reason(str(exc))
+        _report_failure(exc)
         return 1
-    except Exception as exc:
-        _write_failure_reason(f"{type(exc).__name__}: {exc}")
-        raise
     finally:
         distributed.stop()
 
@@ -266,7 +270,7 @@ def _train_and_save(args, runtime: distributed.Runtime, source, work_dir: str) -
         history, test, unreadable = runner(args, runtime, data, model, pre, session)
     finally:
         if session is not None:
-            session.finish(os.environ.get("SM_TRAINING_JOB_NAME", "local run"))
+            session.finish(os.environ.get("TRAINING_JOB_NAME", "local run"))
 
     untested = _classes_without_test_images(runtime, data, unreadable)
     if untested and runtime.is_main:
@@ -500,7 +504,7 @@ def _start_debug_session(args, runtime, recorded: nn.Module, rules_config: dict,
         tensorboard_dir=tensorboard_dir,
     )
     meta = {
-        "job": os.environ.get("SM_TRAINING_JOB_NAME", "local run"),
+        "job": os.environ.get("TRAINING_JOB_NAME", "local run"),
         "backbone": args.backbone,
         "batch_size": args.batch_size,
         "num_workers": _num_workers(args.num_workers),
@@ -678,12 +682,17 @@ def _write_json(path: str, data) -> None:
         handle.write("\n")
 
 
-def _write_failure_reason(reason: str) -> None:
-    """SageMaker reports /opt/ml/output/failure as the job's FailureReason."""
-    output_dir = os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output")
-    if os.path.isdir(output_dir):
-        with open(os.path.join(output_dir, "failure"), "w") as handle:
-            handle.write(reason[:1024])
+def _report_failure(exc: BaseException) -> None:
+    """The reason, as the last line on stderr, starting with the built-in error it is.
+
+    SageMaker's PyTorch image runs this script through its training toolkit, and the
+    toolkit writes ``output/failure`` (the job's FailureReason) itself: the script's
+    stderr from the first line that names a Python error class. A file written here
+    would be overwritten; this line becomes the reason's ``ErrorMessage``. Logs and
+    warnings go to stdout (``_setup_logging``) so nothing on stderr comes before it.
+    """
+    builtin = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins")
+    print(f"{builtin}: {exc}", file=sys.stderr, flush=True)
 
 
 def _seed_everything(seed: int) -> None:
@@ -692,15 +701,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_logging(runtime: distributed.Runtime) -> None:
-    level = logging.INFO if runtime.is_main else logging.WARNING
-    prefix = f"[rank {runtime.rank}] " if runtime.distributed else ""
+def _setup_logging(runtime: distributed.Runtime | None) -> None:
+    """Logs and Python warnings to stdout; stderr is kept for the failure reason."""
+    level = logging.INFO if runtime is None or runtime.is_main else logging.WARNING
+    prefix = f"[rank {runtime.rank}] " if runtime and runtime.distributed else ""
     logging.basicConfig(
         level=level,
         stream=sys.stdout,
         force=True,
         format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
     )
+    logging.captureWarnings(True)
 
 
 if __name__ == "__main__":

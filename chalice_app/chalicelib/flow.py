@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import bounded_json, naming, requests
+from chalicelib import bounded_json, naming, requests, training_failure
 from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, inspect_zip
@@ -301,7 +301,10 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
                 status="failed",
                 dataset=upload.uri,
                 jobs=jobs,
-                summary=f"Debug job {name} ended {training['TrainingJobStatus']}: {reason}.",
+                summary=(
+                    f"Debug job {name} ended {training['TrainingJobStatus']}: "
+                    f"{training_failure.summary(reason)}."
+                ),
                 failure_reason=reason,
             ),
         )

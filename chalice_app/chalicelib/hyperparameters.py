@@ -180,7 +180,32 @@ def check_settable(values: Mapping) -> dict[str, str]:
         if reason:
             raise HyperparameterError(reason)
         checked[str(name)] = check_value(str(name), value, SETTABLE[str(name)])
+        sdk_encoded(str(name), checked[str(name)])  # still within SageMaker's length limit
     return checked
+
+
+def sdk_encoded(name: str, text: str) -> str:
+    """One checked value as the SageMaker Python SDK sends it: JSON-encoded.
+
+    SageMaker's training toolkit JSON-decodes every hyperparameter value before it builds
+    the command line, and writes a decoded object as ``k=v,k2=v2``. So a number goes as a
+    JSON number, text as a JSON string, and a JSON setting (``rules``) as a JSON *string*
+    holding its text: decoded once, it reaches ``train.py`` as the JSON that was written.
+    """
+    bound = _JOB_BOUNDS.get(name)
+    numeric = bound is not None and bound.numeric
+    encoded = text if numeric else json.dumps(text)
+    if len(encoded) > MAX_TEXT_LENGTH:
+        raise HyperparameterError(
+            f"'{name}' is longer than SageMaker allows once encoded "
+            f"({len(encoded)} > {MAX_TEXT_LENGTH} characters)"
+        )
+    return encoded
+
+
+def sdk_encoded_all(values: Mapping[str, str]) -> dict[str, str]:
+    """``sdk_encoded`` for every entry of a checked mapping."""
+    return {name: sdk_encoded(name, text) for name, text in values.items()}
 
 
 def check_job_hyperparameters(values: Mapping[str, str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chalicelib import aws_limits, naming
+from chalicelib import aws_limits, hyperparameters, naming
 from chalicelib.training_metrics import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
@@ -26,8 +26,9 @@ VARIANT_NAME = "AllTraffic"
 TAG_DATASET = "sagedrop:dataset"
 TAG_TUNING_JOB = "sagedrop:tuning-job"
 TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
-# Hyperparameters SageMaker's script mode reads; the tuner adds its own ``_tuning_*`` ones.
-SCRIPT_MODE = {"sagemaker_program": "train.py", "sagemaker_container_log_level": "20"}
+# Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
+# sends them); the tuner adds its own ``_tuning_*`` ones.
+SCRIPT_MODE = {"sagemaker_program": json.dumps("train.py"), "sagemaker_container_log_level": "20"}
 _EARLY_STOPPING_STRATEGIES = ("Bayesian", "Random")
 
 
@@ -106,17 +107,22 @@ def _tags(upload: Upload, tuning_job: str, **extra: str) -> list[dict]:
 
 def static_hyperparameters(settings: Settings) -> dict[str, str]:
     """The user's (allow-listed) values first, then the framework's keys, which always win:
-    which code a job runs is decided here, never by a dataset."""
+    which code a job runs is decided here, never by a dataset.
+
+    Every value is JSON-encoded as the SageMaker Python SDK does it, because SageMaker's
+    training toolkit decodes every value before ``train.py`` sees it (``hyperparameters``).
+    """
     values = {
         "epochs": str(settings.tuning_epochs),
-        **{
-            str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-            for k, v in settings.static_hyperparameters.items()
-        },
+        **hyperparameters.check_settable(settings.static_hyperparameters),
     }
     # A tuned hyperparameter must not also be static: SageMaker rejects the request.
     values = {k: v for k, v in values.items() if k not in settings.tuning_ranges}
-    return {**values, **SCRIPT_MODE, "sagemaker_submit_directory": settings.code_s3_uri}
+    return {
+        **hyperparameters.sdk_encoded_all(values),
+        **SCRIPT_MODE,
+        "sagemaker_submit_directory": json.dumps(settings.code_s3_uri),
+    }
 
 
 def tuning_job_request(settings: Settings, upload: Upload) -> dict:
@@ -171,21 +177,27 @@ def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict)
     tuning_job = tuning["HyperParameterTuningJobName"]
     name = naming.debug_job_name(tuning_job)
     definition = tuning["TrainingJobDefinition"]
-    hyperparameters = {
+    values = {
         k: v
         for k, v in definition.get("StaticHyperParameters", {}).items()
         if not k.startswith("_tuning")
     }
-    hyperparameters.update(tuning["BestTrainingJob"]["TunedHyperParameters"])
-    hyperparameters["debug"] = "true"
-    hyperparameters.setdefault("debug-save-interval", str(settings.debug_save_interval))
+    # SageMaker passes the tuned values as it chose them ("0.0123", "resnet18"): the
+    # toolkit decodes those as it decodes the SDK's encoding.
+    values.update(tuning["BestTrainingJob"]["TunedHyperParameters"])
+    values["debug"] = hyperparameters.sdk_encoded("debug", "true")
+    values.setdefault(
+        "debug-save-interval",
+        hyperparameters.sdk_encoded("debug-save-interval", str(settings.debug_save_interval)),
+    )
     if settings.debug_rules:
         # A dataset's own "rules" (its sagedrop.json hyperparameters) wins over the stage's.
-        hyperparameters.setdefault("rules", json.dumps(settings.debug_rules, separators=(",", ":")))
+        rules = json.dumps(settings.debug_rules, separators=(",", ":"))
+        values.setdefault("rules", hyperparameters.sdk_encoded("rules", rules))
     output_path = f"s3://{settings.data_bucket}/jobs/{name}"
     return {
         "TrainingJobName": name,
-        "HyperParameters": hyperparameters,
+        "HyperParameters": values,
         "AlgorithmSpecification": {
             "TrainingImage": definition["AlgorithmSpecification"]["TrainingImage"],
             "TrainingInputMode": "File",

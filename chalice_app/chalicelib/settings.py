@@ -27,8 +27,6 @@ DEFAULT_RANGES: dict[str, dict] = {
 }
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 EARLY_STOPPING = ("Auto", "Off")
-# SageMaker's limit on one hyperparameter value.
-MAX_HYPERPARAMETER_LENGTH = 2500
 RANGE_TYPES = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 # What a dataset's sagedrop.json may set, with the type each value must have; which
@@ -104,10 +102,12 @@ class Settings:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
         _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
         _check_rule_names("DEBUG_RULES", tuple(self.debug_rules))
-        if len(json.dumps(self.debug_rules, separators=(",", ":"))) > MAX_HYPERPARAMETER_LENGTH:
-            raise SettingsError(
-                f"DEBUG_RULES is longer than a hyperparameter may be ({MAX_HYPERPARAMETER_LENGTH})"
+        try:
+            hyperparameters.sdk_encoded(
+                "rules", json.dumps(self.debug_rules, separators=(",", ":"))
             )
+        except HyperparameterError as exc:
+            raise SettingsError(f"DEBUG_RULES: {exc}") from None
         if self.debug_save_interval < 1:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
 
@@ -213,10 +213,6 @@ def _check_rules_hyperparameter(text: str) -> None:
     if not isinstance(rules, dict):
         raise SettingsError("sagedrop.json: hyperparameters.rules must be a JSON object")
     _check_rule_names("sagedrop.json: hyperparameters.rules", tuple(rules))
-    if len(text) > MAX_HYPERPARAMETER_LENGTH:
-        raise SettingsError(
-            f"sagedrop.json: hyperparameters.rules is longer than {MAX_HYPERPARAMETER_LENGTH}"
-        )
 
 
 def _check_rule_names(what: str, names: tuple[str, ...]) -> None:

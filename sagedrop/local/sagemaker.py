@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import optuna
 
-from chalicelib import aws_limits
+from chalicelib import aws_limits, training_failure
 from sagedrop.local import tuner
 from sagedrop.local.aws_shapes import arn, client_error, metadata, now, validate
 from sagedrop.local.endpoints import EndpointServer, ModelWorker, shutdown_all, unpack_model
@@ -618,7 +618,7 @@ class LocalSageMaker:
         if state == "PRUNED":
             shown = f"stopped early by the median rule after epoch {max(reporter.intermediate)}"
         elif state == "FAIL" and result.failure_reason:
-            shown = f"failed: {result.failure_reason[:200]}"
+            shown = f"failed: {training_failure.summary(result.failure_reason)[:200]}"
         self.say(f"[tuning] trial {job_name}: {json.dumps(tuned, sort_keys=True)} -> {shown}")
 
     def _update_tuning_counters(self, name: str) -> dict:
@@ -661,7 +661,9 @@ class LocalSageMaker:
             changes["HyperParameterTuningJobStatus"] = "Failed"
             reasons = sorted(
                 {
-                    (self.state.get(TRAINING, t) or {}).get("FailureReason", "")
+                    training_failure.summary(
+                        (self.state.get(TRAINING, t) or {}).get("FailureReason", "")
+                    )
                     for t in record["_local"]["trials"]
                 }
                 - {""}

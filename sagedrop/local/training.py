@@ -1,26 +1,26 @@
-"""Training jobs as subprocesses, inside the layout of SageMaker's training container.
+"""Training jobs as subprocesses running SageMaker's own training runner.
 
-One folder per job under ``<root>/jobs/<name>``: ``input/data/<channel>`` (the channel's
-S3 objects), ``input/config/hyperparameters.json``, ``code`` (the job's
-``sourcedir.tar.gz``, unpacked), ``model``, ``output/data``, ``output/failure`` and
-``logs.txt``. The entry point gets the hyperparameters as ``--name value`` (without
-SageMaker's own ``sagemaker_*`` and ``_tuning_*`` keys) and the ``SM_*`` variables; its
-output is read line by line with the job's ``MetricDefinitions``, and at the end the
-model and output folders are uploaded as ``model.tar.gz`` and ``output.tar.gz`` under
-``<S3OutputPath>/<job>/output/``, like SageMaker does.
+One folder per job under ``<root>/jobs/<name>`` stands for the container's ``/opt/ml``:
+``input/data/<channel>`` (the channel's S3 objects), ``input/config/*.json``
+(``container.write_config``), ``model``, ``output``, ``code`` and ``logs.txt``. The job
+process is the PyTorch training image's ``train`` command (sagemaker-training with
+``sagemaker-pytorch-training``): it unpacks the code, installs its requirements, runs
+the entry point with the hyperparameters as it decodes them and writes
+``output/failure``. Its output is read line by line with the job's
+``MetricDefinitions``, and at the end the model and output folders are uploaded as
+``model.tar.gz`` and ``output.tar.gz`` under ``<S3OutputPath>/<job>/output/``, like
+SageMaker does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable
@@ -30,9 +30,9 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
+from sagedrop.local import container
 from sagedrop.local.s3 import LocalS3
 
-FRAMEWORK_KEYS = ("sagemaker_", "_tuning_")
 CONTAINER_OUTPUT = "/opt/ml/output"
 CONTAINER_TENSORBOARD = "/opt/ml/output/tensorboard"  # TensorBoardOutputConfig's default
 LOG_TAIL_LINES = 15
@@ -132,6 +132,7 @@ class TrainingRun:
             return self._run()
         finally:
             shutil.rmtree(self.job_dir / "input" / "data", ignore_errors=True)
+            (self.job_dir / "sourcedir.tar.gz").unlink(missing_ok=True)
 
     def _run(self) -> JobResult:
         if self.job_dir.exists():
@@ -139,10 +140,10 @@ class TrainingRun:
         try:
             self.on_status("Downloading", "Downloading input data and the training code")
             self._download_inputs()
-            code_dir = self._download_code()
+            container.write_config(self.job_dir, self.request, self._download_code())
             self.on_status("Training", "Training in progress")
-            exit_code = self._train(code_dir)
-        except (OSError, ValueError, tarfile.TarError, ClientError) as exc:
+            exit_code = self._train()
+        except (OSError, ValueError, ClientError) as exc:
             # SageMaker reports input and code problems as ClientError, not AlgorithmError.
             return JobResult("Failed", f"ClientError: {exc}", "Failed")
         if self._stop_reason:
@@ -180,75 +181,36 @@ class TrainingRun:
                 destination = target / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.s3.path_of(bucket, key, "GetObject"), destination)
-        config = self.job_dir / "input" / "config"
-        config.mkdir(parents=True, exist_ok=True)
-        (config / "hyperparameters.json").write_text(
-            json.dumps(self.request.get("HyperParameters", {}))
-        )
 
     def _download_code(self) -> Path:
-        hyperparameters = self.request.get("HyperParameters", {})
-        uri = hyperparameters.get("sagemaker_submit_directory")
+        """The code archive, copied out of its bucket: the runner unpacks it (SageMaker's
+        runner would download it from S3 itself), and a later upload cannot change it."""
+        uri = self.request.get("HyperParameters", {}).get(container.SUBMIT_DIRECTORY)
         if not uri:
-            raise ValueError("hyperparameter sagemaker_submit_directory is missing")
+            raise ValueError(f"hyperparameter {container.SUBMIT_DIRECTORY} is missing")
+        uri = uri.strip('"')
         parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            raise ValueError(f"{container.SUBMIT_DIRECTORY} must be an s3:// URI, not {uri!r}")
+        archive = self.job_dir / "sourcedir.tar.gz"
+        archive.parent.mkdir(parents=True, exist_ok=True)
         body = self.s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
-        code_dir = self.job_dir / "code"
-        code_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
-            archive.extractall(code_dir, filter="data")
-        program = hyperparameters.get("sagemaker_program", "train.py")
-        if not (code_dir / program).is_file():
-            raise ValueError(f"{program} is not in {uri}")
-        return code_dir
+        archive.write_bytes(body.read())
+        return archive
 
-    def _environment(self) -> dict[str, str]:
-        channels = [c["ChannelName"] for c in self.request.get("InputDataConfig", [])]
-        hyperparameters = self.user_hyperparameters()
-        env = {
-            **os.environ,
-            "SM_MODEL_DIR": str(self.job_dir / "model"),
-            "SM_OUTPUT_DIR": str(self.job_dir / "output"),
-            "SM_OUTPUT_DATA_DIR": str(self.job_dir / "output" / "data"),
-            "SM_INPUT_DIR": str(self.job_dir / "input"),
-            "SM_INPUT_CONFIG_DIR": str(self.job_dir / "input" / "config"),
-            "SM_MODULE_DIR": str(self.job_dir / "code"),
-            "SM_CHANNELS": json.dumps(channels),
-            "SM_HPS": json.dumps(hyperparameters),
-            "SM_HOSTS": json.dumps(["algo-1"]),
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_NUM_GPUS": "0",
-            "SM_NUM_CPUS": str(self.threads),
-            "SM_TRAINING_JOB_NAME": self.name,
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": str(self.threads),
-            **self.extra_env,
-        }
-        for channel in channels:
-            env[f"SM_CHANNEL_{channel.upper()}"] = str(self.job_dir / "input" / "data" / channel)
-        return env
-
-    def user_hyperparameters(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in self.request.get("HyperParameters", {}).items()
-            if not k.startswith(FRAMEWORK_KEYS)
-        }
-
-    def _train(self, code_dir: Path) -> int:
-        for folder in ("model", "output/data"):
-            (self.job_dir / folder).mkdir(parents=True, exist_ok=True)
-        program = self.request.get("HyperParameters", {}).get("sagemaker_program", "train.py")
-        arguments = [a for k, v in self.user_hyperparameters().items() for a in (f"--{k}", v)]
+    def _train(self) -> int:
         limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        env = container.environment(
+            self.job_dir, self.name, {"OMP_NUM_THREADS": str(self.threads), **self.extra_env}
+        )
         with open(self.job_dir / "logs.txt", "a") as log:
             with self._lock:
                 if self._stop_reason:
                     return -1
                 self._process = subprocess.Popen(
-                    [sys.executable, program, *arguments],
-                    cwd=code_dir,
-                    env=self._environment(),
+                    container.RUNNER_COMMAND,
+                    cwd=self.job_dir,
+                    env=env,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
