@@ -18,6 +18,7 @@ import pytest
 from sagemaker_training.mapping import to_cmd_args
 
 from chalicelib import requests, training_failure
+from chalicelib.hyperparameters import SETTABLE
 from chalicelib.settings import Settings
 from sagedrop.aws_configure import pack_training_code
 from sagedrop.local.s3 import LocalS3
@@ -28,18 +29,25 @@ from tests.conftest import TRAINING_CODE
 ROLE = "arn:aws:iam::123456789012:role/sagedrop-sagemaker"
 IMAGE = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-cpu-py312"
 CODE = "s3://data/code/sourcedir.tar.gz"
-# What a dataset's sagedrop.json may set, one value of each kind the allow-list knows.
+# Every hyperparameter a dataset's sagedrop.json may set (but the tuned ones and epochs).
 DATASET_HYPERPARAMETERS = {
-    "image-size": 32,
+    "backbone": "resnet18",
     "pretrained": "false",
+    "freeze": "none",
+    "image-size": 32,
     "augment": "crop",
     "num-workers": 0,
+    "cache-features": "false",
     "top-k": 2,
     "seed": 7,
     "weight-decay": 0.0005,
     "lr-schedule": "constant",
     "valid-fraction": 0.25,
+    "test-fraction": 0.2,
     "rules": {"Overfit": {"patience": 3}, "StepOutlier": False},
+    "debug-save-interval": 3,
+    "profiler-interval-ms": 200,
+    "profiler-trace-steps": "1-2",
 }
 TUNED = {"lr": "0.0123", "momentum": "0.91", "batch-size": "8"}  # as SageMaker chose them
 
@@ -62,7 +70,7 @@ def settings() -> Settings:
         training_image=IMAGE,
         code_s3_uri=CODE,
         tuning_epochs=1,
-        debug_save_interval=2,
+        debug_save_interval=2,  # the dataset's own 3 wins
     )
     return base.with_dataset_overrides({"hyperparameters": DATASET_HYPERPARAMETERS})
 
@@ -121,13 +129,13 @@ def test_a_tuning_trial_gets_every_hyperparameter_intact(bucket, settings, uploa
     result, config, log, statuses = run_job(bucket, tmp_path, trial_request(settings, upload))
     assert result.status == "Completed", result.failure_reason
     received = config["hyperparameters"]
+    assert set(DATASET_HYPERPARAMETERS) | set(TUNED) | {"epochs"} == set(SETTABLE)
+    for name, value in DATASET_HYPERPARAMETERS.items():
+        got = received[name.replace("-", "_")]
+        assert (json.loads(got) if name == "rules" else got) == value, name
     assert received["lr"] == 0.0123 and received["momentum"] == 0.91
     assert received["batch_size"] == 8 and received["epochs"] == 1
-    assert received["image_size"] == 32 and received["top_k"] == 2 and received["seed"] == 7
-    assert received["augment"] == "crop" and received["lr_schedule"] == "constant"
-    assert received["weight_decay"] == 0.0005 and received["valid_fraction"] == 0.25
-    assert received["pretrained"] == "false" and received["debug"] is False
-    assert json.loads(received["rules"]) == DATASET_HYPERPARAMETERS["rules"]
+    assert received["debug"] is False
     # the runner read the request's hyperparameters, kept its own keys, ran train.py
     arguments = command_line(log)
     assert "--lr" in arguments and not any("sagemaker" in a or "_tuning" in a for a in arguments)
@@ -151,7 +159,7 @@ def test_the_debug_job_gets_its_rules_as_written(bucket, settings, upload, tmp_p
     result, config, log, _ = run_job(bucket, tmp_path, request)
     assert result.status == "Completed", result.failure_reason
     received = config["hyperparameters"]
-    assert received["debug"] is True and received["debug_save_interval"] == 2
+    assert received["debug"] is True and received["debug_save_interval"] == 3
     assert received["lr"] == 0.0123 and received["batch_size"] == 8
     expected = {"none": "", "stage": stage_rules, "dataset": DATASET_HYPERPARAMETERS["rules"]}
     assert (json.loads(received["rules"]) if received["rules"] else "") == expected[where]

@@ -103,7 +103,10 @@ def environment(base: Path, job_name: str, extra: dict[str, str]) -> dict[str, s
         "SAGEMAKER_TRAINING_MODULE": PYTORCH_FRAMEWORK_MODULE,
         "SM_STUDIO_LOCAL_MODE": "true",
         "TRAINING_JOB_NAME": job_name,
-        "PYTHONUNBUFFERED": "1",
+        "PYTHONUNBUFFERED": "1",  # the log is read line by line for live metrics
+        # The runner pip-installs the code's requirements.txt (satisfied here); pip's own
+        # version check would reach for the network on every job start.
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         **extra,
     }
 
