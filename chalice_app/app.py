@@ -18,7 +18,7 @@ app = Chalice(app_name="sagedrop")
 
 DATA_BUCKET = os.environ.get("DATA_BUCKET", "sagedrop-data")
 INFERENCE_BUCKET = os.environ.get("INFERENCE_BUCKET", "sagedrop-inference")
-ENDPOINT_NAME = os.environ.get("ENDPOINT_NAME", "sagedrop")
+ENDPOINT_PREFIX = os.environ.get("ENDPOINT_PREFIX", "sagedrop")
 SAGEMAKER = "aws.sagemaker"
 CREATED = "s3:ObjectCreated:*"
 
@@ -80,7 +80,7 @@ def on_training_finished(event):
     "source": [SAGEMAKER],
     "detail-type": ["SageMaker Endpoint State Change"],
     "detail": {
-        "EndpointName": [ENDPOINT_NAME],
+        "EndpointName": [{"prefix": f"{ENDPOINT_PREFIX}-"}],
         "EndpointStatus": ["InService", "IN_SERVICE", "Failed", "FAILED"],
     },
 })  # fmt: skip

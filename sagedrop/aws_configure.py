@@ -41,7 +41,7 @@ _REQUIRED_OUTPUTS = (
     "TopicArn",
     "SageMakerRoleArn",
     "LambdaRoleArn",
-    "EndpointName",
+    "EndpointPrefix",
 )
 _FINISHED_STATES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE"}
 
@@ -57,7 +57,7 @@ class StackOutputs:
     topic_arn: str
     sagemaker_role_arn: str
     lambda_role_arn: str
-    endpoint_name: str
+    endpoint_prefix: str
 
 
 def read_stack_outputs(cloudformation, stack: str) -> StackOutputs:
@@ -85,7 +85,7 @@ def read_stack_outputs(cloudformation, stack: str) -> StackOutputs:
         topic_arn=outputs["TopicArn"],
         sagemaker_role_arn=outputs["SageMakerRoleArn"],
         lambda_role_arn=outputs["LambdaRoleArn"],
-        endpoint_name=outputs["EndpointName"],
+        endpoint_prefix=outputs["EndpointPrefix"],
     )
 
 
@@ -154,7 +154,7 @@ def stage_environment(
         "TRAINING_IMAGE": training_image,
         "INFERENCE_IMAGE": inference_image,
         "CODE_S3_URI": code_s3_uri,
-        "ENDPOINT_NAME": outputs.endpoint_name,
+        "ENDPOINT_PREFIX": outputs.endpoint_prefix,
         "POWERTOOLS_SERVICE_NAME": APP_NAME,
     }
 

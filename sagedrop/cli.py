@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drop.add_argument("paths", nargs="+", metavar="PATH")
     drop.add_argument("--root", default=DEFAULT_ROOT)
+    drop.add_argument(
+        "--dataset",
+        default=None,
+        help="images: the dataset whose model labels them (images/<dataset>/); "
+        "default: the only dataset being served (or dropped)",
+    )
     drop.set_defaults(handler=_drop)
     status = commands.add_parser("status", help="pipelines and endpoints at a glance")
     status.add_argument("--root", default=DEFAULT_ROOT)
@@ -183,7 +189,7 @@ def _drop(args) -> int:
     from sagedrop.local.drop import drop_files
 
     try:
-        for line in drop_files(args.root, [Path(p) for p in args.paths]):
+        for line in drop_files(args.root, [Path(p) for p in args.paths], args.dataset):
             print(line)
     except ValueError as exc:
         print(f"sagedrop drop: {exc}", file=sys.stderr)

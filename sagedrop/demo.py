@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from chalicelib import naming
 from sagedrop.local import overview
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
 from sagedrop.local.report import render
@@ -83,7 +84,7 @@ def _run(cloud: LocalCloud, dataset_zip: Path, folder: Path, started: float, say
     held_out = _one_test_image_per_class(folder)
     expected = {}
     for label, image in held_out:
-        key = f"images/{label}-{image.name}"
+        key = f"{naming.IMAGES_PREFIX}{naming.pipeline_name(dataset_zip.name)}/{label}-{image.name}"
         expected[key] = label
         cloud.s3.put_object(Bucket=INFERENCE_BUCKET, Key=key, Body=image.read_bytes())
     bucket = cloud.root / "buckets" / INFERENCE_BUCKET

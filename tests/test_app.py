@@ -41,7 +41,8 @@ def test_sagemaker_events_reach_the_flow(env):
     with Client(chalice_app.app) as client:
         event = client.events.generate_cw_event(
             source="aws.sagemaker", detail_type="SageMaker Endpoint State Change",
-            detail={"EndpointName": "sagedrop", "EndpointStatus": "IN_SERVICE"}, resources=[],
+            detail={"EndpointName": "sagedrop-digits", "EndpointStatus": "IN_SERVICE"},
+            resources=[],
         )  # fmt: skip
         assert client.lambda_.invoke("on_endpoint_changed", event).payload == "ready"
         event["detail"] = {

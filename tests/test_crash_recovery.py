@@ -35,7 +35,8 @@ IMAGES = 150
 
 
 def _serving_root(root: Path, model_dir: Path) -> None:
-    """A root whose endpoint ``sagedrop`` is in service with the trained test model."""
+    """A root whose endpoint ``sagedrop-test`` (dataset ``test``) is in service with the
+    trained test model."""
     cloud = LocalCloud(root, say=lambda _: None)
     cloud.start(watch=False)
     try:
@@ -56,9 +57,10 @@ def _serving_root(root: Path, model_dir: Path) -> None:
                 }
             ],
         )
-        cloud.sagemaker.create_endpoint(EndpointName="sagedrop", EndpointConfigName="c")
+        cloud.sagemaker.create_endpoint(EndpointName="sagedrop-test", EndpointConfigName="c")
         assert cloud.wait_until(
-            lambda: cloud.state.get("endpoint", "sagedrop")["EndpointStatus"] == "InService", 60
+            lambda: cloud.state.get("endpoint", "sagedrop-test")["EndpointStatus"] == "InService",
+            60,
         )
         assert cloud.wait_until(lambda: cloud.bus.idle, 30)
     finally:
@@ -75,7 +77,7 @@ def _up(root: Path, log: Path) -> subprocess.Popen:
 
 
 def _outputs(root: Path) -> dict[str, list[str]]:
-    folder = root / "buckets" / INFERENCE_BUCKET / "images"
+    folder = root / "buckets" / INFERENCE_BUCKET / "images" / "test"
     found: dict[str, list[str]] = {}
     for path in folder.iterdir() if folder.is_dir() else []:
         for suffix in (".error.json", ".json"):
@@ -104,7 +106,9 @@ def test_7_kill_9_during_a_burst_of_image_drops_loses_and_doubles_nothing(tmp_pa
     s3 = LocalS3(root, state)
     names = [f"img_{i:03d}.jpg" for i in range(IMAGES)]
     for i, name in enumerate(names):
-        s3.put_object(Bucket=INFERENCE_BUCKET, Key=f"images/{name}", Body=jpeg_bytes((i, 80, 160)))
+        s3.put_object(
+            Bucket=INFERENCE_BUCKET, Key=f"images/test/{name}", Body=jpeg_bytes((i, 80, 160))
+        )
     log = tmp_path / "up.log"
     first = _up(root, log)
     try:
@@ -127,9 +131,9 @@ def test_7_kill_9_during_a_burst_of_image_drops_loses_and_doubles_nothing(tmp_pa
     }
     for name in names:
         result = json.loads(
-            (root / "buckets" / INFERENCE_BUCKET / "images" / f"{name}.json").read_text()
+            (root / "buckets" / INFERENCE_BUCKET / "images" / "test" / f"{name}.json").read_text()
         )
-        assert result["predictions"] and result["endpoint"] == "sagedrop"
+        assert result["predictions"] and result["endpoint"] == "sagedrop-test"
     notices = (root / "notifications" / "sagedrop.jsonl").read_text().splitlines()
     assert not any('"status": "error"' in line for line in notices)
     state.close()

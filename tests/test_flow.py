@@ -15,6 +15,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from chalicelib import clients, flow, naming, notify, requests
+from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
@@ -335,8 +336,8 @@ def stub_serving_endpoint(cloud):
     cloud.stub.add_response(
         "describe_endpoint",
         {
-            "EndpointName": "sagedrop",
-            "EndpointArn": f"{ARN}:endpoint/sagedrop",
+            "EndpointName": "sagedrop-pets",
+            "EndpointArn": f"{ARN}:endpoint/sagedrop-pets",
             "EndpointConfigName": "old-config",
             "EndpointStatus": "InService",
             "CreationTime": "2026-11-20T10:00:00Z",
@@ -345,7 +346,8 @@ def stub_serving_endpoint(cloud):
     )
 
 
-def serving(cloud, accuracy):
+def serving(cloud, accuracy, same_classes=True):
+    """The pets endpoint serves a model of ``accuracy`` (of the same classes, or not)."""
     stub_serving_endpoint(cloud)
     cloud.stub.add_response(
         "describe_endpoint_config",
@@ -364,9 +366,13 @@ def serving(cloud, accuracy):
             "CreationTime": "2026-11-20T10:00:00Z",
         },
     )
-    cloud.stub.add_response(
-        "list_tags", {"Tags": [{"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"}]}
-    )
+    zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
+    classes = inspect_zip(io.BytesIO(zipped)).classes if same_classes else ["other"]
+    tags = [
+        {"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
+        {"Key": requests.TAG_CLASSES, "Value": requests.classes_digest(classes)},
+    ]
+    cloud.stub.add_response("list_tags", {"Tags": tags})
 
 
 def test_gate_blocks_a_worse_model(cloud):
@@ -406,7 +412,9 @@ def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
     cloud.stub.add_response("describe_training_job", described)
     serving(cloud, 0.90)
     upload = requests.Upload(DATA, "datasets/pets.zip", "")
-    model = requests.model_request(cloud.settings, upload, described, 0.95)
+    zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
+    classes = inspect_zip(io.BytesIO(zipped)).classes
+    model = requests.model_request(cloud.settings, upload, described, 0.95, classes)
     config = requests.endpoint_config_request(cloud.settings, name, model["ModelName"])
     cloud.stub.add_response(
         "create_model",
@@ -421,8 +429,8 @@ def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
     stub_serving_endpoint(cloud)
     cloud.stub.add_response(
         "update_endpoint",
-        {"EndpointArn": f"{ARN}:endpoint/sagedrop"},
-        requests.update_endpoint_request(cloud.settings, config["EndpointConfigName"]),
+        {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
+        requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert flow.training_finished(detail, cloud.settings) == "updating"
     [message] = cloud.messages()
@@ -433,7 +441,7 @@ def test_endpoint_states_in_both_spellings(cloud):
     for status in ("InService", "IN_SERVICE"):
         assert (
             flow.endpoint_changed(
-                {"EndpointName": "sagedrop", "EndpointStatus": status}, cloud.settings
+                {"EndpointName": "sagedrop-pets", "EndpointStatus": status}, cloud.settings
             )
             == "ready"
         )
@@ -444,7 +452,7 @@ def test_endpoint_states_in_both_spellings(cloud):
         == "ignored"
     )
     failed = {
-        "EndpointName": "sagedrop",
+        "EndpointName": "sagedrop-pets",
         "EndpointStatus": "FAILED",
         "FailureReason": "no capacity",
     }
@@ -453,7 +461,7 @@ def test_endpoint_states_in_both_spellings(cloud):
 
 
 def test_image_prediction_written_next_to_the_image(cloud):
-    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat 1.jpg", Body=jpeg_bytes())
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/cat 1.jpg", Body=jpeg_bytes())
     answer = json.dumps(
         {
             "predictions": [{"label": "cat", "index": 0, "probability": 0.9}],
@@ -464,31 +472,31 @@ def test_image_prediction_written_next_to_the_image(cloud):
         "invoke_endpoint",
         {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
         {
-            "EndpointName": "sagedrop",
+            "EndpointName": "sagedrop-pets",
             "ContentType": "image/jpeg",
             "Accept": "application/json",
             "Body": ANY,
         },
     )
-    assert flow.image_uploaded(INFERENCE, "images/cat 1.jpg", cloud.settings) == "predicted"
+    assert flow.image_uploaded(INFERENCE, "images/pets/cat 1.jpg", cloud.settings) == "predicted"
     written = json.loads(
-        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat 1.jpg.json")["Body"].read()
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/cat 1.jpg.json")["Body"].read()
     )
-    assert written["predictions"][0]["label"] == "cat" and written["endpoint"] == "sagedrop"
+    assert written["predictions"][0]["label"] == "cat" and written["endpoint"] == "sagedrop-pets"
     assert written["latency_ms"] >= 0
 
 
 def test_failed_invocation_writes_an_error_file(cloud):
-    cloud.s3.put_object(Bucket=INFERENCE, Key="images/bad.png", Body=b"not a png")
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/bad.png", Body=b"not a png")
     cloud.runtime_stub.add_client_error(
         "invoke_endpoint",
         service_error_code="ModelError",
         service_message="cannot decode the image: not a recognised image format",
         http_status_code=424,
     )
-    assert flow.image_uploaded(INFERENCE, "images/bad.png", cloud.settings) == "error"
+    assert flow.image_uploaded(INFERENCE, "images/pets/bad.png", cloud.settings) == "error"
     error = json.loads(
-        cloud.s3.get_object(Bucket=INFERENCE, Key="images/bad.png.error.json")["Body"].read()
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/bad.png.error.json")["Body"].read()
     )
     assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
 
@@ -497,7 +505,7 @@ def stub_first_deployment(cloud):
     """No endpoint yet: model, config, then CreateEndpoint."""
     missing = {
         "service_error_code": "ValidationException",
-        "service_message": 'Could not find endpoint "sagedrop".',
+        "service_message": 'Could not find endpoint "sagedrop-pets".',
         "http_status_code": 400,
     }
     cloud.stub.add_client_error("describe_endpoint", **missing)
@@ -506,7 +514,7 @@ def stub_first_deployment(cloud):
         "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
     )
     cloud.stub.add_client_error("describe_endpoint", **missing)
-    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop"})
+    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"})
 
 
 def test_gate_reads_verdicts_from_metrics_even_without_the_archive(cloud):
@@ -569,3 +577,57 @@ def test_gate_says_which_blocking_rules_could_not_be_evaluated():
     decision = quality_gate(errored, 0.9, None, ("VanishingGradient", "ExplodingTensor"), 0.01)
     assert decision.deploy
     assert "could not be evaluated (Error): VanishingGradient" in " ".join(decision.reasons)
+
+
+def test_the_gate_never_compares_models_of_other_classes(cloud):
+    """A worse accuracy on another class list answers another question: not compared."""
+    name, described = debug_job(cloud, 0.70, [])
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.99, same_classes=False)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:ec/c"})
+    stub_serving_endpoint(cloud)  # create or update: the endpoint exists
+    cloud.stub.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"})
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    assert flow.training_finished(detail, cloud.settings) == "updating"
+    reasons = " ".join(cloud.messages()[0]["reasons"])
+    assert "not compared with the model serving sagedrop-pets (old-model): its classes differ" in (
+        reasons
+    )
+
+
+def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):
+    cloud.put_zip("datasets/pets.zip", layout())
+    cloud.put_zip("datasets/Dog Images.zip", layout())
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat.jpg", Body=jpeg_bytes())
+    # DescribeEndpoint per dataset: sagedrop-dog-images is not found, sagedrop-pets serves
+    missing = {
+        "service_error_code": "ValidationException",
+        "service_message": 'Could not find endpoint "sagedrop-dog-images".',
+        "http_status_code": 400,
+    }
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    stub_serving_endpoint(cloud)
+    assert flow.image_uploaded(INFERENCE, "images/cat.jpg", cloud.settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat.jpg.error.json")["Body"].read()
+    )
+    assert error["dataset"] is None and error["endpoint"] is None
+    assert "images go under images/<dataset>/" in error["error"]
+    assert "serving: pets (images/pets/)" in error["error"]
+
+
+def test_an_image_for_a_dataset_that_serves_nothing_says_so(cloud):
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cars/a.jpg", Body=jpeg_bytes())
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        service_error_code="ValidationError",
+        service_message="Endpoint sagedrop-cars of account 123456789012 not found.",
+        http_status_code=400,
+    )
+    assert flow.image_uploaded(INFERENCE, "images/cars/a.jpg", cloud.settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cars/a.jpg.error.json")["Body"].read()
+    )
+    assert error["dataset"] == "cars" and error["endpoint"] == "sagedrop-cars"
+    assert error["error"] == "no dataset named 'cars' is serving; no dataset is serving yet"

@@ -83,7 +83,7 @@ def test_pipeline_through_the_cli(tmp_path):
         ), "endpoint never came up"
         assert cli("drop", str(garbage), root=root).returncode == 0
         assert cli("drop", str(image), root=root).returncode == 0
-        images = root / "buckets" / "sagedrop-inference" / "images"
+        images = root / "buckets" / "sagedrop-inference" / "images" / "digits"
         assert wait(
             lambda: (
                 (images / "garbage.jpg.error.json").exists()
@@ -111,12 +111,14 @@ def test_pipeline_through_the_cli(tmp_path):
     [rejected] = snapshot["rejected_uploads"]
     assert "escape" in " ".join(rejected["reasons"])
     assert snapshot["endpoints"] == [
-        {**snapshot["endpoints"][0], "name": "sagedrop", "status": "InService"}
+        {**snapshot["endpoints"][0], "name": "sagedrop-digits", "status": "InService"}
     ]
     error = json.loads((images / "garbage.jpg.error.json").read_text())
     assert "cannot decode" in error["error"]
     prediction = json.loads((images / f"{image.name}.json").read_text())
     assert prediction["predictions"][0]["label"] in {"zero", "one", "two"}
+    assert prediction["dataset"] == "digits" and prediction["endpoint"] == "sagedrop-digits"
+    assert prediction["model_version"] == debug["name"]  # the job that made the model
     assert "trial" in output and "[sns]" in output
     report = cli("report", pipeline["name"], root=root)
     assert report.returncode == 0
@@ -153,7 +155,8 @@ def test_restart_during_tuning_runs_nothing_twice(tmp_path):
     try:
         assert cloud.wait_until(
             lambda: (
-                (cloud.state.get("endpoint", "sagedrop") or {}).get("EndpointStatus") == "InService"
+                (cloud.state.get("endpoint", "sagedrop-digits") or {}).get("EndpointStatus")
+                == "InService"
             ),
             400,
         )

@@ -196,10 +196,12 @@ def test_model_and_endpoint_requests(settings, upload):
     )
     assert_valid("CreateEndpointConfig", config)
     assert_valid(
-        "CreateEndpoint", requests.create_endpoint_request(settings, config["EndpointConfigName"])
+        "CreateEndpoint",
+        requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert_valid(
-        "UpdateEndpoint", requests.update_endpoint_request(settings, config["EndpointConfigName"])
+        "UpdateEndpoint",
+        requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
 
 

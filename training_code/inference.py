@@ -110,6 +110,7 @@ def model_fn(model_dir: str) -> LoadedModel:
         "image_size": pre.image_size,
         "test_accuracy": config.get("metrics", {}).get("test_accuracy"),
         "created_at": config.get("created_at"),
+        "training_job": config.get("training_job"),
     }
     if os.environ.get("SAGEDROP_MODEL_NAME"):
         info["name"] = os.environ["SAGEDROP_MODEL_NAME"]

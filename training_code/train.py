@@ -667,6 +667,8 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
         "test_coverage": summary["test_coverage"],
         "torch_version": torch.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        # The model's version: the job that made it (SageMaker sets TRAINING_JOB_NAME).
+        "training_job": os.environ.get("TRAINING_JOB_NAME"),
     }
     _write_json(os.path.join(args.model_dir, "config.json"), config)
     code_dir = os.path.join(args.model_dir, "code")

@@ -314,7 +314,9 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
     rules = rule_statuses(final)
     if rules and any(r["RuleEvaluationStatus"] == ISSUES_FOUND for r in rules):
         _add_rule_details(training, rules)
-    serving_accuracy = _serving_accuracy(settings)
+    endpoint = settings.endpoint_for(naming.pipeline_name(upload.key))
+    problems, classes = _unservable(training, upload)
+    serving_accuracy, not_compared = _serving_accuracy(endpoint, classes)
     decision = quality_gate(
         rules,
         test_accuracy,
@@ -322,8 +324,10 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         settings.gate_blocking_rules,
         settings.gate_tolerance,
         settings.gate_min_test_accuracy,
-        artifact_problems=_unservable(training, upload),
+        artifact_problems=problems,
     )
+    if not_compared:
+        decision.reasons.append(not_compared)
     shown = {k: v for k, v in final.items() if k.startswith(("test_", "valid_"))}
     if not decision.deploy:
         _notify(
@@ -340,7 +344,7 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
             ),
         )
         return "blocked"
-    model = requests.model_request(settings, upload, training, test_accuracy)
+    model = requests.model_request(settings, upload, training, test_accuracy, classes)
     config = requests.endpoint_config_request(settings, name, model["ModelName"])
     for create, request in (
         (sagemaker.create_model, model),
@@ -351,8 +355,8 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         except ClientError as exc:
             if not _already_exists(exc):
                 raise
-    action = _create_or_update_endpoint(settings, config["EndpointConfigName"])
-    jobs.update(model=model["ModelName"], endpoint=settings.endpoint_name)
+    action = _create_or_update_endpoint(endpoint, config["EndpointConfigName"])
+    jobs.update(model=model["ModelName"], endpoint=endpoint)
     _notify(
         settings,
         Notice(
@@ -363,36 +367,35 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
             metrics=shown,
             decision=f"deploy ({action} endpoint)",
             reasons=decision.reasons,
-            summary=(
-                f"Model from {name} passed the gate; endpoint {settings.endpoint_name}: {action}."
-            ),
+            summary=(f"Model from {name} passed the gate; endpoint {endpoint}: {action}."),
         ),
     )
     return action
 
 
-def _unservable(training: dict, upload: requests.Upload) -> list[str]:
-    """Why the job's artifact cannot serve its dataset ([] when it can).
+def _unservable(training: dict, upload: requests.Upload) -> tuple[list[str], list[str] | None]:
+    """Why the job's artifact cannot serve its dataset ([] when it can), and the dataset's
+    classes (folder names in index order; None when they cannot be read).
 
     The dataset's classes come from the zip itself (its central directory, by ranged
     reads), not from the job, so a job that went wrong cannot vouch for itself.
     """
     uri = training.get("ModelArtifacts", {}).get("S3ModelArtifacts")
     if not uri:
-        return ["the job produced no model artifact"]
+        return ["the job produced no model artifact"], None
     try:
         sizes, documents = read_artifact(client("s3"), uri)
     except (ClientError, tarfile.TarError, OSError, EOFError) as exc:
-        return [f"the model artifact {uri} cannot be read: {exc}"]
+        return [f"the model artifact {uri} cannot be read: {exc}"], None
     try:
         report = inspect_zip(S3RangedFile(client("s3"), upload.bucket, upload.key))
     except ClientError as exc:
-        return [f"the dataset {upload.uri} cannot be read to check the model's classes: {exc}"]
+        reason = f"the dataset {upload.uri} cannot be read to check the model's classes: {exc}"
+        return [reason], None
     if not report.usable:
-        return [
-            f"the dataset {upload.uri} can no longer be checked: {'; '.join(report.problems[:3])}"
-        ]
-    return artifact_problems(sizes, documents, report.classes)
+        problems = "; ".join(report.problems[:3])
+        return [f"the dataset {upload.uri} can no longer be checked: {problems}"], None
+    return artifact_problems(sizes, documents, report.classes), list(report.classes)
 
 
 def _add_rule_details(training: dict, rules: list[dict]) -> None:
@@ -417,19 +420,31 @@ def _add_rule_details(training: dict, rules: list[dict]) -> None:
         rule["StatusDetails"] = details.get(rule["RuleConfigurationName"]) or fallback
 
 
-def _serving_accuracy(settings: Settings) -> float | None:
-    """Test accuracy of the model behind the endpoint now, from its sagedrop tag."""
+def _serving_accuracy(endpoint: str, classes: list[str] | None) -> tuple[float | None, str]:
+    """Test accuracy of the model the dataset's endpoint serves now (from its sagedrop
+    tag), and why it was not compared ("" when it was, or when nothing serves).
+
+    A model of other classes answers another question: its accuracy says nothing about
+    the new one, so the gate applies its minimum alone and says so.
+    """
     sagemaker = client("sagemaker")
-    endpoint = _describe_endpoint(settings.endpoint_name)
-    if endpoint is None:
-        return None
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    described = _describe_endpoint(endpoint)
+    if described is None:
+        return None, ""
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    tags = sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
-    for tag in tags:
-        if tag["Key"] == requests.TAG_TEST_ACCURACY:
-            return float(tag["Value"])
-    return None
+    tags = {
+        t["Key"]: t["Value"]
+        for t in sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
+    }
+    if classes is None or tags.get(requests.TAG_CLASSES) != requests.classes_digest(classes):
+        return None, (
+            f"not compared with the model serving {endpoint} ({model['ModelName']}): its "
+            "classes differ, so only the minimum test accuracy applies"
+        )
+    if requests.TAG_TEST_ACCURACY in tags:
+        return float(tags[requests.TAG_TEST_ACCURACY]), ""
+    return None, ""
 
 
 def _describe_endpoint(name: str) -> dict | None:
@@ -446,21 +461,23 @@ def _describe_endpoint(name: str) -> dict | None:
         raise
 
 
-def _create_or_update_endpoint(settings: Settings, endpoint_config: str) -> str:
+def _create_or_update_endpoint(endpoint: str, endpoint_config: str) -> str:
     sagemaker = client("sagemaker")
-    endpoint = _describe_endpoint(settings.endpoint_name)
-    if endpoint is None:
-        sagemaker.create_endpoint(**requests.create_endpoint_request(settings, endpoint_config))
+    described = _describe_endpoint(endpoint)
+    if described is None:
+        sagemaker.create_endpoint(**requests.create_endpoint_request(endpoint, endpoint_config))
         return "creating"
-    if endpoint["EndpointConfigName"] == endpoint_config:
+    if described["EndpointConfigName"] == endpoint_config:
         return "unchanged"
-    sagemaker.update_endpoint(**requests.update_endpoint_request(settings, endpoint_config))
+    sagemaker.update_endpoint(**requests.update_endpoint_request(endpoint, endpoint_config))
     return "updating"
 
 
 def endpoint_changed(detail: dict, settings: Settings | None = None) -> str:
     settings = settings or Settings.from_env()
-    if detail.get("EndpointName") != settings.endpoint_name:
+    endpoint = detail.get("EndpointName", "")
+    pipeline = naming.pipeline_of_endpoint(settings.endpoint_prefix, endpoint)
+    if pipeline is None:
         return "ignored"
     status = detail.get("EndpointStatus", "").replace("_", "").lower()
     if status == "inservice":
@@ -469,9 +486,10 @@ def endpoint_changed(detail: dict, settings: Settings | None = None) -> str:
             Notice(
                 stage="endpoint",
                 status="ready",
-                jobs={"endpoint": settings.endpoint_name},
-                summary=f"Endpoint {settings.endpoint_name} is in service "
-                f"(config {detail.get('EndpointConfigName', '?')}).",
+                jobs={"endpoint": endpoint},
+                summary=f"Endpoint {endpoint} is in service for dataset {pipeline} "
+                f"(config {detail.get('EndpointConfigName', '?')}); images go to "
+                f"s3://{settings.inference_bucket}/{naming.IMAGES_PREFIX}{pipeline}/.",
             ),
         )
         return "ready"
@@ -482,8 +500,8 @@ def endpoint_changed(detail: dict, settings: Settings | None = None) -> str:
             Notice(
                 stage="endpoint",
                 status="failed",
-                jobs={"endpoint": settings.endpoint_name},
-                summary=f"Endpoint {settings.endpoint_name} failed: {reason}.",
+                jobs={"endpoint": endpoint},
+                summary=f"Endpoint {endpoint} failed: {reason}.",
                 failure_reason=reason,
             ),
         )
@@ -501,13 +519,20 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
     s3 = client("s3")
     suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
     content_type = CONTENT_TYPES.get(suffix)
+    pipeline = naming.image_pipeline(key)
+    endpoint = settings.endpoint_for(pipeline) if pipeline else None
     started = time.perf_counter()
     try:
         if content_type is None:
             raise ValueError(f"'{suffix}' is not an image type this pipeline serves")
+        if endpoint is None:
+            raise ValueError(
+                f"images go under {naming.IMAGES_PREFIX}<dataset>/ to reach that dataset's "
+                f"model; {_serving_now(settings)}"
+            )
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         response = client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=settings.endpoint_name,
+            EndpointName=endpoint,
             ContentType=content_type,
             Accept="application/json",
             Body=body,
@@ -517,6 +542,8 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         if is_transient(exc):
             raise  # Lambda retries; the image gets its answer then
         reason = _reason(exc)
+        if endpoint and _endpoint_missing(exc):
+            reason = f"no dataset named {pipeline!r} is serving; {_serving_now(settings)}"
         if _exists(s3, bucket, f"{key}.json"):
             # A re-delivered event after a success: the image already has its answer.
             logger.info("prediction already written; not replacing it with an error")
@@ -524,7 +551,8 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         metrics.add_metric(name="PredictionFailures", unit=MetricUnit.Count, value=1)
         error = {
             "image": f"s3://{bucket}/{key}",
-            "endpoint": settings.endpoint_name,
+            "dataset": pipeline,
+            "endpoint": endpoint,
             "error": reason,
         }
         s3.put_object(
@@ -538,11 +566,14 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
     latency_ms = (time.perf_counter() - started) * 1000
     metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="PredictionLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
+    model = result.get("model", {})
     output = {
         "image": f"s3://{bucket}/{key}",
-        "endpoint": settings.endpoint_name,
+        "dataset": pipeline,
+        "endpoint": endpoint,
+        "model_version": model.get("training_job"),
         "predictions": result.get("predictions", []),
-        "model": result.get("model", {}),
+        "model": model,
         "latency_ms": round(latency_ms, 2),
     }
     s3.put_object(
@@ -555,6 +586,42 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         # An earlier attempt failed (endpoint not ready yet); one answer per image.
         s3.delete_object(Bucket=bucket, Key=f"{key}.error.json")
     return "predicted"
+
+
+def _endpoint_missing(exc: Exception) -> bool:
+    """sagemaker-runtime's answer for an endpoint that does not exist."""
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    return error.get("Code") in ("ValidationError", "ValidationException") and (
+        "not found" in error.get("Message", "").lower()
+    )
+
+
+def _serving_now(settings: Settings, limit: int = 50) -> str:
+    """Which datasets have an endpoint in service, for an image that found none.
+
+    Read from the data bucket's ``datasets/`` and one ``DescribeEndpoint`` each (both
+    allowed on named resources), not ``ListEndpoints``, which IAM grants only on ``*``.
+    """
+    listing = client("s3").list_objects_v2(
+        Bucket=settings.data_bucket, Prefix=naming.DATASETS_PREFIX, MaxKeys=1000
+    )
+    names = sorted(
+        {
+            naming.pipeline_name(item["Key"])
+            for item in listing.get("Contents", [])
+            if item["Key"].lower().endswith(".zip")
+        }
+    )[:limit]
+    serving = []
+    for name in names:
+        described = _describe_endpoint(settings.endpoint_for(name))
+        if described and described.get("EndpointStatus") in ("InService", "Updating"):
+            serving.append(name)
+    if not serving:
+        return "no dataset is serving yet"
+    return "serving: " + ", ".join(f"{n} ({naming.IMAGES_PREFIX}{n}/)" for n in serving)
 
 
 def _exists(s3, bucket: str, key: str) -> bool:

@@ -5,6 +5,11 @@ A name is derived from the triggering object (bucket, key, ETag), so a duplicate
 already exists, gets ``ResourceInUse``, and starts nothing twice. Re-uploading changed
 bytes changes the ETag and so starts a new pipeline.
 
+A dataset's file name names its pipeline: ``datasets/Dog Images.zip`` is the pipeline
+``dog-images``, served by the endpoint ``<prefix>-dog-images`` and fed by images under
+``images/dog-images/``. Uploading ``dog-images.zip`` again is a new version of the same
+pipeline; another name is another pipeline with its own endpoint.
+
 Tuning jobs start with ``sdt-`` and debug jobs with ``sdd-``: the tuner names its child
 jobs ``<tuning job>-NNN-<hex>``, so EventBridge's prefix match on ``sdd-`` sees the
 pipeline's debug jobs and never the trials or anyone else's jobs.
@@ -22,6 +27,10 @@ TUNING_NAME_MAX = 32
 NAME_MAX = 63
 _SLUG_MAX = TUNING_NAME_MAX - len(TUNING_PREFIX) - 1 - 8 - 1
 _NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+IMAGES_PREFIX = "images/"
+DATASETS_PREFIX = "datasets/"
+# The endpoint prefix leaves room for "-" and the longest pipeline name in 63 characters.
+ENDPOINT_PREFIX_MAX = NAME_MAX - 1 - _SLUG_MAX
 
 
 def dataset_slug(key: str) -> str:
@@ -31,6 +40,40 @@ def dataset_slug(key: str) -> str:
         stem = stem[:-4]
     slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
     return slug[:_SLUG_MAX].strip("-") or "dataset"
+
+
+def pipeline_name(key: str) -> str:
+    """The pipeline a dataset upload belongs to: its file name as a slug."""
+    return dataset_slug(key)
+
+
+def image_pipeline(key: str) -> str | None:
+    """``images/<name>/<path>`` → the pipeline ``<name>`` (slugged as a dataset's file name
+    is, so ``images/Dog Images/x.jpg`` finds ``dog-images``); None outside a folder."""
+    if not key.startswith(IMAGES_PREFIX):
+        return None
+    folder, _, rest = key[len(IMAGES_PREFIX) :].partition("/")
+    return dataset_slug(folder) if folder and rest else None
+
+
+def endpoint_name(prefix: str, pipeline: str) -> str:
+    return _checked(f"{prefix}-{pipeline}", NAME_MAX)
+
+
+def pipeline_of_endpoint(prefix: str, endpoint: str) -> str | None:
+    """The pipeline an endpoint serves, or None when the name is not one of ours."""
+    head = f"{prefix}-"
+    return endpoint[len(head) :] or None if endpoint.startswith(head) else None
+
+
+def check_endpoint_prefix(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start endpoint names, or None."""
+    if len(prefix) > ENDPOINT_PREFIX_MAX or not _NAME_PATTERN.match(prefix):
+        return (
+            f"endpoint prefix {prefix!r} must be letters, digits and single hyphens, at most "
+            f"{ENDPOINT_PREFIX_MAX} characters (endpoint names are <prefix>-<dataset>, <= 63)"
+        )
+    return None
 
 
 def upload_digest(bucket: str, key: str, etag: str) -> str:

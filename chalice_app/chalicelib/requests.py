@@ -7,6 +7,7 @@ botocore's service model, and the local cloud receives precisely what AWS would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ VARIANT_NAME = "AllTraffic"
 TAG_DATASET = "sagedrop:dataset"
 TAG_TUNING_JOB = "sagedrop:tuning-job"
 TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
+TAG_CLASSES = "sagedrop:classes"
 # Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
 # sends them); the tuner adds its own ``_tuning_*`` ones.
 SCRIPT_MODE = {"sagemaker_program": json.dumps("train.py"), "sagemaker_container_log_level": "20"}
@@ -217,12 +219,24 @@ def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict)
     }
 
 
+def classes_digest(classes: list[str]) -> str:
+    """A short fingerprint of a class list (folder names, in index order), for a tag."""
+    return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()[:16]
+
+
 def model_request(
-    settings: Settings, upload: Upload, training: dict, test_accuracy: float | None
+    settings: Settings,
+    upload: Upload,
+    training: dict,
+    test_accuracy: float | None,
+    classes: list[str] | None = None,
 ) -> dict:
-    """``CreateModel`` around the debug job's self-contained ``model.tar.gz``."""
+    """``CreateModel`` around the debug job's self-contained ``model.tar.gz``; its tags
+    carry the test accuracy and the class list's digest the next gate compares with."""
     name = naming.model_name(training["TrainingJobName"])
     extra = {} if test_accuracy is None else {TAG_TEST_ACCURACY: f"{test_accuracy:.6f}"}
+    if classes is not None:
+        extra[TAG_CLASSES] = classes_digest(classes)
     return {
         "ModelName": name,
         "PrimaryContainer": {
@@ -255,9 +269,9 @@ def endpoint_config_request(settings: Settings, training_job: str, model: str) -
     }
 
 
-def create_endpoint_request(settings: Settings, endpoint_config: str) -> dict:
-    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": endpoint_config}
+def create_endpoint_request(endpoint: str, endpoint_config: str) -> dict:
+    return {"EndpointName": endpoint, "EndpointConfigName": endpoint_config}
 
 
-def update_endpoint_request(settings: Settings, endpoint_config: str) -> dict:
-    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": endpoint_config}
+def update_endpoint_request(endpoint: str, endpoint_config: str) -> dict:
+    return {"EndpointName": endpoint, "EndpointConfigName": endpoint_config}

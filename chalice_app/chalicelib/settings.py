@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from chalicelib import aws_limits, hyperparameters
+from chalicelib import aws_limits, hyperparameters, naming
 from chalicelib.hyperparameters import HyperparameterError
 from chalicelib.requests import parameter_ranges
 from chalicelib.training_metrics import RULE_NAMES
@@ -61,7 +61,8 @@ class Settings:
     training_image: str = ""
     inference_image: str = ""
     code_s3_uri: str = ""
-    endpoint_name: str = "sagedrop"
+    # Each dataset's pipeline is served by the endpoint "<prefix>-<dataset>".
+    endpoint_prefix: str = "sagedrop"
     training_instance_type: str = "ml.g4dn.xlarge"
     training_instance_count: int = 1
     debug_instance_type: str = "ml.g4dn.xlarge"
@@ -83,6 +84,9 @@ class Settings:
     gate_min_test_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
+        problem = naming.check_endpoint_prefix(self.endpoint_prefix)
+        if problem:
+            raise SettingsError(f"ENDPOINT_PREFIX: {problem}")
         _check_choice("tuning strategy", self.tuning_strategy, STRATEGIES)
         _check_choice("early stopping", self.tuning_early_stopping, EARLY_STOPPING)
         if not 1 <= self.tuning_max_parallel_jobs <= self.tuning_max_jobs:
@@ -110,6 +114,10 @@ class Settings:
             raise SettingsError(f"DEBUG_RULES: {exc}") from None
         if self.debug_save_interval < 1:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
+
+    def endpoint_for(self, pipeline: str) -> str:
+        """The endpoint that serves ``pipeline`` (a dataset's name, ``naming.pipeline_name``)."""
+        return naming.endpoint_name(self.endpoint_prefix, pipeline)
 
     def _check_ranges_for_strategy(self) -> None:
         """What SageMaker refuses in a tuning job (``aws_limits``, the very check the local
@@ -248,7 +256,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "TRAINING_IMAGE": ("training_image", str),
     "INFERENCE_IMAGE": ("inference_image", str),
     "CODE_S3_URI": ("code_s3_uri", str),
-    "ENDPOINT_NAME": ("endpoint_name", str),
+    "ENDPOINT_PREFIX": ("endpoint_prefix", str),
     "TRAINING_INSTANCE_TYPE": ("training_instance_type", str),
     "TRAINING_INSTANCE_COUNT": ("training_instance_count", int),
     "DEBUG_INSTANCE_TYPE": ("debug_instance_type", str),

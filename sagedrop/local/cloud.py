@@ -43,7 +43,7 @@ FIXED_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME": "sagedrop",
     "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines are for CloudWatch; status counts here
 }
-DEFAULT_ENVIRONMENT = {"ENDPOINT_NAME": "sagedrop", "INFERENCE_INSTANCE_TYPE": "ml.m5.large"}
+DEFAULT_ENVIRONMENT = {"ENDPOINT_PREFIX": "sagedrop", "INFERENCE_INSTANCE_TYPE": "ml.m5.large"}
 
 
 class AlreadyRunning(RuntimeError):
@@ -195,7 +195,7 @@ def _import_app():
     loaded = sys.modules.get("app")
     if loaded is not None and all(
         getattr(loaded, name, None) == os.environ.get(name)
-        for name in ("DATA_BUCKET", "INFERENCE_BUCKET", "ENDPOINT_NAME")
+        for name in ("DATA_BUCKET", "INFERENCE_BUCKET", "ENDPOINT_PREFIX")
     ):
         return loaded
     if "app" in sys.modules:
