@@ -486,17 +486,23 @@ def test_image_prediction_written_next_to_the_image(cloud):
     assert written["latency_ms"] >= 0
 
 
-def test_failed_invocation_writes_an_error_file(cloud):
-    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/bad.png", Body=b"not a png")
+def failed_prediction(cloud, key: str, body: bytes, code: str, message: str, status: int):
+    """Drop ``key``; InvokeEndpoint answers with that error; the image's .error.json."""
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=body)
     cloud.runtime_stub.add_client_error(
         "invoke_endpoint",
-        service_error_code="ModelError",
-        service_message="cannot decode the image: not a recognised image format",
-        http_status_code=424,
+        service_error_code=code,
+        service_message=message,
+        http_status_code=status,
     )
-    assert flow.image_uploaded(INFERENCE, "images/pets/bad.png", cloud.settings) == "error"
-    error = json.loads(
-        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/bad.png.error.json")["Body"].read()
+    assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "error"
+    return json.loads(cloud.s3.get_object(Bucket=INFERENCE, Key=f"{key}.error.json")["Body"].read())
+
+
+def test_failed_invocation_writes_an_error_file(cloud):
+    message = "cannot decode the image: not a recognised image format"
+    error = failed_prediction(
+        cloud, "images/pets/bad.png", b"not a png", "ModelError", message, 424
     )
     assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
 
@@ -618,16 +624,9 @@ def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):
 
 
 def test_an_image_for_a_dataset_that_serves_nothing_says_so(cloud):
-    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cars/a.jpg", Body=jpeg_bytes())
-    cloud.runtime_stub.add_client_error(
-        "invoke_endpoint",
-        service_error_code="ValidationError",
-        service_message="Endpoint sagedrop-cars of account 123456789012 not found.",
-        http_status_code=400,
-    )
-    assert flow.image_uploaded(INFERENCE, "images/cars/a.jpg", cloud.settings) == "error"
-    error = json.loads(
-        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cars/a.jpg.error.json")["Body"].read()
+    message = "Endpoint sagedrop-cars of account 123456789012 not found."
+    error = failed_prediction(
+        cloud, "images/cars/a.jpg", jpeg_bytes(), "ValidationError", message, 400
     )
     assert error["dataset"] == "cars" and error["endpoint"] == "sagedrop-cars"
     assert error["error"] == "no dataset named 'cars' is serving; no dataset is serving yet"
