@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
+from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud, wait_until
 from sagedrop.local.endpoints import EndpointServer
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sagemaker import LocalSageMaker
@@ -88,12 +87,7 @@ def _outputs(root: Path) -> dict[str, list[str]]:
 
 
 def _wait(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return wait_until(predicate, timeout, interval)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import zipfile
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -630,3 +631,15 @@ def test_an_image_for_a_dataset_that_serves_nothing_says_so(cloud):
     )
     assert error["dataset"] == "cars" and error["endpoint"] == "sagedrop-cars"
     assert error["error"] == "no dataset named 'cars' is serving; no dataset is serving yet"
+
+
+def test_an_unlistable_data_bucket_still_leaves_the_image_its_error_file(cloud):
+    """The list of serving datasets is a courtesy: when it cannot be read, the image still
+    gets its answer, and the answer says why the list is missing."""
+    settings = replace(cloud.settings, data_bucket="no-such-bucket")
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat.jpg", Body=jpeg_bytes())
+    assert flow.image_uploaded(INFERENCE, "images/cat.jpg", settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat.jpg.error.json")["Body"].read()
+    )
+    assert "the serving datasets cannot be listed (NoSuchBucket" in error["error"]

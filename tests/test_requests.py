@@ -270,3 +270,11 @@ def test_the_length_limit_counts_the_encoding(settings):
         settings.with_dataset_overrides({"hyperparameters": {"rules": {"Overfit": params}}})
     with pytest.raises(SettingsError, match=r"DEBUG_RULES: .* once encoded"):
         Settings.from_env({"DEBUG_RULES": json.dumps({"Overfit": params})})
+
+
+def test_a_retired_setting_is_refused_by_name():
+    """ENDPOINT_NAME (one endpoint for every dataset) would otherwise be ignored silently."""
+    with pytest.raises(SettingsError, match=r"ENDPOINT_NAME is no longer read: .*ENDPOINT_PREFIX"):
+        Settings.from_env({"ENDPOINT_NAME": "sagedrop"})
+    with pytest.raises(SettingsError, match="ENDPOINT_PREFIX: endpoint prefix"):
+        Settings.from_env({"ENDPOINT_PREFIX": "x" * 45})

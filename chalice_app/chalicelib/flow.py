@@ -438,9 +438,10 @@ def _serving_accuracy(endpoint: str, classes: list[str] | None) -> tuple[float |
         for t in sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
     }
     if classes is None or tags.get(requests.TAG_CLASSES) != requests.classes_digest(classes):
+        why = "differ" if requests.TAG_CLASSES in tags else "are not recorded on it"
         return None, (
             f"not compared with the model serving {endpoint} ({model['ModelName']}): its "
-            "classes differ, so only the minimum test accuracy applies"
+            f"classes {why}, so only the minimum test accuracy applies"
         )
     if requests.TAG_TEST_ACCURACY in tags:
         return float(tags[requests.TAG_TEST_ACCURACY]), ""
@@ -527,8 +528,7 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
             raise ValueError(f"'{suffix}' is not an image type this pipeline serves")
         if endpoint is None:
             raise ValueError(
-                f"images go under {naming.IMAGES_PREFIX}<dataset>/ to reach that dataset's "
-                f"model; {_serving_now(settings)}"
+                f"images go under {naming.IMAGES_PREFIX}<dataset>/ to reach that dataset's model"
             )
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         response = client("sagemaker-runtime").invoke_endpoint(
@@ -541,13 +541,15 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
     except (ClientError, ValueError) as exc:
         if is_transient(exc):
             raise  # Lambda retries; the image gets its answer then
-        reason = _reason(exc)
-        if endpoint and _endpoint_missing(exc):
-            reason = f"no dataset named {pipeline!r} is serving; {_serving_now(settings)}"
         if _exists(s3, bucket, f"{key}.json"):
             # A re-delivered event after a success: the image already has its answer.
             logger.info("prediction already written; not replacing it with an error")
             return "duplicate"
+        reason = _reason(exc)
+        if endpoint is None and content_type is not None:
+            reason = f"{reason}; {_serving_now(settings)}"
+        if endpoint and _endpoint_missing(exc):
+            reason = f"no dataset named {pipeline!r} is serving; {_serving_now(settings)}"
         metrics.add_metric(name="PredictionFailures", unit=MetricUnit.Count, value=1)
         error = {
             "image": f"s3://{bucket}/{key}",
@@ -604,21 +606,28 @@ def _serving_now(settings: Settings, limit: int = 50) -> str:
     Read from the data bucket's ``datasets/`` and one ``DescribeEndpoint`` each (both
     allowed on named resources), not ``ListEndpoints``, which IAM grants only on ``*``.
     """
-    listing = client("s3").list_objects_v2(
-        Bucket=settings.data_bucket, Prefix=naming.DATASETS_PREFIX, MaxKeys=1000
-    )
-    names = sorted(
-        {
-            naming.pipeline_name(item["Key"])
-            for item in listing.get("Contents", [])
-            if item["Key"].lower().endswith(".zip")
-        }
-    )[:limit]
-    serving = []
-    for name in names:
-        described = _describe_endpoint(settings.endpoint_for(name))
-        if described and described.get("EndpointStatus") in ("InService", "Updating"):
-            serving.append(name)
+    try:
+        listing = client("s3").list_objects_v2(
+            Bucket=settings.data_bucket, Prefix=naming.DATASETS_PREFIX, MaxKeys=1000
+        )
+        names = sorted(
+            {
+                naming.pipeline_name(item["Key"])
+                for item in listing.get("Contents", [])
+                if item["Key"].lower().endswith(".zip")
+            }
+        )[:limit]
+        serving = []
+        for name in names:
+            described = _describe_endpoint(settings.endpoint_for(name))
+            if described and described.get("EndpointStatus") in ("InService", "Updating"):
+                serving.append(name)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise
+        # The image still gets its error file; the list is a courtesy.
+        logger.warning("cannot list the serving datasets: %s", exc)
+        return f"the serving datasets cannot be listed ({_reason(exc)})"
     if not serving:
         return "no dataset is serving yet"
     return "serving: " + ", ".join(f"{n} ({naming.IMAGES_PREFIX}{n}/)" for n in serving)

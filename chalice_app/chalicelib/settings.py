@@ -131,6 +131,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        for retired, successor in RETIRED.items():
+            if env.get(retired):
+                raise SettingsError(f"{retired} is no longer read: {successor}")
         values: dict = {}
         for name, spec in ENVIRONMENT.items():
             if name in env and env[name] != "":
@@ -247,6 +250,11 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+# Settings an older sagedrop read: set, they would be ignored without a word.
+RETIRED = {
+    "ENDPOINT_NAME": "each dataset now has its own endpoint <ENDPOINT_PREFIX>-<dataset>; "
+    "set ENDPOINT_PREFIX instead",
+}
 # Environment variable → (attribute, parser). The README lists them with their defaults.
 ENVIRONMENT: dict[str, tuple[str, object]] = {
     "DATA_BUCKET": ("data_bucket", str),

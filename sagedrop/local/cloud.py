@@ -161,12 +161,7 @@ class LocalCloud:
         self.stop()
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, interval=0.2) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(interval)
-        return predicate()
+        return wait_until(predicate, timeout, interval)
 
     def _take_lock(self) -> None:
         handle = open(self.root / "up.lock", "w")  # noqa: SIM115 - held until stop()
@@ -188,6 +183,16 @@ class LocalCloud:
                 with contextlib.suppress(ValueError):
                     self._replaced_streams.append((handler, handler.setStream(stream)))
         self._log_stream = stream
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """True as soon as ``predicate()`` is; its last answer once ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 def _import_app():

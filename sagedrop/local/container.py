@@ -49,11 +49,22 @@ def hyperparameters(request: dict, code_archive: Path) -> dict[str, str]:
     built by hand may not. The local path keeps the encoding the request used.
     """
     values = dict(request.get("HyperParameters", {}))
-    given = values.get(SUBMIT_DIRECTORY)
-    if given is not None:
-        encoded = given.startswith('"')
+    if SUBMIT_DIRECTORY in values:
+        _, encoded = submit_directory(request)
         values[SUBMIT_DIRECTORY] = json.dumps(str(code_archive)) if encoded else str(code_archive)
     return values
+
+
+def submit_directory(request: dict) -> tuple[str, bool]:
+    """The code archive's URI, and whether the request JSON-encoded it (as the SDK does)."""
+    given = request.get("HyperParameters", {}).get(SUBMIT_DIRECTORY)
+    if not given:
+        raise ValueError(f"hyperparameter {SUBMIT_DIRECTORY} is missing")
+    try:
+        decoded = json.loads(given)
+    except ValueError:
+        return given, False
+    return (decoded, True) if isinstance(decoded, str) else (given, False)
 
 
 def input_data_config(request: dict) -> dict:

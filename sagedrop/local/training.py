@@ -185,10 +185,7 @@ class TrainingRun:
     def _download_code(self) -> Path:
         """The code archive, copied out of its bucket: the runner unpacks it (SageMaker's
         runner would download it from S3 itself), and a later upload cannot change it."""
-        uri = self.request.get("HyperParameters", {}).get(container.SUBMIT_DIRECTORY)
-        if not uri:
-            raise ValueError(f"hyperparameter {container.SUBMIT_DIRECTORY} is missing")
-        uri = uri.strip('"')
+        uri, _ = container.submit_directory(self.request)
         parsed = urlparse(uri)
         if parsed.scheme != "s3":
             raise ValueError(f"{container.SUBMIT_DIRECTORY} must be an s3:// URI, not {uri!r}")
