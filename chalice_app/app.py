@@ -88,6 +88,18 @@ def on_endpoint_changed(event):
     return flow.handle(event.context, "endpoint", flow.endpoint_changed, _detail(event))
 
 
+@app.on_cw_event({
+    "source": [SAGEMAKER],
+    "detail-type": ["SageMaker Model Package State Change"],
+    "detail": {
+        "ModelPackageGroupName": [{"prefix": f"{ENDPOINT_PREFIX}-"}],
+        "ModelApprovalStatus": ["Approved", "Rejected"],
+    },
+})  # fmt: skip
+def on_model_package_changed(event):
+    return flow.handle(event.context, "deploy", flow.model_package_changed, _detail(event))
+
+
 # S3 (and so Chalice) allows one suffix per notification rule, matched case-sensitively:
 # one handler per image type and spelling (cameras write IMG_0001.JPG).
 def _predict(event):

@@ -15,7 +15,7 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from chalicelib import clients, flow, naming, notify, requests
+from chalicelib import clients, flow, naming, notify, registry, requests
 from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
@@ -27,8 +27,32 @@ DATA, INFERENCE = "sagedrop-data", "sagedrop-inference"
 ARN = "arn:aws:sagemaker:eu-west-1:123456789012"
 
 
+REGISTRY_CALLS = frozenset(
+    {
+        "create_model_package_group",
+        "describe_model_package_group",
+        "create_model_package",
+        "describe_model_package",
+        "list_model_packages",
+        "update_model_package",
+    }
+)
+
+
+class SageMaker:
+    """One SageMaker client for the flow: Model Registry calls go to moto (which
+    implements them, through botocore's real client), the rest to the Stubber."""
+
+    def __init__(self, stubbed, registry_client):
+        self._stubbed, self._registry = stubbed, registry_client
+
+    def __getattr__(self, name: str):
+        return getattr(self._registry if name in REGISTRY_CALLS else self._stubbed, name)
+
+
 class Cloud:
-    """moto for S3/SNS/SQS, Stubbers for SageMaker, all handed to the flow via clients."""
+    """moto for S3/SNS/SQS and Model Registry, Stubbers for the rest of SageMaker, all
+    handed to the flow via clients."""
 
     def __init__(self):
         self.s3 = boto3.client("s3", region_name=REGION)
@@ -47,10 +71,11 @@ class Cloud:
         self.runtime = boto3.client("sagemaker-runtime", region_name=REGION)
         self.stub = Stubber(self.sagemaker)
         self.runtime_stub = Stubber(self.runtime)
+        self.registry = boto3.client("sagemaker", region_name=REGION)
         self.clients = {
             "s3": self.s3,
             "sns": sns,
-            "sagemaker": self.sagemaker,
+            "sagemaker": SageMaker(self.sagemaker, self.registry),
             "sagemaker-runtime": self.runtime,
         }
         self.settings = Settings(
@@ -201,8 +226,17 @@ def test_tuning_completed_starts_the_debug_job(cloud):
     cloud.stub.add_response(
         "describe_hyper_parameter_tuning_job", described, {"HyperParameterTuningJobName": name}
     )
+    serverless = {"Key": requests.TAG_SERVING, "Value": "serverless:2048:4"}
+    cloud.stub.add_response(
+        "list_tags",
+        {"Tags": [serverless]},
+        {"ResourceArn": described["HyperParameterTuningJobArn"]},
+    )
     upload = requests.Upload(DATA, "datasets/pets.zip", "")
-    expected = requests.debug_training_job_request(cloud.settings, upload, described)
+    expected = requests.debug_training_job_request(
+        cloud.settings, upload, described, "serverless:2048:4"
+    )
+    assert serverless in expected["Tags"]  # the dataset's choice travels to the gate
     cloud.stub.add_response(
         "create_training_job",
         {"TrainingJobArn": f"{ARN}:training-job/sdd-pets"},
@@ -268,11 +302,10 @@ def model_archive(
     return buffer.getvalue()
 
 
-def debug_job(cloud, test_accuracy, rules, archive=True, model=None):
+def debug_job(cloud, test_accuracy, rules, archive=True, model=None, name="sdd-pets-1234abcd"):
     """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
     and, when ``archive``, rules.json with the details in its output.tar.gz; its dataset
     zip and model artifact (``model``: the archive's bytes) are in the data bucket."""
-    name = "sdd-pets-1234abcd"
     prefix = f"jobs/{name}"
     cloud.put_zip("datasets/pets.zip", layout())
     cloud.s3.put_object(
@@ -347,9 +380,9 @@ def stub_serving_endpoint(cloud):
     )
 
 
-def serving(cloud, accuracy, same_classes=True):
-    """The pets endpoint serves a model of ``accuracy`` (of the same classes, or not)."""
-    stub_serving_endpoint(cloud)
+def serving_model(cloud, package_version: int | None, tags=()):
+    """DescribeEndpointConfig, DescribeModel and ListTags of the model serving 'old-config'
+    (registered as ``package_version``, or from before the registry)."""
     cloud.stub.add_response(
         "describe_endpoint_config",
         {
@@ -367,16 +400,52 @@ def serving(cloud, accuracy, same_classes=True):
             "CreationTime": "2026-11-20T10:00:00Z",
         },
     )
+    tags = list(tags)
+    if package_version is not None:
+        package = f"{ARN}:model-package/sagedrop-pets/{package_version}"
+        tags.append({"Key": requests.TAG_MODEL_PACKAGE, "Value": package})
+    cloud.stub.add_response("list_tags", {"Tags": tags})
+
+
+def serving(cloud, accuracy, same_classes=True):
+    """The pets endpoint serves a model of ``accuracy`` (of the same classes, or not)."""
+    stub_serving_endpoint(cloud)
     zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
     classes = inspect_zip(io.BytesIO(zipped)).classes if same_classes else ["other"]
     tags = [
         {"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
         {"Key": requests.TAG_CLASSES, "Value": requests.classes_digest(classes)},
     ]
-    cloud.stub.add_response("list_tags", {"Tags": tags})
+    serving_model(cloud, None, tags)
 
 
-def test_gate_blocks_a_worse_model(cloud):
+def training_tags(cloud, tags=()):
+    """ListTags of the debug job: its sagedrop:serving tag (none: the stage's setting)."""
+    cloud.stub.add_response("list_tags", {"Tags": list(tags)})
+
+
+def gate(cloud, name, settings=None) -> str:
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    return flow.training_finished(detail, settings or cloud.settings)
+
+
+def versions(cloud) -> list[registry.Version]:
+    return registry.versions(cloud.registry, "sagedrop-pets")
+
+
+def approval_event(cloud, version: int, status: str, settings=None) -> str:
+    """The "SageMaker Model Package State Change" event for one version."""
+    [package] = [v for v in versions(cloud) if v.number == version]
+    detail = {
+        "ModelPackageGroupName": "sagedrop-pets",
+        "ModelPackageArn": package.arn,
+        "ModelPackageVersion": version,
+        "ModelApprovalStatus": status,
+    }
+    return flow.model_package_changed(detail, settings or cloud.settings)
+
+
+def test_gate_registers_a_worse_model_as_rejected(cloud):
     name, described = debug_job(
         cloud,
         0.80,
@@ -384,14 +453,32 @@ def test_gate_blocks_a_worse_model(cloud):
     )
     cloud.stub.add_response("describe_training_job", described, {"TrainingJobName": name})
     serving(cloud, 0.90)
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "blocked"
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
     [message] = cloud.messages()
     assert message["decision"] == "blocked"
     assert "worse than the serving model's 0.9000" in message["reasons"][0]
+    [version] = versions(cloud)
+    assert (version.number, version.approval, version.debug_job) == (1, "Rejected", name)
+    assert "worse than the serving model's 0.9000" in version.description
+    assert version.test_accuracy == 0.8 and version.rules == "VanishingGradient=NoIssuesFound"
+    # a Rejected version deploys nothing
+    assert approval_event(cloud, 1, "Rejected") == "none-approved"
 
 
-def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
+def test_a_repeated_gate_event_registers_one_version(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    cloud.stub.add_response("describe_training_job", described)
+    assert gate(cloud, name) == "duplicate"
+    assert [v.number for v in versions(cloud)] == [1]
+    assert len(cloud.messages()) == 1
+
+
+def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
     name, described = debug_job(
         cloud,
         0.95,
@@ -405,37 +492,38 @@ def test_gate_blocks_on_a_blocking_rule_and_deploys_a_good_model(cloud):
     )
     cloud.stub.add_response("describe_training_job", described)
     serving(cloud, 0.90)
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "blocked"
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
     assert "NaN in fc.weight" in cloud.messages()[0]["reasons"][0]
 
-    name, described = debug_job(cloud, 0.95, [])
+    name, described = debug_job(cloud, 0.95, [], name="sdd-pets-5678abcd")
     cloud.stub.add_response("describe_training_job", described)
     serving(cloud, 0.90)
-    upload = requests.Upload(DATA, "datasets/pets.zip", "")
-    zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
-    classes = inspect_zip(io.BytesIO(zipped)).classes
-    model = requests.model_request(cloud.settings, upload, described, 0.95, classes)
-    config = requests.endpoint_config_request(cloud.settings, name, model["ModelName"])
-    cloud.stub.add_response(
-        "create_model",
-        {"ModelArn": f"{ARN}:model/new-model"},
-        model,
-    )
-    cloud.stub.add_response(
-        "create_endpoint_config",
-        {"EndpointConfigArn": f"{ARN}:endpoint-config/old-config"},
-        config,
-    )
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    [message] = cloud.messages()
+    assert message["status"] == "approved" and "version 2 of sagedrop-pets" in message["summary"]
+    [good, blocked] = versions(cloud)
+    assert (good.approval, blocked.approval) == ("Approved", "Rejected")
+    package = registry.describe(cloud.registry, good.arn)
+    model = requests.model_request(cloud.settings, package)
+    config = requests.endpoint_config_request(name, model["ModelName"], "instance:ml.m5.large:1")
+    assert model["PrimaryContainer"]["Environment"]["SAGEDROP_MODEL_VERSION"] == "2"
     stub_serving_endpoint(cloud)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/new-model"}, model)
+    cloud.stub.add_response(
+        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}, config
+    )
+    serving_model(cloud, package_version=None)
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
         requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
-    assert flow.training_finished(detail, cloud.settings) == "updating"
+    assert approval_event(cloud, 2, "Approved") == "updating"
     [message] = cloud.messages()
-    assert message["status"] == "deployed" and message["decision"] == "deploy (updating endpoint)"
+    assert (message["stage"], message["status"]) == ("deploy", "deploying")
+    assert message["decision"] == "serve version 2 (updating endpoint)"
 
 
 def test_endpoint_states_in_both_spellings(cloud):
@@ -508,19 +596,24 @@ def test_failed_invocation_writes_an_error_file(cloud):
     assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
 
 
+MISSING_ENDPOINT = {
+    "service_error_code": "ValidationException",
+    "service_message": 'Could not find endpoint "sagedrop-pets".',
+    "http_status_code": 400,
+}
+
+
+def missing_endpoint(cloud):
+    cloud.stub.add_client_error("describe_endpoint", **MISSING_ENDPOINT)
+
+
 def stub_first_deployment(cloud):
     """No endpoint yet: model, config, then CreateEndpoint."""
-    missing = {
-        "service_error_code": "ValidationException",
-        "service_message": 'Could not find endpoint "sagedrop-pets".',
-        "http_status_code": 400,
-    }
-    cloud.stub.add_client_error("describe_endpoint", **missing)
+    missing_endpoint(cloud)
     cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
     cloud.stub.add_response(
         "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
     )
-    cloud.stub.add_client_error("describe_endpoint", **missing)
     cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"})
 
 
@@ -531,10 +624,11 @@ def test_gate_reads_verdicts_from_metrics_even_without_the_archive(cloud):
     name, described = debug_job(cloud, 0.95, [issue], archive=False)
     cloud.stub.add_response("describe_training_job", described)
     serving(cloud, 0.90)
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "blocked"
-    [reason] = cloud.messages()[0]["reasons"]
-    assert "VanishingGradient found issues: see rules.json and report.html in s3://" in reason
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    reasons = cloud.messages()[0]["reasons"]
+    assert "VanishingGradient found issues: see rules.json and report.html in s3://" in reasons[0]
+    assert "output.tar.gz cannot be read" in reasons[-1]
 
 
 def test_non_blocking_rule_issues_are_reported_but_deploy(cloud):
@@ -548,11 +642,20 @@ def test_non_blocking_rule_issues_are_reported_but_deploy(cloud):
     ]
     name, described = debug_job(cloud, 0.95, rules)
     cloud.stub.add_response("describe_training_job", described)
-    stub_first_deployment(cloud)
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "creating"
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
     reasons = cloud.messages()[0]["reasons"]
     assert "non-blocking rules found issues: Overfit" in reasons
+    package = registry.describe(cloud.registry, versions(cloud)[0].arn)
+    rules_uri = package["ModelMetrics"]["ModelQuality"]["Constraints"]["S3Uri"]
+    key = rules_uri.removeprefix(f"s3://{DATA}/")
+    copied = json.loads(cloud.s3.get_object(Bucket=DATA, Key=key)["Body"].read())
+    assert copied[0]["StatusDetails"] == "epoch 3: ratio 0.4 > 0.1"
+    statistics = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    key = statistics.removeprefix(f"s3://{DATA}/")
+    quality = json.loads(cloud.s3.get_object(Bucket=DATA, Key=key)["Body"].read())
+    assert quality["multiclass_classification_metrics"]["accuracy"]["value"] == 0.95
 
 
 def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
@@ -564,19 +667,71 @@ def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
         service_message="not authorized",
         http_status_code=400,
     )
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     with pytest.raises(ClientError, match="AccessDenied"):
-        flow.training_finished(detail, cloud.settings)
-    assert cloud.messages() == []  # nothing deployed, nothing claimed
+        gate(cloud, name)
+    assert cloud.messages() == []  # nothing registered, nothing claimed
+    assert versions(cloud) == []
 
 
 def test_first_model_creates_the_endpoint(cloud):
     name, described = debug_job(cloud, 0.95, [])
     cloud.stub.add_response("describe_training_job", described)
-    stub_first_deployment(cloud)
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "creating"
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
     assert "no model is serving yet" in cloud.messages()[0]["reasons"]
+    stub_first_deployment(cloud)
+    assert approval_event(cloud, 1, "Approved") == "creating"
+    assert cloud.messages()[0]["summary"] == (
+        "Endpoint sagedrop-pets creating to serve version 1 of pets."
+    )
+
+
+def test_manual_approval_deploys_on_approval_only(cloud):
+    manual = replace(cloud.settings, model_approval="manual")
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name, manual) == "pending-approval"
+    [message] = cloud.messages()
+    assert "sagedrop approve pets --version 1" in message["summary"]
+    assert versions(cloud)[0].approval == "PendingManualApproval"
+    assert approval_event(cloud, 1, "PendingManualApproval", manual) == "ignored"
+    cloud.stub.assert_no_pending_responses()  # nothing was deployed
+    package = registry.describe(cloud.registry, versions(cloud)[0].arn)
+    registry.set_approval(cloud.registry, package, "Approved", "looked fine")
+    stub_first_deployment(cloud)
+    assert approval_event(cloud, 1, "Approved", manual) == "creating"
+
+
+def test_rejecting_the_serving_version_rolls_back_to_the_one_before(cloud):
+    for number, job in enumerate(("sdd-pets-1111aaaa", "sdd-pets-2222bbbb"), start=1):
+        name, described = debug_job(cloud, 0.95, [], name=job)
+        cloud.stub.add_response("describe_training_job", described)
+        missing_endpoint(cloud)
+        training_tags(cloud)
+        assert gate(cloud, name) == "approved"
+    v2 = versions(cloud)[0]
+    package = registry.describe(cloud.registry, v2.arn)
+    registry.set_approval(cloud.registry, package, "Rejected", "rolled back to version 1")
+    stub_serving_endpoint(cloud)  # serving version 2 on 'old-config'
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:ec/c"})
+    serving_model(cloud, package_version=2)
+    cloud.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
+        requests.update_endpoint_request(
+            "sagedrop-pets", naming.endpoint_config_name("sdd-pets-1111aaaa")
+        ),
+    )
+    cloud.messages()
+    assert approval_event(cloud, 2, "Rejected") == "updating"
+    [message] = cloud.messages()
+    assert message["status"] == "rollback"
+    assert "version 1 of pets: a rollback from version 2" in message["summary"]
+    assert message["reasons"] == ["version 2 was rejected: rolled back to version 1"]
 
 
 def test_gate_says_which_blocking_rules_could_not_be_evaluated():
@@ -591,16 +746,28 @@ def test_the_gate_never_compares_models_of_other_classes(cloud):
     name, described = debug_job(cloud, 0.70, [])
     cloud.stub.add_response("describe_training_job", described)
     serving(cloud, 0.99, same_classes=False)
-    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
-    cloud.stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:ec/c"})
-    stub_serving_endpoint(cloud)  # create or update: the endpoint exists
-    cloud.stub.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"})
-    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
-    assert flow.training_finished(detail, cloud.settings) == "updating"
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
     reasons = " ".join(cloud.messages()[0]["reasons"])
     assert "not compared with the model serving sagedrop-pets (old-model): its classes differ" in (
         reasons
     )
+
+
+def test_a_throttled_image_says_so_and_is_retried(cloud):
+    """SageMaker's throttling (a serverless endpoint at its MaxConcurrency) is worth
+    Lambda's retries; meanwhile the image's .error.json says why it has no answer."""
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/a.jpg", Body=jpeg_bytes())
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400
+    )
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        flow.image_uploaded(INFERENCE, "images/pets/a.jpg", cloud.settings)
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/a.jpg.error.json")["Body"].read()
+    )
+    assert error["error"].startswith("ThrottlingException: ")
+    assert "MaxConcurrency" in error["error"] and "retried" in error["error"]
 
 
 def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):

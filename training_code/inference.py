@@ -114,6 +114,8 @@ def model_fn(model_dir: str) -> LoadedModel:
     }
     if os.environ.get("SAGEDROP_MODEL_NAME"):
         info["name"] = os.environ["SAGEDROP_MODEL_NAME"]
+    if os.environ.get("SAGEDROP_MODEL_VERSION", "").isdigit():  # its Model Registry version
+        info["version"] = int(os.environ["SAGEDROP_MODEL_VERSION"])
     _current = LoadedModel(
         network=network,
         labels=labels,

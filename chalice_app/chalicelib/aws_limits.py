@@ -73,3 +73,66 @@ def parameter_ranges_problem(strategy: str, ranges: dict) -> str | None:
                 f"[{spec['MinValue']}, {spec['MaxValue']}]"
             )
     return None
+
+
+# Model Registry: ModelPackageDescription and ApprovalDescription are at most 1,024
+# characters of [\p{L}\p{M}\p{Z}\p{S}\p{N}\p{P}]* (no control characters, so no newlines);
+# CustomerMetadataProperties hold at most 50 entries, keys 1-128 and values 1-256
+# characters of the tag pattern.
+DESCRIPTION_MAX = 1024
+METADATA_ENTRIES_MAX = 50
+METADATA_KEY_MAX = 128
+METADATA_VALUE_MAX = 256
+# ProductionVariantServerlessConfig: MemorySizeInMB in 1 GB steps from 1024 to 6144;
+# MaxConcurrency and ProvisionedConcurrency 1-200 (provisioned <= max).
+SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
+SERVERLESS_CONCURRENCY_MAX = 200
+
+
+def description(text: str) -> str:
+    """``text`` as a valid description: whitespace runs become one space, other control
+    characters are dropped, and a cut text ends in an ellipsis."""
+    flat = " ".join(text.split())
+    kept = "".join(c for c in flat if unicodedata.category(c)[0] in "LMZSNP")
+    return kept if len(kept) <= DESCRIPTION_MAX else kept[: DESCRIPTION_MAX - 1] + "…"
+
+
+def description_problem(what: str, text: str) -> str | None:
+    if len(text) > DESCRIPTION_MAX:
+        return f"{what} is {len(text)} characters; at most {DESCRIPTION_MAX}"
+    bad = sorted({c for c in text if unicodedata.category(c)[0] not in "LMZSNP"})
+    if bad:
+        return f"{what} holds characters SageMaker refuses: {', '.join(map(repr, bad))}"
+    return None
+
+
+def metadata_problem(properties: dict) -> str | None:
+    """Why SageMaker would refuse these ``CustomerMetadataProperties``, or None."""
+    if len(properties) > METADATA_ENTRIES_MAX:
+        return f"{len(properties)} metadata properties; at most {METADATA_ENTRIES_MAX}"
+    for key, value in properties.items():
+        for text, limit in ((key, METADATA_KEY_MAX), (value, METADATA_VALUE_MAX)):
+            if not 1 <= len(text) <= limit or not all(map(tag_character_allowed, text)):
+                return (
+                    f"metadata property {key!r}: keys (1-{METADATA_KEY_MAX}) and values "
+                    f"(1-{METADATA_VALUE_MAX}) are letters, digits, spaces or _.:/=+-@"
+                )
+    return None
+
+
+def serverless_problem(config: dict) -> str | None:
+    """Why SageMaker would refuse this ``ServerlessConfig``, or None."""
+    memory = config.get("MemorySizeInMB")
+    if memory not in SERVERLESS_MEMORY_SIZES:
+        sizes = ", ".join(map(str, SERVERLESS_MEMORY_SIZES))
+        return f"serverless MemorySizeInMB must be one of {sizes}, not {memory!r}"
+    most = config.get("MaxConcurrency")
+    if not isinstance(most, int) or not 1 <= most <= SERVERLESS_CONCURRENCY_MAX:
+        return (
+            f"serverless MaxConcurrency must be between 1 and {SERVERLESS_CONCURRENCY_MAX}, "
+            f"not {most!r}"
+        )
+    provisioned = config.get("ProvisionedConcurrency")
+    if provisioned is not None and not (isinstance(provisioned, int) and 1 <= provisioned <= most):
+        return f"serverless ProvisionedConcurrency must be between 1 and MaxConcurrency ({most})"
+    return None

@@ -8,7 +8,6 @@ Every outcome, good or bad, ends in one SNS notice.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import tarfile
@@ -22,7 +21,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import bounded_json, naming, requests, training_failure
+from chalicelib import bounded_json, job_reports, naming, registry, requests, training_failure
 from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, inspect_zip
@@ -244,7 +243,8 @@ def tuning_finished(detail: dict, settings: Settings | None = None) -> str:
             ),
         )
         return "failed"
-    request = requests.debug_training_job_request(settings, upload, tuning)
+    serving = _tag(sagemaker, tuning.get("HyperParameterTuningJobArn"), requests.TAG_SERVING)
+    request = requests.debug_training_job_request(settings, upload, tuning, serving)
     try:
         sagemaker.create_training_job(**request)
     except ClientError as exc:
@@ -310,11 +310,22 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         )
         return "failed"
     final = {m["MetricName"]: m["Value"] for m in training.get("FinalMetricDataList", [])}
+    pipeline = naming.pipeline_name(upload.key)
+    group = naming.model_package_group(settings.endpoint_prefix, pipeline)
+    registry.ensure_group(sagemaker, group, pipeline)
+    if registry.version_of_job(sagemaker, group, name) is not None:
+        logger.info("%s is already registered in %s: duplicate event", name, group)
+        return "duplicate"
     test_accuracy = final.get("test_accuracy")
     rules = rule_statuses(final)
-    if rules and any(r["RuleEvaluationStatus"] == ISSUES_FOUND for r in rules):
-        _add_rule_details(training, rules)
-    endpoint = settings.endpoint_for(naming.pipeline_name(upload.key))
+    reports = job_reports.publish(client("s3"), training, final)
+    for problem in reports.problems:
+        logger.warning("debug job reports: %s", problem)
+    for rule in rules or []:
+        if rule["RuleEvaluationStatus"] == ISSUES_FOUND:
+            fallback = f"see rules.json and report.html in {job_reports.output_archive(training)}"
+            rule["StatusDetails"] = reports.details.get(rule["RuleConfigurationName"]) or fallback
+    endpoint = settings.endpoint_for(pipeline)
     problems, classes = _unservable(training, upload)
     serving_accuracy, not_compared = _serving_accuracy(endpoint, classes)
     decision = quality_gate(
@@ -328,24 +339,130 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
     )
     if not_compared:
         decision.reasons.append(not_compared)
-    shown = {k: v for k, v in final.items() if k.startswith(("test_", "valid_"))}
     if not decision.deploy:
-        _notify(
-            settings,
-            Notice(
-                stage="gate",
-                status="blocked",
-                dataset=upload.uri,
-                jobs=jobs,
-                metrics=shown,
-                decision="blocked",
-                reasons=decision.reasons,
-                summary=f"Model from {name} was not deployed: the quality gate blocked it.",
-            ),
-        )
-        return "blocked"
-    model = requests.model_request(settings, upload, training, test_accuracy, classes)
-    config = requests.endpoint_config_request(settings, name, model["ModelName"])
+        approval = registry.REJECTED
+    elif settings.model_approval == "manual":
+        approval = registry.PENDING
+    else:
+        approval = registry.APPROVED
+    serving = _tag(sagemaker, training.get("TrainingJobArn"), requests.TAG_SERVING)
+    request = requests.model_package_request(
+        settings,
+        upload,
+        training,
+        group,
+        approval,
+        f"{approval} by the quality gate for {name}: " + "; ".join(decision.reasons),
+        test_accuracy,
+        rules,
+        classes,
+        reports.uris,
+        serving or requests.serving_tag(settings),
+    )
+    arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
+    version = arn.rsplit("/", 1)[-1]
+    metrics.add_metric(name=f"ModelVersions{approval}", unit=MetricUnit.Count, value=1)
+    jobs.update({"model package": arn, "endpoint": endpoint})
+    shown = {k: v for k, v in final.items() if k.startswith(("test_", "valid_"))}
+    outcome = {
+        registry.REJECTED: (
+            "blocked",
+            f"Model from {name} is version {version} of {group}, Rejected: the quality gate "
+            f"blocked it; {endpoint} keeps serving what it serves.",
+        ),
+        registry.PENDING: (
+            "pending-approval",
+            f"Model from {name} passed the gate and is version {version} of {group}, waiting "
+            f"for approval: `sagedrop approve {pipeline} --version {version}` (or approve it "
+            "in SageMaker Studio) deploys it.",
+        ),
+        registry.APPROVED: (
+            "approved",
+            f"Model from {name} passed the gate and is version {version} of {group}, Approved: "
+            f"{endpoint} will serve it.",
+        ),
+    }
+    status, summary = outcome[approval]
+    _notify(
+        settings,
+        Notice(
+            stage="gate",
+            status=status,
+            dataset=upload.uri,
+            jobs=jobs,
+            metrics=shown,
+            decision=decision.verdict,
+            reasons=decision.reasons + [f"report: {p}" for p in reports.problems],
+            summary=summary,
+        ),
+    )
+    return status
+
+
+def _tag(sagemaker, arn: str | None, key: str) -> str | None:
+    """One tag of a SageMaker resource, or None (no ARN, or no such tag)."""
+    if not arn:
+        return None
+    tags = sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
+    return next((t["Value"] for t in tags if t["Key"] == key), None)
+
+
+def model_package_changed(detail: dict, settings: Settings | None = None) -> str:
+    """A version was registered, approved or rejected: serve the newest approved one.
+
+    Approving a version (the gate, a person in SageMaker Studio, ``sagedrop approve``)
+    deploys it; rejecting the serving one (``sagedrop rollback``) brings back the newest
+    approved before it. The decision reads the registry, not the event, so repeated or
+    reordered events all lead to the same endpoint.
+    """
+    settings = settings or Settings.from_env()
+    group = detail.get("ModelPackageGroupName", "")
+    pipeline = naming.pipeline_of_group(settings.endpoint_prefix, group)
+    if pipeline is None or detail.get("ModelApprovalStatus") not in (
+        registry.APPROVED,
+        registry.REJECTED,
+    ):
+        return "ignored"
+    arn = detail.get("ModelPackageArn", "")
+    logger.append_keys(model_package=arn)
+    because = ""
+    if detail.get("ModelApprovalStatus") == registry.REJECTED and arn:
+        rejected = registry.describe(client("sagemaker"), arn)
+        why = rejected.get("ApprovalDescription") or rejected.get("ModelPackageDescription", "")
+        because = f"version {rejected['ModelPackageVersion']} was rejected: {why}"
+    return deploy_latest(settings, pipeline, because)
+
+
+def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> str:
+    """Make the dataset's endpoint serve its newest approved version; say so when it
+    changes (``because``: what changed in the registry, for the notice). An endpoint busy
+    creating or updating is left alone: its "in service" event calls this again."""
+    sagemaker = client("sagemaker")
+    group = naming.model_package_group(settings.endpoint_prefix, pipeline)
+    endpoint = settings.endpoint_for(pipeline)
+    package = registry.latest_approved(sagemaker, group)
+    if package is None:
+        logger.info("no approved version in %s: %s is left as it is", group, endpoint)
+        return "none-approved"
+    properties = package.get("CustomerMetadataProperties", {})
+    version = package["ModelPackageVersion"]
+    model = requests.model_request(settings, package)
+    config = requests.endpoint_config_request(
+        properties[requests.META_DEBUG_JOB],
+        model["ModelName"],
+        properties.get(requests.META_SERVING) or requests.serving_tag(settings),
+    )
+    config_name = config["EndpointConfigName"]
+    described = _describe_endpoint(endpoint)
+    if described and described["EndpointConfigName"] == config_name:
+        return "unchanged"
+    if described and described["EndpointStatus"] not in ("InService", "Failed"):
+        logger.info("%s is %s: version %s follows when it is in service", endpoint,
+                    described["EndpointStatus"], version)  # fmt: skip
+        return "waiting"
+    if described and config_name in (described.get("FailureReason") or ""):
+        logger.warning("%s already failed to serve %s; not trying again", endpoint, config_name)
+        return "failed-before"
     for create, request in (
         (sagemaker.create_model, model),
         (sagemaker.create_endpoint_config, config),
@@ -355,22 +472,46 @@ def training_finished(detail: dict, settings: Settings | None = None) -> str:
         except ClientError as exc:
             if not _already_exists(exc):
                 raise
-    action = _create_or_update_endpoint(endpoint, config["EndpointConfigName"])
-    jobs.update(model=model["ModelName"], endpoint=endpoint)
+    previous = _serving_version(described)
+    action = _create_or_update_endpoint(endpoint, config_name, described)
+    change = "" if previous is None else f", replacing version {previous}"
+    if previous is not None and previous > version:
+        change = f": a rollback from version {previous}"
     _notify(
         settings,
         Notice(
-            stage="gate",
-            status="deployed",
-            dataset=upload.uri,
-            jobs=jobs,
-            metrics=shown,
-            decision=f"deploy ({action} endpoint)",
-            reasons=decision.reasons,
-            summary=(f"Model from {name} passed the gate; endpoint {endpoint}: {action}."),
+            stage="deploy",
+            status="rollback" if previous is not None and previous > version else "deploying",
+            dataset=properties.get(requests.META_DATASET, pipeline),
+            jobs={
+                "model package": package["ModelPackageArn"],
+                "model": model["ModelName"],
+                "endpoint": endpoint,
+            },
+            decision=f"serve version {version} ({action} endpoint)",
+            reasons=[
+                because
+                or package.get("ApprovalDescription")
+                or package.get("ModelPackageDescription", "")
+            ],
+            summary=(
+                f"Endpoint {endpoint} {action} to serve version {version} of {pipeline}{change}."
+            ),
         ),
     )
     return action
+
+
+def _serving_version(described: dict | None) -> int | None:
+    """The registry version an endpoint serves now (its model's ``sagedrop:model-package``
+    tag), or None."""
+    if not described:
+        return None
+    sagemaker = client("sagemaker")
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    arn = _tag(sagemaker, model["ModelArn"], requests.TAG_MODEL_PACKAGE)
+    return int(arn.rsplit("/", 1)[-1]) if arn and arn.rsplit("/", 1)[-1].isdigit() else None
 
 
 def _unservable(training: dict, upload: requests.Upload) -> tuple[list[str], list[str] | None]:
@@ -396,28 +537,6 @@ def _unservable(training: dict, upload: requests.Upload) -> tuple[list[str], lis
         problems = "; ".join(report.problems[:3])
         return [f"the dataset {upload.uri} can no longer be checked: {problems}"], None
     return artifact_problems(sizes, documents, report.classes), list(report.classes)
-
-
-def _add_rule_details(training: dict, rules: list[dict]) -> None:
-    """Say *why* a rule found issues: StatusDetails from the job's rules.json (in
-    output.tar.gz). The verdicts themselves came from the metrics; if the archive cannot
-    be read, the gate still decides and the notice says where to look."""
-    output = training["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-    uri = f"{output}/{training['TrainingJobName']}/output/output.tar.gz"
-    parsed = urlparse(uri)
-    details: dict[str, str] = {}
-    try:
-        body = client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
-        with tarfile.open(fileobj=io.BytesIO(body.read()), mode="r:gz") as archive:
-            for member in archive.getmembers():
-                if member.isfile() and member.name.lstrip("./") == "rules.json":
-                    for entry in json.load(archive.extractfile(member)):
-                        details[entry["RuleConfigurationName"]] = entry.get("StatusDetails", "")
-    except (ClientError, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("rule details unavailable from %s: %s", uri, exc)
-    for rule in rules:
-        fallback = f"see rules.json and report.html in {uri}"
-        rule["StatusDetails"] = details.get(rule["RuleConfigurationName"]) or fallback
 
 
 def _serving_accuracy(endpoint: str, classes: list[str] | None) -> tuple[float | None, str]:
@@ -462,9 +581,8 @@ def _describe_endpoint(name: str) -> dict | None:
         raise
 
 
-def _create_or_update_endpoint(endpoint: str, endpoint_config: str) -> str:
+def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: dict | None) -> str:
     sagemaker = client("sagemaker")
-    described = _describe_endpoint(endpoint)
     if described is None:
         sagemaker.create_endpoint(**requests.create_endpoint_request(endpoint, endpoint_config))
         return "creating"
@@ -493,6 +611,8 @@ def endpoint_changed(detail: dict, settings: Settings | None = None) -> str:
                 f"s3://{settings.inference_bucket}/{naming.IMAGES_PREFIX}{pipeline}/.",
             ),
         )
+        # A version approved while the endpoint was busy is served now.
+        deploy_latest(settings, pipeline)
         return "ready"
     if status == "failed":
         reason = detail.get("FailureReason", "no reason given")
@@ -539,6 +659,12 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         )
         result = json.loads(response["Body"].read())
     except (ClientError, ValueError) as exc:
+        if _throttled(exc):
+            # Lambda retries (the image gets its answer then, and this file goes); until
+            # then the image says why it has none.
+            _put_error(s3, bucket, key, pipeline, endpoint, _throttling_reason(exc, endpoint))
+            metrics.add_metric(name="PredictionsThrottled", unit=MetricUnit.Count, value=1)
+            raise
         if is_transient(exc):
             raise  # Lambda retries; the image gets its answer then
         if _exists(s3, bucket, f"{key}.json"):
@@ -551,18 +677,7 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         if endpoint and _endpoint_missing(exc):
             reason = f"no dataset named {pipeline!r} is serving; {_serving_now(settings)}"
         metrics.add_metric(name="PredictionFailures", unit=MetricUnit.Count, value=1)
-        error = {
-            "image": f"s3://{bucket}/{key}",
-            "dataset": pipeline,
-            "endpoint": endpoint,
-            "error": reason,
-        }
-        s3.put_object(
-            Bucket=bucket,
-            Key=f"{key}.error.json",
-            Body=json.dumps(error, indent=2),
-            ContentType="application/json",
-        )
+        _put_error(s3, bucket, key, pipeline, endpoint, reason)
         logger.warning("prediction failed", extra={"reason": reason})
         return "error"
     latency_ms = (time.perf_counter() - started) * 1000
@@ -588,6 +703,32 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         # An earlier attempt failed (endpoint not ready yet); one answer per image.
         s3.delete_object(Bucket=bucket, Key=f"{key}.error.json")
     return "predicted"
+
+
+def _put_error(s3, bucket: str, key: str, pipeline, endpoint, reason: str) -> None:
+    error = {"image": f"s3://{bucket}/{key}", "dataset": pipeline, "endpoint": endpoint,
+             "error": reason}  # fmt: skip
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"{key}.error.json",
+        Body=json.dumps(error, indent=2),
+        ContentType="application/json",
+    )
+
+
+def _throttled(exc: Exception) -> bool:
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "ThrottlingException",
+        "Throttling",
+    )
+
+
+def _throttling_reason(exc: ClientError, endpoint: str | None) -> str:
+    return (
+        f"{_reason(exc)}: {endpoint} is taking as many requests as it may at once (a "
+        "serverless endpoint's MaxConcurrency); this image is retried, and this file is "
+        "replaced by its prediction when a retry succeeds"
+    )
 
 
 def _endpoint_missing(exc: Exception) -> bool:
@@ -646,5 +787,6 @@ def _exists(s3, bucket: str, key: str) -> bool:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+        message = error.get("Message") or "(no message)"
+        return f"{error.get('Code', 'Error')}: {message}"
     return str(exc)

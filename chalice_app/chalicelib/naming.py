@@ -66,6 +66,17 @@ def pipeline_of_endpoint(prefix: str, endpoint: str) -> str | None:
     return endpoint[len(head) :] or None if endpoint.startswith(head) else None
 
 
+def model_package_group(prefix: str, pipeline: str) -> str:
+    """The Model Registry group holding a dataset's model versions: named as its endpoint
+    (model package groups and endpoints are separate namespaces, with the same rules)."""
+    return endpoint_name(prefix, pipeline)
+
+
+def pipeline_of_group(prefix: str, group: str) -> str | None:
+    """The pipeline a model package group belongs to, or None when it is not ours."""
+    return pipeline_of_endpoint(prefix, group)
+
+
 def check_endpoint_prefix(prefix: str) -> str | None:
     """Why ``prefix`` cannot start endpoint names, or None."""
     if len(prefix) > ENDPOINT_PREFIX_MAX or not _NAME_PATTERN.match(prefix):

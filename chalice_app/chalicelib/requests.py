@@ -28,6 +28,18 @@ TAG_DATASET = "sagedrop:dataset"
 TAG_TUNING_JOB = "sagedrop:tuning-job"
 TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
 TAG_CLASSES = "sagedrop:classes"
+TAG_SERVING = "sagedrop:serving"
+TAG_MODEL_PACKAGE = "sagedrop:model-package"
+# CustomerMetadataProperties of a registered version: what `sagedrop models` lists and
+# what deploying it needs, long after the job's dataset zip may have been replaced.
+META_DATASET = "sagedrop:dataset"
+META_DEBUG_JOB = "sagedrop:debug-job"
+META_TEST_ACCURACY = "sagedrop:test-accuracy"
+META_CLASSES = "sagedrop:classes"
+META_RULES = "sagedrop:rules"
+META_SERVING = "sagedrop:serving"
+META_REPORT = "sagedrop:report"
+IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png"]
 # Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
 # sends them); the tuner adds its own ``_tuning_*`` ones.
 SCRIPT_MODE = {"sagemaker_program": json.dumps("train.py"), "sagemaker_container_log_level": "20"}
@@ -127,6 +139,29 @@ def static_hyperparameters(settings: Settings) -> dict[str, str]:
     }
 
 
+def serving_tag(settings: Settings) -> str:
+    """How the dataset's endpoint serves, as one tag value carried from the upload to the
+    gate: ``serverless:<memory MB>:<max concurrency>`` or ``instance:<type>:<count>``."""
+    serverless = settings.serverless_config()
+    if serverless:
+        return f"serverless:{serverless['MemorySizeInMB']}:{serverless['MaxConcurrency']}"
+    return f"instance:{settings.inference_instance_type}:{settings.inference_instance_count}"
+
+
+def serving_variant(tag: str) -> dict:
+    """The production variant's capacity for a ``serving_tag`` value."""
+    kind, first, second = tag.split(":")
+    if kind == "serverless":
+        return {"ServerlessConfig": {"MemorySizeInMB": int(first), "MaxConcurrency": int(second)}}
+    if kind == "instance":
+        return {
+            "InstanceType": first,
+            "InitialInstanceCount": int(second),
+            "InitialVariantWeight": 1.0,
+        }
+    raise ValueError(f"unknown serving kind in {tag!r}")
+
+
 def tuning_job_request(settings: Settings, upload: Upload) -> dict:
     """``CreateHyperParameterTuningJob``: search the ranges, maximise validation accuracy."""
     name = upload.tuning_job_name
@@ -166,15 +201,18 @@ def tuning_job_request(settings: Settings, upload: Upload) -> dict:
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": config,
         "TrainingJobDefinition": definition,
-        "Tags": _tags(upload, name),
+        "Tags": _tags(upload, name, **{TAG_SERVING: serving_tag(settings)}),
     }
 
 
-def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict) -> dict:
+def debug_training_job_request(
+    settings: Settings, upload: Upload, tuning: dict, serving: str | None = None
+) -> dict:
     """``CreateTrainingJob``: the best trial's hyperparameters again, recorded and profiled.
 
     ``tuning`` is the ``DescribeHyperParameterTuningJob`` response: its definition's static
     hyperparameters plus ``BestTrainingJob.TunedHyperParameters``, and ``debug=true``.
+    ``serving`` is the tuning job's ``sagedrop:serving`` tag (the dataset's choice).
     """
     tuning_job = tuning["HyperParameterTuningJobName"]
     name = naming.debug_job_name(tuning_job)
@@ -215,7 +253,7 @@ def debug_training_job_request(settings: Settings, upload: Upload, tuning: dict)
         },
         "StoppingCondition": definition["StoppingCondition"],
         "TensorBoardOutputConfig": {"S3OutputPath": f"{output_path}/tensorboard"},
-        "Tags": _tags(upload, tuning_job),
+        "Tags": _tags(upload, tuning_job, **{TAG_SERVING: serving or serving_tag(settings)}),
     }
 
 
@@ -224,46 +262,142 @@ def classes_digest(classes: list[str]) -> str:
     return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()[:16]
 
 
-def model_request(
-    settings: Settings,
-    upload: Upload,
-    training: dict,
-    test_accuracy: float | None,
-    classes: list[str] | None = None,
-) -> dict:
-    """``CreateModel`` around the debug job's self-contained ``model.tar.gz``; its tags
-    carry the test accuracy and the class list's digest the next gate compares with."""
-    name = naming.model_name(training["TrainingJobName"])
-    extra = {} if test_accuracy is None else {TAG_TEST_ACCURACY: f"{test_accuracy:.6f}"}
-    if classes is not None:
-        extra[TAG_CLASSES] = classes_digest(classes)
+def model_package_group_request(group: str, pipeline: str) -> dict:
+    """``CreateModelPackageGroup``: one per dataset, named as its endpoint."""
     return {
-        "ModelName": name,
-        "PrimaryContainer": {
-            "Image": settings.inference_image,
-            "ModelDataUrl": training["ModelArtifacts"]["S3ModelArtifacts"],
-            "Environment": {
-                "SAGEMAKER_PROGRAM": "inference.py",
-                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-                "SAGEDROP_MODEL_NAME": name,
-            },
-        },
-        "ExecutionRoleArn": settings.sagemaker_role_arn,
-        "Tags": _tags(upload, naming.tuning_job_of(training["TrainingJobName"]), **extra),
+        "ModelPackageGroupName": group,
+        "ModelPackageGroupDescription": aws_limits.description(
+            f"sagedrop: versions of the classifier for dataset {pipeline}"
+        ),
+        "Tags": [{"Key": TAG_DATASET, "Value": aws_limits.tag_value(pipeline)}],
     }
 
 
-def endpoint_config_request(settings: Settings, training_job: str, model: str) -> dict:
+def model_package_request(
+    settings: Settings,
+    upload: Upload,
+    training: dict,
+    group: str,
+    approval: str,
+    description: str,
+    test_accuracy: float | None,
+    rules: list[dict] | None,
+    classes: list[str] | None,
+    reports: dict[str, str],
+    serving: str,
+) -> dict:
+    """``CreateModelPackage``: the debug job's model as one version of its dataset's group.
+
+    ``reports`` maps ``metrics``/``rules``/``report`` to the S3 objects ``job_reports``
+    wrote: ModelQuality's statistics and constraints, and the debugger/profiler page
+    (Explainability's report: the one MetricsSource slot meant for a readable report).
+    ``ClientToken`` is the debug job's name: SageMaker's own guard against a second
+    version from a repeated event, under the flow's lookup by that name.
+    """
+    job = training["TrainingJobName"]
+    container = _inference_container(settings, training["ModelArtifacts"]["S3ModelArtifacts"])
+    properties = {
+        META_DATASET: naming.pipeline_name(upload.key),
+        META_DEBUG_JOB: job,
+        META_SERVING: serving,
+    }
+    if test_accuracy is not None:
+        properties[META_TEST_ACCURACY] = f"{test_accuracy:.6f}"
+    if classes is not None:
+        properties[META_CLASSES] = classes_digest(classes)
+    if rules:
+        verdicts = " ".join(
+            f"{r['RuleConfigurationName']}={r['RuleEvaluationStatus']}" for r in rules
+        )
+        properties[META_RULES] = aws_limits.tag_value(verdicts)
+    if reports.get("report"):
+        properties[META_REPORT] = aws_limits.tag_value(reports["report"])
+    request = {
+        "ModelPackageGroupName": group,
+        "ModelPackageDescription": aws_limits.description(description),
+        "InferenceSpecification": {
+            "Containers": [container],
+            "SupportedContentTypes": IMAGE_CONTENT_TYPES,
+            "SupportedResponseMIMETypes": ["application/json"],
+            "SupportedRealtimeInferenceInstanceTypes": [settings.inference_instance_type],
+        },
+        "ModelApprovalStatus": approval,
+        "CustomerMetadataProperties": properties,
+        "ClientToken": job,
+        "Tags": _tags(upload, naming.tuning_job_of(job)),
+    }
+    metrics = {}
+    if reports.get("metrics") or reports.get("rules"):
+        quality = {}
+        if reports.get("metrics"):
+            quality["Statistics"] = {"ContentType": "application/json", "S3Uri": reports["metrics"]}
+        if reports.get("rules"):
+            quality["Constraints"] = {"ContentType": "application/json", "S3Uri": reports["rules"]}
+        metrics["ModelQuality"] = quality
+    if reports.get("report"):
+        metrics["Explainability"] = {
+            "Report": {"ContentType": "text/html", "S3Uri": reports["report"]}
+        }
+    if metrics:
+        request["ModelMetrics"] = metrics
+    return request
+
+
+def _inference_container(settings: Settings, model_data_url: str) -> dict:
+    return {
+        "Image": settings.inference_image,
+        "ModelDataUrl": model_data_url,
+        "Environment": {
+            "SAGEMAKER_PROGRAM": "inference.py",
+            "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+            "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+        },
+    }
+
+
+def model_request(settings: Settings, package: dict) -> dict:
+    """``CreateModel`` for one registered version (a ``DescribeModelPackage`` response):
+    its container as registered, plus its name and version for the prediction JSON; the
+    tags carry what the next gate compares with (test accuracy, the classes' digest)."""
+    properties = package.get("CustomerMetadataProperties", {})
+    job = properties[META_DEBUG_JOB]
+    name = naming.model_name(job)
+    [container] = package["InferenceSpecification"]["Containers"]
+    environment = {
+        **container.get("Environment", {}),
+        "SAGEDROP_MODEL_NAME": name,
+        "SAGEDROP_MODEL_VERSION": str(package["ModelPackageVersion"]),
+    }
+    extra = {TAG_MODEL_PACKAGE: package["ModelPackageArn"]}
+    if META_TEST_ACCURACY in properties:
+        extra[TAG_TEST_ACCURACY] = properties[META_TEST_ACCURACY]
+    if META_CLASSES in properties:
+        extra[TAG_CLASSES] = properties[META_CLASSES]
+    tags = {
+        TAG_DATASET: properties.get(META_DATASET, ""),
+        TAG_TUNING_JOB: naming.tuning_job_of(job),
+    }
+    return {
+        "ModelName": name,
+        "PrimaryContainer": {
+            "Image": container["Image"],
+            "ModelDataUrl": container["ModelDataUrl"],
+            "Environment": environment,
+        },
+        "ExecutionRoleArn": settings.sagemaker_role_arn,
+        "Tags": [{"Key": k, "Value": v} for k, v in {**tags, **extra}.items()],
+    }
+
+
+def endpoint_config_request(training_job: str, model: str, serving: str) -> dict:
+    """``CreateEndpointConfig`` serving ``model`` as the dataset chose (``serving_tag``)."""
     return {
         "EndpointConfigName": naming.endpoint_config_name(training_job),
         "ProductionVariants": [
             {
                 "VariantName": VARIANT_NAME,
                 "ModelName": model,
-                "InitialInstanceCount": settings.inference_instance_count,
-                "InstanceType": settings.inference_instance_type,
-                "InitialVariantWeight": 1.0,
+                **serving_variant(serving),
             }
         ],
     }

@@ -39,6 +39,12 @@ DATASET_OVERRIDES = {
     "epochs": int,
     "ranges": dict,
     "hyperparameters": dict,
+    "serverless": (dict, bool),
+}
+APPROVALS = ("auto", "manual")
+SERVERLESS_KEYS = {
+    "memory_mb": "serverless_memory_mb",
+    "max_concurrency": "serverless_max_concurrency",
 }
 # Upper bounds of a dataset's own limits (the README lists them).
 DATASET_MAXIMA = {
@@ -82,6 +88,14 @@ class Settings:
     debug_save_interval: int = 50
     gate_tolerance: float = 0.01
     gate_min_test_accuracy: float = 0.0
+    # "manual": the gate registers passing models as PendingManualApproval; a person's
+    # approval (console, API, `sagedrop approve`) deploys them.
+    model_approval: str = "auto"
+    # A serverless endpoint when both are set (0: an instance endpoint); a dataset may
+    # ask for one in its sagedrop.json, with at most serverless_concurrency_limit.
+    serverless_memory_mb: int = 0
+    serverless_max_concurrency: int = 0
+    serverless_concurrency_limit: int = 20
 
     def __post_init__(self) -> None:
         problem = naming.check_endpoint_prefix(self.endpoint_prefix)
@@ -114,6 +128,35 @@ class Settings:
             raise SettingsError(f"DEBUG_RULES: {exc}") from None
         if self.debug_save_interval < 1:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
+        _check_choice("MODEL_APPROVAL", self.model_approval, APPROVALS)
+        self._check_serverless()
+
+    def _check_serverless(self) -> None:
+        limit = self.serverless_concurrency_limit
+        if not 1 <= limit <= aws_limits.SERVERLESS_CONCURRENCY_MAX:
+            raise SettingsError(
+                f"SERVERLESS_CONCURRENCY_LIMIT must be between 1 and "
+                f"{aws_limits.SERVERLESS_CONCURRENCY_MAX}, not {limit}"
+            )
+        if not (self.serverless_memory_mb or self.serverless_max_concurrency):
+            return
+        problem = aws_limits.serverless_problem(self.serverless_config() or {})
+        if problem:
+            raise SettingsError(f"serverless endpoint: {problem}")
+        if self.serverless_max_concurrency > limit:
+            raise SettingsError(
+                f"serverless endpoint: max_concurrency {self.serverless_max_concurrency} is "
+                f"above this stage's SERVERLESS_CONCURRENCY_LIMIT ({limit})"
+            )
+
+    def serverless_config(self) -> dict | None:
+        """``ServerlessConfig`` of the dataset's endpoint, or None for an instance one."""
+        if not (self.serverless_memory_mb or self.serverless_max_concurrency):
+            return None
+        return {
+            "MemorySizeInMB": self.serverless_memory_mb,
+            "MaxConcurrency": self.serverless_max_concurrency,
+        }
 
     def endpoint_for(self, pipeline: str) -> str:
         """The endpoint that serves ``pipeline`` (a dataset's name, ``naming.pipeline_name``)."""
@@ -158,6 +201,9 @@ class Settings:
             )
         changes: dict = {}
         for key, value in overrides.items():
+            if key == "serverless":
+                changes.update(_serverless_override(value))
+                continue
             expected = DATASET_OVERRIDES[key]
             if not isinstance(value, expected) or isinstance(value, bool):
                 raise SettingsError(
@@ -182,6 +228,25 @@ class Settings:
             return replace(self, **changes)
         except SettingsError as exc:
             raise SettingsError(f"sagedrop.json: {exc}") from exc
+
+
+def _serverless_override(value) -> dict:
+    """``"serverless": {"memory_mb": 2048, "max_concurrency": 5}`` asks for a serverless
+    endpoint, ``false`` for an instance one; the limits are checked with the rest."""
+    if value is False:
+        return {"serverless_memory_mb": 0, "serverless_max_concurrency": 0}
+    if not isinstance(value, Mapping) or set(value) != set(SERVERLESS_KEYS):
+        raise SettingsError(
+            "sagedrop.json: 'serverless' must be false or an object with exactly "
+            f"{' and '.join(SERVERLESS_KEYS)}, not {value!r}"
+        )
+    changes = {}
+    for key, attribute in SERVERLESS_KEYS.items():
+        number = value[key]
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise SettingsError(f"sagedrop.json: serverless.{key} must be a whole number")
+        changes[attribute] = number
+    return changes
 
 
 def validate_ranges(ranges: Mapping) -> None:
@@ -284,4 +349,8 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "DEBUG_SAVE_INTERVAL": ("debug_save_interval", int),
     "GATE_TOLERANCE": ("gate_tolerance", float),
     "GATE_MIN_TEST_ACCURACY": ("gate_min_test_accuracy", float),
+    "MODEL_APPROVAL": ("model_approval", str),
+    "SERVERLESS_MEMORY_MB": ("serverless_memory_mb", int),
+    "SERVERLESS_MAX_CONCURRENCY": ("serverless_max_concurrency", int),
+    "SERVERLESS_CONCURRENCY_LIMIT": ("serverless_concurrency_limit", int),
 }

@@ -46,7 +46,8 @@ def validate(service: str, method: str, params: dict) -> None:
             raise client_error(operation.name, "ValidationException", problem)
 
 
-def client_error(operation: str, code: str, message: str, status: int = 400) -> ClientError:
+def client_error(operation: str, code: str, message: str | None, status: int = 400) -> ClientError:
+    """An error as botocore raises it; ``message`` None where AWS sends none (throttling)."""
     return ClientError(
         {
             "Error": {"Code": code, "Message": message},
@@ -62,6 +63,35 @@ def metadata(status: int = 200) -> dict:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+_TIME_KEYS = ("Time", "StartTime", "EndTime", "Timestamp")
+
+
+def stamp() -> str:
+    """Now, as records store it (ISO 8601); ``public`` and ``event_detail`` convert it."""
+    return now().isoformat()
+
+
+def _converted(value, timestamp, key: str = ""):
+    """Drop ``_local`` and turn stored ISO timestamps into what the consumer expects."""
+    if isinstance(value, dict):
+        return {k: _converted(v, timestamp, k) for k, v in value.items() if k != "_local"}
+    if isinstance(value, list):
+        return [_converted(v, timestamp) for v in value]
+    if isinstance(value, str) and key.endswith(_TIME_KEYS):
+        return timestamp(dt.datetime.fromisoformat(value))
+    return value
+
+
+def public(record: dict) -> dict:
+    """A stored record as boto3 returns it: timestamps as datetimes."""
+    return {**_converted(record, lambda moment: moment), **metadata()}
+
+
+def event_detail(record: dict) -> dict:
+    """EventBridge carries timestamps as epoch milliseconds."""
+    return _converted(record, lambda moment: int(moment.timestamp() * 1000))
 
 
 def iso(moment: dt.datetime | None = None) -> str:

@@ -38,7 +38,8 @@ class LocalSageMakerRuntime:
         headers = {"Content-Type": params.get("ContentType", "application/octet-stream")}
         if params.get("Accept"):
             headers["Accept"] = params["Accept"]
-        status, content_type, payload = self._post(port, bytes(data), headers)
+        with self.sagemaker.invocation_slot(name):
+            status, content_type, payload = self._post(port, bytes(data), headers)
         if status >= 400:
             message = payload.decode(errors="replace")
             kind = "client" if status < 500 else "server"

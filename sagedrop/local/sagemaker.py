@@ -8,7 +8,7 @@ status change emits the EventBridge event SageMaker would send.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +21,12 @@ import optuna
 
 from chalicelib import aws_limits, training_failure
 from sagedrop.local import tuner
-from sagedrop.local.aws_shapes import arn, client_error, metadata, now, validate
+from sagedrop.local.aws_shapes import arn, client_error, metadata, validate
+from sagedrop.local.aws_shapes import event_detail as _event_detail
+from sagedrop.local.aws_shapes import public as _public
+from sagedrop.local.aws_shapes import stamp as _stamp
 from sagedrop.local.endpoints import EndpointServer, ModelWorker, shutdown_all, unpack_model
+from sagedrop.local.registry import LocalModelRegistry
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.state import State
 from sagedrop.local.training import JobResult, TrainingRun
@@ -38,33 +42,18 @@ TRAINING, TUNING, MODEL, CONFIG, ENDPOINT, TAGS = (
 TRAINING_EVENT = "SageMaker Training Job State Change"
 TUNING_EVENT = "SageMaker HyperParameter Tuning Job State Change"
 ENDPOINT_EVENT = "SageMaker Endpoint State Change"
+REGISTRY_OPERATIONS = frozenset(
+    {
+        "create_model_package_group",
+        "describe_model_package_group",
+        "list_model_package_groups",
+        "create_model_package",
+        "describe_model_package",
+        "list_model_packages",
+        "update_model_package",
+    }
+)
 INTERRUPTED = "the local cloud stopped while this job ran; it was not finished"
-_TIME_KEYS = ("Time", "StartTime", "EndTime", "Timestamp")
-
-
-def _stamp() -> str:
-    return now().isoformat()
-
-
-def _converted(value, timestamp, key: str = ""):
-    """Drop ``_local`` and turn stored ISO timestamps into what the consumer expects."""
-    if isinstance(value, dict):
-        return {k: _converted(v, timestamp, k) for k, v in value.items() if k != "_local"}
-    if isinstance(value, list):
-        return [_converted(v, timestamp) for v in value]
-    if isinstance(value, str) and key.endswith(_TIME_KEYS):
-        return timestamp(dt.datetime.fromisoformat(value))
-    return value
-
-
-def _public(record: dict) -> dict:
-    """A stored record as boto3 returns it: timestamps as datetimes."""
-    return {**_converted(record, lambda moment: moment), **metadata()}
-
-
-def _event_detail(record: dict) -> dict:
-    """EventBridge carries timestamps as epoch milliseconds."""
-    return _converted(record, lambda moment: int(moment.timestamp() * 1000))
 
 
 class LocalSageMaker:
@@ -93,6 +82,15 @@ class LocalSageMaker:
         self._stopping = threading.Event()
         self._tuning_stops: dict[str, threading.Event] = {}
         self._endpoint_lock = threading.Lock()
+        self.registry = LocalModelRegistry(state, emit)
+        # A serverless endpoint takes at most MaxConcurrency invocations at once.
+        self._invocation_limits: dict[str, threading.BoundedSemaphore] = {}
+
+    def __getattr__(self, name: str):
+        """Model Registry operations are the registry's (one client, as boto3's)."""
+        if name in REGISTRY_OPERATIONS:
+            return getattr(self.registry, name)
+        raise AttributeError(name)
 
     # lifecycle ---------------------------------------------------------------------------
     def resume(self) -> None:
@@ -722,6 +720,9 @@ class LocalSageMaker:
         name = params["EndpointConfigName"]
         for variant in params["ProductionVariants"]:
             self._get(MODEL, variant["ModelName"], "CreateEndpointConfig", "model")
+            problem = _capacity_problem(variant)
+            if problem:
+                raise client_error("CreateEndpointConfig", "ValidationException", problem)
         config_arn = arn("endpoint-config", name)
         record = {
             "EndpointConfigName": name,
@@ -826,6 +827,21 @@ class LocalSageMaker:
             return None
         return server.port
 
+    @contextlib.contextmanager
+    def invocation_slot(self, name: str):
+        """One of a serverless endpoint's MaxConcurrency places, for one invocation; none
+        free → ``ThrottlingException`` (HTTP 400, no message), as SageMaker answers."""
+        limit = self._invocation_limits.get(name)
+        if limit is None:
+            yield
+            return
+        if not limit.acquire(blocking=False):
+            raise client_error("InvokeEndpoint", "ThrottlingException", None)
+        try:
+            yield
+        finally:
+            limit.release()
+
     def _deploy(self, name: str, config_name: str, announce: bool = True) -> None:
         """Load the config's model and serve it; ``announce=False`` (a restart bringing
         back an endpoint that was already in service) sends no state-change event, so no
@@ -858,20 +874,29 @@ class LocalSageMaker:
             if server is None:
                 server = self.servers[name] = EndpointServer(name)
             server.swap(worker)
+            serverless = variant.get("ServerlessConfig")
+            if serverless:
+                limit = threading.BoundedSemaphore(serverless["MaxConcurrency"])
+                self._invocation_limits[name] = limit
+            else:
+                self._invocation_limits.pop(name, None)
+            summary = {
+                "VariantName": variant["VariantName"],
+                "CurrentWeight": variant.get("InitialVariantWeight", 1.0),
+                "DesiredWeight": variant.get("InitialVariantWeight", 1.0),
+            }
+            if serverless:
+                summary["CurrentServerlessConfig"] = serverless
+                summary["DesiredServerlessConfig"] = serverless
+            else:
+                summary["CurrentInstanceCount"] = variant.get("InitialInstanceCount", 1)
+                summary["DesiredInstanceCount"] = variant.get("InitialInstanceCount", 1)
             record = self.state.update(
                 ENDPOINT,
                 name,
                 EndpointStatus="InService",
                 EndpointConfigName=config_name,
-                ProductionVariants=[
-                    {
-                        "VariantName": variant["VariantName"],
-                        "CurrentWeight": variant.get("InitialVariantWeight", 1.0),
-                        "DesiredWeight": variant.get("InitialVariantWeight", 1.0),
-                        "CurrentInstanceCount": variant.get("InitialInstanceCount", 1),
-                        "DesiredInstanceCount": variant.get("InitialInstanceCount", 1),
-                    }
-                ],
+                ProductionVariants=[summary],
                 LastModifiedTime=_stamp(),
                 _local={"port": server.port, "model_dir": str(folder)},
             )
@@ -908,6 +933,22 @@ class LocalSageMaker:
     def _tag(self, resource_arn: str, tags: list[dict]) -> None:
         if tags:
             self.state.put(TAGS, resource_arn, {"Tags": tags})
+
+
+def _capacity_problem(variant: dict) -> str | None:
+    """A variant is served by instances or serverless, never both; a serverless one
+    within the API's limits."""
+    serverless = variant.get("ServerlessConfig")
+    if serverless is None:
+        if not variant.get("InstanceType"):
+            return f"variant {variant['VariantName']} needs an InstanceType or a ServerlessConfig"
+        return None
+    if variant.get("InstanceType") or variant.get("InitialInstanceCount"):
+        return (
+            f"variant {variant['VariantName']}: ServerlessConfig cannot be combined with "
+            "InstanceType or InitialInstanceCount"
+        )
+    return aws_limits.serverless_problem(serverless)
 
 
 def _max_training_jobs(cpus: int) -> int:

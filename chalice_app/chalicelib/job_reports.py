@@ -1,0 +1,87 @@
+"""The debug job's reports as S3 objects a model version can point at.
+
+The job leaves ``rules.json`` and ``report.html`` inside ``output.tar.gz``; Model
+Registry's ``ModelMetrics`` name single objects. So the gate streams the archive once,
+copies those two members (bounded in size) next to it under ``reports/``, and writes
+``metrics.json``: the test metrics in Model Monitor's multiclass statistics layout,
+which SageMaker Studio shows on the version's page. The rules' ``StatusDetails`` come
+back too, so the gate can say *why* a rule found issues.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+RULES, REPORT = "rules.json", "report.html"
+MAX_MEMBER_BYTES = 16 * 1024 * 1024
+CONTENT_TYPES = {RULES: "application/json", REPORT: "text/html", "metrics.json": "application/json"}
+
+
+@dataclass
+class JobReports:
+    """S3 URIs by kind (``metrics``, ``rules``, ``report``), the rules' details by rule
+    name, and what could not be read (logged and said; never a reason to lose a model)."""
+
+    uris: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def output_archive(training: dict) -> str:
+    output = training["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+    return f"{output}/{training['TrainingJobName']}/output/output.tar.gz"
+
+
+def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
+    """Copy the job's reports to ``<output>/<job>/reports/`` and return where they are."""
+    archive_uri = output_archive(training)
+    parsed = urlparse(archive_uri)
+    bucket, base = parsed.netloc, parsed.path.lstrip("/").rsplit("/output/", 1)[0] + "/reports"
+    reports = JobReports()
+    members: dict[str, bytes] = {}
+    try:
+        body = s3.get_object(Bucket=bucket, Key=parsed.path.lstrip("/"))["Body"]
+        with tarfile.open(fileobj=body, mode="r|gz") as archive:
+            for member in archive:
+                name = member.name.removeprefix("./")
+                if member.isfile() and name in (RULES, REPORT):
+                    if member.size > MAX_MEMBER_BYTES:
+                        reports.problems.append(f"{name} is over {MAX_MEMBER_BYTES} bytes")
+                        continue
+                    handle = archive.extractfile(member)
+                    members[name] = handle.read() if handle else b""
+    except (ClientError, tarfile.TarError, OSError, EOFError) as exc:
+        reports.problems.append(f"{archive_uri} cannot be read: {exc}")
+    if RULES in members:
+        try:
+            for entry in json.loads(members[RULES]):
+                reports.details[entry["RuleConfigurationName"]] = entry.get("StatusDetails", "")
+        except (ValueError, KeyError, TypeError) as exc:
+            reports.problems.append(f"{RULES} is not the list of rule statuses: {exc}")
+            del members[RULES]
+    members["metrics.json"] = json.dumps(model_quality_statistics(metrics), indent=2).encode()
+    for name, data in members.items():
+        key = f"{base}/{name}"
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[name])
+        kind = {RULES: "rules", REPORT: "report", "metrics.json": "metrics"}[name]
+        reports.uris[kind] = f"s3://{bucket}/{key}"
+    return reports
+
+
+def model_quality_statistics(metrics: dict[str, float]) -> dict:
+    """Model Monitor's ``multiclass_classification_metrics`` layout; ``standard_deviation``
+    is unknown for one test run and given as 0, as Model Monitor does for a point value."""
+    return {
+        "version": 0.0,
+        "dataset": {"item_count": None},
+        "multiclass_classification_metrics": {
+            name.removeprefix("test_"): {"value": value, "standard_deviation": 0.0}
+            for name, value in sorted(metrics.items())
+            if name.startswith("test_")
+        },
+    }
