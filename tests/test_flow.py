@@ -706,7 +706,7 @@ def test_manual_approval_deploys_on_approval_only(cloud):
 
 
 def test_rejecting_the_serving_version_rolls_back_to_the_one_before(cloud):
-    for number, job in enumerate(("sdd-pets-1111aaaa", "sdd-pets-2222bbbb"), start=1):
+    for job in ("sdd-pets-1111aaaa", "sdd-pets-2222bbbb"):
         name, described = debug_job(cloud, 0.95, [], name=job)
         cloud.stub.add_response("describe_training_job", described)
         missing_endpoint(cloud)

@@ -117,6 +117,7 @@ def test_2_the_gate_refuses_an_artifact_that_cannot_serve(cloud, archive, expect
     cloud.stub.add_client_error(
         "describe_endpoint", "ValidationException", 'Could not find endpoint "x".'
     )
+    cloud.stub.add_response("list_tags", {"Tags": []})  # the debug job's: no serving choice
     detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     assert flow.training_finished(detail, cloud.settings) == "blocked"
     assert any(expected in reason for reason in cloud.messages()[0]["reasons"])
@@ -129,6 +130,7 @@ def test_2_the_gate_refuses_classes_that_differ_from_the_datasets(cloud):  # noq
     cloud.stub.add_client_error(
         "describe_endpoint", "ValidationException", 'Could not find endpoint "x".'
     )
+    cloud.stub.add_response("list_tags", {"Tags": []})  # the debug job's: no serving choice
     detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     assert flow.training_finished(detail, cloud.settings) == "blocked"
     [reason] = cloud.messages()[0]["reasons"]

@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from chalicelib import naming, requests
+from chalicelib import aws_limits, naming, requests
 from chalicelib.settings import Settings, SettingsError
 from chalicelib.training_metrics import METRIC_DEFINITIONS, RULE_NAMES
 
@@ -179,22 +179,57 @@ def test_rule_settings_are_checked_where_they_are_given(settings):
         settings.with_dataset_overrides({"hyperparameters": {"rules": "Overfit"}})
 
 
-def test_model_and_endpoint_requests(settings, upload):
+def registered_version(settings, upload, approval="Approved", serving=None) -> dict:
+    """A CreateModelPackage request as the gate builds it, and the package as described."""
     debug = requests.debug_training_job_request(settings, upload, describe_tuning(settings, upload))
     training = {
         "TrainingJobName": debug["TrainingJobName"],
         "ModelArtifacts": {"S3ModelArtifacts": "s3://sagedrop-data/jobs/x/output/model.tar.gz"},
     }
-    model = requests.model_request(settings, upload, training, 0.9123)
+    rules = [{"RuleConfigurationName": "Overfit", "RuleEvaluationStatus": "IssuesFound"}]
+    reports = {
+        "metrics": "s3://sagedrop-data/jobs/x/reports/metrics.json",
+        "rules": "s3://sagedrop-data/jobs/x/reports/rules.json",
+        "report": "s3://sagedrop-data/jobs/x/reports/report.html",
+    }
+    request = requests.model_package_request(
+        settings, upload, training, "sagedrop-pets", approval,
+        "Approved by the quality gate:\nline two\t" + "x" * 2000,
+        0.9123, rules, ["001.cat", "002.dog"], reports,
+        serving or requests.serving_tag(settings),
+    )  # fmt: skip
+    package = {
+        **{k: v for k, v in request.items() if k not in ("ClientToken", "Tags")},
+        "ModelPackageArn": "arn:aws:sagemaker:eu-west-1:123456789012:model-package/sagedrop-pets/3",
+        "ModelPackageVersion": 3,
+    }
+    return request, package
+
+
+def test_model_package_and_model_requests(settings, upload):
+    request, package = registered_version(settings, upload)
+    assert_valid("CreateModelPackage", request)
+    assert aws_limits.description_problem("description", request["ModelPackageDescription"]) is None
+    assert len(request["ModelPackageDescription"]) == aws_limits.DESCRIPTION_MAX
+    assert aws_limits.metadata_problem(request["CustomerMetadataProperties"]) is None
+    assert request["CustomerMetadataProperties"][requests.META_RULES] == "Overfit=IssuesFound"
+    assert request["ClientToken"] == request["CustomerMetadataProperties"][requests.META_DEBUG_JOB]
+    assert_valid(
+        "CreateModelPackageGroup", requests.model_package_group_request("sagedrop-pets", "pets")
+    )
+    model = requests.model_request(settings, package)
     assert_valid("CreateModel", model)
     env = model["PrimaryContainer"]["Environment"]
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
     assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
+    assert env["SAGEDROP_MODEL_VERSION"] == "3"
     assert {"Key": requests.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
+    assert {"Key": requests.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model["Tags"]
     config = requests.endpoint_config_request(
-        settings, training["TrainingJobName"], model["ModelName"]
+        "sdd-pets-1", model["ModelName"], "instance:ml.m5.large:2"
     )
     assert_valid("CreateEndpointConfig", config)
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2
     assert_valid(
         "CreateEndpoint",
         requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
@@ -203,6 +238,55 @@ def test_model_and_endpoint_requests(settings, upload):
         "UpdateEndpoint",
         requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
+
+
+def test_a_serverless_dataset_gets_a_serverless_endpoint_config(settings, upload):
+    chosen = settings.with_dataset_overrides(
+        {"serverless": {"memory_mb": 2048, "max_concurrency": 4}}
+    )
+    assert requests.serving_tag(chosen) == "serverless:2048:4"
+    tuning = requests.tuning_job_request(chosen, upload)
+    assert {"Key": requests.TAG_SERVING, "Value": "serverless:2048:4"} in tuning["Tags"]
+    config = requests.endpoint_config_request("sdd-pets-1", "m", "serverless:2048:4")
+    assert_valid("CreateEndpointConfig", config)
+    [variant] = config["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 4}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    assert aws_limits.serverless_problem(variant["ServerlessConfig"]) is None
+
+
+@pytest.mark.parametrize(
+    ("serverless", "message"),
+    [
+        ({"memory_mb": 1500, "max_concurrency": 2}, "MemorySizeInMB must be one of 1024, 2048"),
+        ({"memory_mb": 8192, "max_concurrency": 2}, "MemorySizeInMB must be one of"),
+        ({"memory_mb": 2048, "max_concurrency": 0}, "MaxConcurrency must be between 1 and 200"),
+        ({"memory_mb": 2048, "max_concurrency": 201}, "MaxConcurrency must be between 1 and 200"),
+        ({"memory_mb": 2048, "max_concurrency": 50}, "above this stage's SERVERLESS_CONCURRENCY"),
+        ({"memory_mb": 2048}, "exactly memory_mb and max_concurrency"),
+        ({"memory_mb": "2048", "max_concurrency": 2}, "serverless.memory_mb must be a whole"),
+        (True, "must be false or an object"),
+    ],
+)
+def test_a_dataset_cannot_ask_for_a_serverless_endpoint_beyond_the_limits(
+    settings, serverless, message
+):
+    with pytest.raises(SettingsError, match=message):
+        settings.with_dataset_overrides({"serverless": serverless})
+
+
+def test_approval_and_serverless_settings_from_the_environment():
+    settings = Settings.from_env({"MODEL_APPROVAL": "manual", "SERVERLESS_MEMORY_MB": "1024",
+                                  "SERVERLESS_MAX_CONCURRENCY": "3"})  # fmt: skip
+    assert settings.model_approval == "manual"
+    assert requests.serving_tag(settings) == "serverless:1024:3"
+    assert requests.serving_tag(settings.with_dataset_overrides({"serverless": False})) == (
+        "instance:ml.m5.large:1"
+    )
+    with pytest.raises(SettingsError, match="MODEL_APPROVAL 'sometimes' is not one of auto"):
+        Settings.from_env({"MODEL_APPROVAL": "sometimes"})
+    with pytest.raises(SettingsError, match="SERVERLESS_CONCURRENCY_LIMIT must be between"):
+        Settings.from_env({"SERVERLESS_CONCURRENCY_LIMIT": "500"})
 
 
 def test_names_are_deterministic_and_within_limits():
