@@ -77,6 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="default: <root>/reports/NAME.html")
     report.set_defaults(handler=_report)
 
+    models = commands.add_parser(
+        "models", help="each dataset's model versions in Model Registry, and which one serves"
+    )
+    models.add_argument("name", nargs="?", default=None, help="one dataset (default: all)")
+    models.add_argument("--json", action="store_true", help="one JSON object")
+    _where(models)
+    models.set_defaults(handler=_models)
+    approve = commands.add_parser(
+        "approve", help="approve (or --reject) one version; the newest approved one serves"
+    )
+    approve.add_argument("name", help="the dataset")
+    approve.add_argument("--version", type=int, required=True)
+    approve.add_argument("--reject", action="store_true", help="reject it instead")
+    approve.add_argument("--why", default=None, help="recorded as the ApprovalDescription")
+    _where(approve)
+    approve.set_defaults(handler=_approve)
+    rollback = commands.add_parser(
+        "rollback", help="serve an earlier approved version again (newer ones are rejected)"
+    )
+    rollback.add_argument("name", help="the dataset")
+    rollback.add_argument(
+        "--version", type=int, default=None, help="default: the approved one before the serving"
+    )
+    _where(rollback)
+    rollback.set_defaults(handler=_rollback)
+
     rules = commands.add_parser("rules", help="debug and profiler rules, offline")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     evaluate = rules_commands.add_parser(
@@ -115,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--stage", default="prod")
     deploy.set_defaults(handler=_aws_deploy)
     return parser
+
+
+def _where(command: argparse.ArgumentParser) -> None:
+    """``--root`` (the local cloud, the default) or ``--stage`` (AWS, through boto3)."""
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--root", default=None, help=f"a local cloud (default {DEFAULT_ROOT})")
+    where.add_argument("--stage", default=None, help="a configured AWS stage (boto3)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +267,66 @@ def _report(args) -> int:
     out.write_text(render(found[0]))
     print(f"wrote {out}")
     return 0
+
+
+@contextlib.contextmanager
+def _registry_target(args, command: str):
+    from sagedrop import models
+
+    target = (
+        models.aws_target(args.stage)
+        if args.stage
+        else models.local_target(Path(args.root or DEFAULT_ROOT))
+    )
+    try:
+        yield models, target
+    finally:
+        if target.close:
+            target.close()
+
+
+def _registry_command(command: str, args, action) -> int:
+    from sagedrop.models import ModelsError
+
+    try:
+        with _registry_target(args, command) as (models, target):
+            return action(models, target)
+    except ModelsError as exc:
+        print(f"sagedrop {command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _models(args) -> int:
+    def action(models, target) -> int:
+        names = [args.name] if args.name else models.dataset_names(target)
+        entries = [models.listing(target, name) for name in names]
+        if args.json:
+            print(json.dumps({"datasets": entries}, indent=2, default=str))
+        elif not entries:
+            print("no registered versions yet: a dataset's first one comes from its debug job")
+        for entry in [] if args.json else entries:
+            models.print_listing(entry)
+        return 0
+
+    return _registry_command("models", args, action)
+
+
+def _approve(args) -> int:
+    def action(models, target) -> int:
+        verb = "rejected" if args.reject else "approved"
+        why = args.why or f"{verb} by hand with sagedrop approve"
+        print(models.approve(target, args.name, args.version, why, reject=args.reject))
+        return 0
+
+    return _registry_command("approve", args, action)
+
+
+def _rollback(args) -> int:
+    def action(models, target) -> int:
+        print(models.rollback(target, args.name, args.version))
+        return 0
+
+    return _registry_command("rollback", args, action)
 
 
 def _rules_evaluate(args) -> int:

@@ -472,7 +472,7 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> str:
         except ClientError as exc:
             if not _already_exists(exc):
                 raise
-    previous = _serving_version(described)
+    previous = registry.serving_version(sagemaker, described)
     action = _create_or_update_endpoint(endpoint, config_name, described)
     change = "" if previous is None else f", replacing version {previous}"
     if previous is not None and previous > version:
@@ -500,18 +500,6 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> str:
         ),
     )
     return action
-
-
-def _serving_version(described: dict | None) -> int | None:
-    """The registry version an endpoint serves now (its model's ``sagedrop:model-package``
-    tag), or None."""
-    if not described:
-        return None
-    sagemaker = client("sagemaker")
-    config = sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
-    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    arn = _tag(sagemaker, model["ModelArn"], requests.TAG_MODEL_PACKAGE)
-    return int(arn.rsplit("/", 1)[-1]) if arn and arn.rsplit("/", 1)[-1].isdigit() else None
 
 
 def _unservable(training: dict, upload: requests.Upload) -> tuple[list[str], list[str] | None]:

@@ -148,6 +148,19 @@ def find(sagemaker, group: str, number: int) -> dict | None:
     return None
 
 
+def serving_version(sagemaker, endpoint: dict | None) -> int | None:
+    """The version an endpoint (a ``DescribeEndpoint`` response, or None) serves: its
+    model's ``sagedrop:model-package`` tag; None when nothing registered serves."""
+    if not endpoint:
+        return None
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    tags = sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
+    arn = next((t["Value"] for t in tags if t["Key"] == requests.TAG_MODEL_PACKAGE), "")
+    number = arn.rsplit("/", 1)[-1]
+    return int(number) if number.isdigit() else None
+
+
 def set_approval(sagemaker, package: dict, approval: str, why: str) -> None:
     """Approve or reject one version (a ``DescribeModelPackage`` response).
 

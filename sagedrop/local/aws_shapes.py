@@ -39,11 +39,65 @@ def validate(service: str, method: str, params: dict) -> None:
     report = ParamValidator().validate(params, operation.input_shape)
     if report.has_errors():
         raise ParamValidationError(report=report.generate_report())
+    problem = _constraint_problem(operation.input_shape, params, "")
+    if problem:
+        raise client_error(
+            operation.name, "ValidationException", f"1 validation error detected: {problem}"
+        )
     # What the service checks beyond botocore's shapes, before anything is created.
     for tag in params.get("Tags", []) if service == "sagemaker" else []:
         problem = aws_limits.tag_problem(tag)
         if problem:
             raise client_error(operation.name, "ValidationException", problem)
+
+
+def _constraint_problem(shape, value, path: str) -> str | None:
+    """What botocore's validator leaves to the service: enum values and maxima (length of
+    a string or list, size of a number), in AWS's own words."""
+    meta = shape.metadata
+    where = path or "input"
+    if shape.type_name == "structure" and isinstance(value, dict):
+        for name, member in shape.members.items():
+            if name in value:
+                inner = (
+                    f"{path}.{name[0].lower()}{name[1:]}" if path else name[0].lower() + name[1:]
+                )
+                problem = _constraint_problem(member, value[name], inner)
+                if problem:
+                    return problem
+        return None
+    if shape.type_name == "list" and isinstance(value, list):
+        if "max" in meta and len(value) > meta["max"]:
+            return (f"Value at '{where}' failed to satisfy constraint: Member must have length "
+                    f"less than or equal to {meta['max']}")  # fmt: skip
+        for index, item in enumerate(value):
+            problem = _constraint_problem(shape.member, item, f"{where}.{index + 1}.member")
+            if problem:
+                return problem
+        return None
+    if shape.type_name == "map" and isinstance(value, dict):
+        if "max" in meta and len(value) > meta["max"]:
+            return (f"Value at '{where}' failed to satisfy constraint: Member must have length "
+                    f"less than or equal to {meta['max']}")  # fmt: skip
+        for key, item in value.items():
+            problem = _constraint_problem(shape.key, key, f"{where}.key") or _constraint_problem(
+                shape.value, item, f"{where}.{key}"
+            )
+            if problem:
+                return problem
+        return None
+    if shape.type_name == "string" and isinstance(value, str):
+        if shape.enum and value not in shape.enum:
+            return (f"Value '{value}' at '{where}' failed to satisfy constraint: Member must "
+                    f"satisfy enum value set: [{', '.join(shape.enum)}]")  # fmt: skip
+        if "max" in meta and len(value) > meta["max"]:
+            return (f"Value at '{where}' failed to satisfy constraint: Member must have length "
+                    f"less than or equal to {meta['max']}")  # fmt: skip
+    numeric = shape.type_name in ("integer", "long", "float", "double")
+    if numeric and isinstance(value, int | float) and "max" in meta and value > meta["max"]:
+        return (f"Value '{value}' at '{where}' failed to satisfy constraint: Member must "
+                f"have value less than or equal to {meta['max']}")  # fmt: skip
+    return None
 
 
 def client_error(operation: str, code: str, message: str | None, status: int = 400) -> ClientError:

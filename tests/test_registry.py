@@ -1,0 +1,183 @@
+"""The local Model Registry against moto's, request for request, and against the API
+reference where moto is silent or differs."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, ParamValidationError
+from moto import mock_aws
+
+from chalicelib import registry
+from sagedrop.local.registry import PACKAGE_EVENT, LocalModelRegistry
+from sagedrop.local.state import State
+
+SPEC = {
+    "Containers": [{"Image": "img", "ModelDataUrl": "s3://b/jobs/x/model.tar.gz",
+                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py"}}],
+    "SupportedContentTypes": ["image/jpeg", "image/png"],
+    "SupportedResponseMIMETypes": ["application/json"],
+}  # fmt: skip
+SUMMARY_KEYS = {
+    "ModelPackageGroupName",
+    "ModelPackageVersion",
+    "ModelPackageArn",
+    "CreationTime",
+    "ModelPackageStatus",
+    "ModelApprovalStatus",
+}
+
+
+@pytest.fixture
+def local(tmp_path):
+    events: list[tuple] = []
+    state = State(tmp_path / "state.sqlite")
+    yield LocalModelRegistry(state, lambda *event: events.append(event)), events
+    state.close()
+
+
+@pytest.fixture
+def moto_client(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield boto3.client("sagemaker", region_name="us-east-1")
+
+
+def scenario(sagemaker) -> dict:
+    """The calls the pipeline and the CLI make, in order; what each answered."""
+    out: dict = {}
+    out["group"] = sagemaker.create_model_package_group(
+        ModelPackageGroupName="sagedrop-pets", ModelPackageGroupDescription="pets"
+    )
+    out["created"] = [
+        sagemaker.create_model_package(
+            ModelPackageGroupName="sagedrop-pets",
+            ModelPackageDescription=f"version by the gate ({status})",
+            InferenceSpecification=SPEC,
+            ModelApprovalStatus=status,
+            CustomerMetadataProperties={"sagedrop:debug-job": f"sdd-pets-{i}"},
+            ClientToken=f"sdd-pets-{i}",
+        )
+        for i, status in enumerate(("Approved", "Rejected", "Approved"), start=1)
+    ]
+    out["approved"] = sagemaker.list_model_packages(
+        ModelPackageGroupName="sagedrop-pets",
+        ModelApprovalStatus="Approved",
+        ModelPackageType="Versioned",
+        SortBy="CreationTime",
+        SortOrder="Descending",
+    )["ModelPackageSummaryList"]
+    third = out["created"][2]["ModelPackageArn"]
+    out["described"] = sagemaker.describe_model_package(ModelPackageName=third)
+    sagemaker.update_model_package(
+        ModelPackageArn=third,
+        ModelApprovalStatus="Rejected",
+        ApprovalDescription="rolled back to version 1",
+        CustomerMetadataProperties={"sagedrop:debug-job": "sdd-pets-3"},
+    )
+    out["updated"] = sagemaker.describe_model_package(ModelPackageName=third)
+    out["latest"] = registry.latest_approved(sagemaker, "sagedrop-pets")
+    out["versions"] = registry.versions(sagemaker, "sagedrop-pets")
+    out["errors"] = {}
+    for name, call in {
+        "describe missing package": lambda: sagemaker.describe_model_package(
+            ModelPackageName=third.rsplit("/", 1)[0] + "/9"
+        ),
+        "describe missing group": lambda: sagemaker.describe_model_package_group(
+            ModelPackageGroupName="sagedrop-cars"
+        ),
+        "package in a missing group": lambda: sagemaker.create_model_package(
+            ModelPackageGroupName="sagedrop-cars", InferenceSpecification=SPEC
+        ),
+    }.items():
+        with pytest.raises(ClientError) as caught:
+            call()
+        out["errors"][name] = caught.value.response["Error"]["Code"]
+    return out
+
+
+def test_the_local_registry_answers_as_moto_does(local, moto_client):
+    ours, theirs = scenario(local[0]), scenario(moto_client)
+    assert [c["ModelPackageArn"].rsplit("/", 2)[1:] for c in ours["created"]] == [
+        c["ModelPackageArn"].rsplit("/", 2)[1:] for c in theirs["created"]
+    ]
+    for mine, moto_summary in zip(ours["approved"], theirs["approved"], strict=True):
+        assert set(mine) >= SUMMARY_KEYS and set(moto_summary) >= SUMMARY_KEYS
+        assert mine["ModelPackageVersion"] == moto_summary["ModelPackageVersion"]
+    assert [s["ModelPackageVersion"] for s in ours["approved"]] == [3, 1]
+    shared = set(theirs["described"]) - {"CreatedBy", "ResponseMetadata"}
+    assert shared <= set(ours["described"])
+    compared = (
+        "ModelPackageVersion",
+        "ModelApprovalStatus",
+        "InferenceSpecification",
+        "CustomerMetadataProperties",
+        "ModelPackageStatus",
+        "ModelPackageDescription",
+    )
+    for key in compared:
+        assert ours["described"][key] == theirs["described"][key], key
+    for key in ("ModelApprovalStatus", "ApprovalDescription", "CustomerMetadataProperties"):
+        assert ours["updated"][key] == theirs["updated"][key], key
+    assert ours["latest"]["ModelPackageVersion"] == theirs["latest"]["ModelPackageVersion"] == 1
+    assert [(v.number, v.approval) for v in ours["versions"]] == [
+        (v.number, v.approval) for v in theirs["versions"]
+    ]
+    assert ours["errors"] == theirs["errors"]
+    assert set(ours["errors"].values()) == {"ValidationException"}
+
+
+def test_every_registry_request_is_validated_by_botocore(local, moto_client):
+    for sagemaker in (local[0], moto_client):
+        with pytest.raises(ParamValidationError):
+            sagemaker.update_model_package(ModelApprovalStatus="Approved")
+        with pytest.raises(ParamValidationError):
+            sagemaker.list_model_packages(ModelPackageGroupName="g", MaxResults="ten")
+        with pytest.raises(ParamValidationError):
+            sagemaker.create_model_package_group(ModelPackageGroupName="")
+
+
+def test_enums_and_maxima_are_checked_as_the_service_does(local):
+    """botocore's validator checks neither; SageMaker answers ValidationException."""
+    sagemaker = local[0]
+    with pytest.raises(ClientError, match=r"Member must satisfy enum value set: \[Approved"):
+        sagemaker.list_model_packages(ModelPackageGroupName="g", ModelApprovalStatus="Maybe")
+    with pytest.raises(ClientError, match="length less than or equal to 63"):
+        sagemaker.create_model_package_group(ModelPackageGroupName="x" * 64)
+    with pytest.raises(ClientError, match="value less than or equal to 100"):
+        sagemaker.list_model_packages(ModelPackageGroupName="g", MaxResults=101)
+
+
+def test_what_the_api_reference_adds_and_moto_does_not_check(local):
+    """A repeated ClientToken is the same package; a group's name is taken once; a
+    description holds no control characters; at most 50 metadata properties."""
+    sagemaker, events = local
+    sagemaker.create_model_package_group(ModelPackageGroupName="sagedrop-pets")
+    with pytest.raises(ClientError, match="already exists"):
+        sagemaker.create_model_package_group(ModelPackageGroupName="sagedrop-pets")
+    request = {"ModelPackageGroupName": "sagedrop-pets", "InferenceSpecification": SPEC,
+               "ClientToken": "sdd-pets-1", "ModelApprovalStatus": "Approved"}  # fmt: skip
+    first = sagemaker.create_model_package(**request)["ModelPackageArn"]
+    assert sagemaker.create_model_package(**request)["ModelPackageArn"] == first
+    assert first.endswith(":model-package/sagedrop-pets/1")
+    with pytest.raises(ClientError, match="characters SageMaker refuses"):
+        sagemaker.create_model_package(**{**request, "ClientToken": "t2",
+                                          "ModelPackageDescription": "a\nb"})  # fmt: skip
+    many = {f"k{i}": "v" for i in range(51)}
+    with pytest.raises(
+        ClientError, match="customerMetadataProperties' failed to satisfy constraint"
+    ):
+        sagemaker.create_model_package(**{**request, "ClientToken": "t3",
+                                          "CustomerMetadataProperties": many})  # fmt: skip
+    # versions are numbered without gaps: refused requests took no number
+    second = sagemaker.create_model_package(**{**request, "ClientToken": "t4"})["ModelPackageArn"]
+    assert second.endswith("/2")
+    sagemaker.update_model_package(ModelPackageArn=second, ModelApprovalStatus="Rejected")
+    kinds = [(event[0], event[1]["ModelPackageVersion"], event[1]["ModelApprovalStatus"])
+             for event in events]  # fmt: skip
+    assert kinds == [
+        (PACKAGE_EVENT, 1, "Approved"),
+        (PACKAGE_EVENT, 2, "Approved"),
+        (PACKAGE_EVENT, 2, "Rejected"),
+    ]
+    assert isinstance(events[0][1]["CreationTime"], int)  # EventBridge's epoch milliseconds
