@@ -768,6 +768,14 @@ def test_a_throttled_image_says_so_and_is_retried(cloud):
     )
     assert error["error"].startswith("ThrottlingException: ")
     assert "MaxConcurrency" in error["error"] and "retried" in error["error"]
+    answer = json.dumps({"predictions": [], "model": {"version": 2}}).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+    )
+    assert flow.image_uploaded(INFERENCE, "images/pets/a.jpg", cloud.settings) == "predicted"
+    listed = cloud.s3.list_objects_v2(Bucket=INFERENCE, Prefix="images/pets/a.jpg.")
+    assert [o["Key"] for o in listed["Contents"]] == ["images/pets/a.jpg.json"]
 
 
 def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):

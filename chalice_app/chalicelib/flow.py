@@ -676,7 +676,7 @@ def image_uploaded(bucket: str, key: str, settings: Settings | None = None) -> s
         "image": f"s3://{bucket}/{key}",
         "dataset": pipeline,
         "endpoint": endpoint,
-        "model_version": model.get("training_job"),
+        "model_version": model.get("version"),  # its version in Model Registry
         "predictions": result.get("predictions", []),
         "model": model,
         "latency_ms": round(latency_ms, 2),

@@ -179,7 +179,9 @@ class LocalCloud:
         (self.root / "logs").mkdir(exist_ok=True)
         stream = open(self.root / "logs" / "lambda.log", "a")  # noqa: SIM115 - lives with the logger
         for handler in flow_module.logger._logger.handlers:
-            if isinstance(handler, logging.StreamHandler):
+            # Powertools' own handler only: not a subclass someone attached (pytest's
+            # log capture is one), whose stream is theirs to manage.
+            if type(handler) is logging.StreamHandler:
                 with contextlib.suppress(ValueError):
                     self._replaced_streams.append((handler, handler.setStream(stream)))
         self._log_stream = stream
