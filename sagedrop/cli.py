@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--root", default=DEFAULT_ROOT)
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=_status)
-    report = commands.add_parser("report", help="write one HTML page for a pipeline")
-    report.add_argument("name", help="the pipeline's tuning job name (see status)")
+    report = commands.add_parser(
+        "report", help="one HTML page: a dataset's versions side by side, or one pipeline"
+    )
+    report.add_argument("name", help="a dataset, or a pipeline's tuning job name (see status)")
     report.add_argument("--root", default=DEFAULT_ROOT)
     report.add_argument("--out", default=None, help="default: <root>/reports/NAME.html")
     report.set_defaults(handler=_report)
@@ -246,7 +249,7 @@ def _status(args) -> int:
 
 def _report(args) -> int:
     from sagedrop.local import overview
-    from sagedrop.local.report import render
+    from sagedrop.local.report import render, render_dataset
     from sagedrop.local.state import State
 
     root = Path(args.root)
@@ -255,16 +258,20 @@ def _report(args) -> int:
         return 1
     state = State(root / "state.sqlite")
     try:
-        found = [p for p in overview.pipelines(root, state) if p["name"] == args.name]
+        pipelines = overview.pipelines(root, state)
+        prefix = os.environ.get("ENDPOINT_PREFIX") or "sagedrop"
+        datasets = overview.datasets(root, state, pipelines, prefix)
     finally:
         state.close()
-    if not found:
-        print(f"sagedrop report: no pipeline named {args.name!r} (see sagedrop status)",
+    found = [p for p in pipelines if p["name"] == args.name]
+    dataset = [d for d in datasets if d["name"] == args.name]
+    if not found and not dataset:
+        print(f"sagedrop report: no dataset or pipeline named {args.name!r} (see sagedrop status)",
               file=sys.stderr)  # fmt: skip
         return 1
     out = Path(args.out) if args.out else root / "reports" / f"{args.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(found[0]))
+    out.write_text(render(found[0]) if found else render_dataset(dataset[0], root))
     print(f"wrote {out}")
     return 0
 

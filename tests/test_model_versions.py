@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from chalicelib import requests
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
+from sagedrop.local.status import status_object
 from sagedrop.local.training import tar_gz
 from tests.conftest import jpeg_bytes
 from tests.test_pipelines_per_dataset import LETTERS, relabelled
@@ -128,6 +129,13 @@ def test_the_newest_approved_version_serves_and_a_rollback_brings_back_the_one_b
     assert (
         "rolled back from version 2 to version 1" in listing["versions"][0]["approval_description"]
     )
+    [dataset] = status_object(cloud.root)["datasets"]
+    assert (dataset["name"], dataset["serving_version"]) == ("digits", 1)
+    assert [v["number"] for v in dataset["versions"]] == [2, 1]
+    assert dataset["predictions"] == 3
+    code, out, _ = run_cli("report", "digits", "--root", root)
+    page = (cloud.root / "reports" / "digits.html").read_text()
+    assert code == 0 and "v1 (serving)" in page and "rolled back from version 2" in page
     # a second rollback has nowhere to go; an unknown dataset is said so
     code, _, err = run_cli("rollback", "digits", "--root", root)
     assert code == 1 and "no approved version before 1" in err

@@ -164,6 +164,69 @@ def endpoints(state: State) -> list[dict]:
     return out
 
 
+def datasets(root: Path, state: State, pipelines_seen: list[dict], prefix: str) -> list[dict]:
+    """Per dataset: its pipelines (uploads), its registry versions newest first, the one
+    its endpoint serves, and how many predictions it made."""
+    names = {naming.pipeline_name(p["dataset"] or p["name"]) for p in pipelines_seen}
+    packages: dict[str, list[dict]] = {}
+    for package in state.all("model-package"):
+        pipeline = naming.pipeline_of_group(prefix, package["ModelPackageGroupName"])
+        if pipeline:
+            packages.setdefault(pipeline, []).append(package)
+            names.add(pipeline)
+    made = predictions(Path(root))
+    out = []
+    for name in sorted(names):
+        endpoint_name = naming.endpoint_name(prefix, name)
+        endpoint = state.get("endpoint", endpoint_name)
+        serving = _serving_version(state, endpoint)
+        versions = sorted(packages.get(name, []), key=lambda p: -p["ModelPackageVersion"])
+        out.append(
+            {
+                "name": name,
+                "pipelines": [
+                    p["name"]
+                    for p in pipelines_seen
+                    if naming.pipeline_name(p["dataset"] or p["name"]) == name
+                ],
+                "endpoint": endpoint_name,
+                "endpoint_status": endpoint["EndpointStatus"] if endpoint else None,
+                "serving_version": serving,
+                "versions": [_version_row(p, serving) for p in versions],
+                "predictions": sum(1 for p in made if p.get("dataset") == name),
+            }
+        )
+    return out
+
+
+def _version_row(package: dict, serving: int | None) -> dict:
+    properties = package.get("CustomerMetadataProperties", {})
+    accuracy = properties.get(requests.META_TEST_ACCURACY)
+    return {
+        "number": package["ModelPackageVersion"],
+        "approval": package["ModelApprovalStatus"],
+        "test_accuracy": None if accuracy is None else float(accuracy),
+        "rules": properties.get(requests.META_RULES, ""),
+        "debug_job": properties.get(requests.META_DEBUG_JOB, ""),
+        "serving_kind": properties.get(requests.META_SERVING, ""),
+        "created": package["CreationTime"],
+        "why": package.get("ApprovalDescription") or package.get("ModelPackageDescription", ""),
+        "serving": package["ModelPackageVersion"] == serving,
+    }
+
+
+def _serving_version(state: State, endpoint: dict | None) -> int | None:
+    if not endpoint:
+        return None
+    config = state.get("endpoint-config", endpoint["EndpointConfigName"]) or {}
+    model_name = (config.get("ProductionVariants") or [{}])[0].get("ModelName", "")
+    model = state.get("model", model_name) or {}
+    tags = (state.get("tags", model.get("ModelArn", "")) or {}).get("Tags", [])
+    package = next((t["Value"] for t in tags if t["Key"] == requests.TAG_MODEL_PACKAGE), "")
+    number = package.rsplit("/", 1)[-1]
+    return int(number) if number.isdigit() else None
+
+
 def rejected_uploads(root: Path) -> list[dict]:
     return [
         n["event"]

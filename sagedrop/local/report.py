@@ -129,6 +129,64 @@ def render(pipeline: dict) -> str:
     return page(f"sagedrop {pipeline['name']}", parts)
 
 
+def render_dataset(dataset: dict, root: Path) -> str:
+    """One dataset's model versions side by side: approval, test accuracy, rule verdicts,
+    which one serves, and each version's debug/profiler report."""
+    serving = dataset["serving_version"]
+    parts = [
+        f"<h1>sagedrop dataset {html.escape(dataset['name'])}</h1>",
+        f"<p>Endpoint <code>{html.escape(dataset['endpoint'])}</code>: "
+        f"{html.escape(str(dataset['endpoint_status'] or 'not created'))}"
+        + ("" if serving is None else f", serving version {serving}")
+        + f". Uploads: {len(dataset['pipelines'])}; predictions: {dataset['predictions']}.</p>",
+        "<h2>Versions</h2>",
+    ]
+    rows = [
+        [
+            f"v{v['number']}" + (" (serving)" if v["serving"] else ""),
+            v["approval"],
+            _fmt(v["test_accuracy"]),
+            v["rules"].replace(" ", ", ") or "-",
+            v["serving_kind"],
+            v["debug_job"],
+            str(v["created"])[:19],
+            v["why"],
+        ]
+        for v in dataset["versions"]
+    ]
+    parts.append(
+        table(
+            [
+                "version",
+                "approval",
+                "test accuracy",
+                "rules",
+                "serving",
+                "debug job",
+                "created",
+                "why",
+            ],
+            rows,
+            [v["approval"] for v in dataset["versions"]],
+        )
+    )
+    points = [(v["number"], v["test_accuracy"]) for v in dataset["versions"]
+              if v["test_accuracy"] is not None]  # fmt: skip
+    if points:
+        parts.append(scatter("Test accuracy per version", points, "version", "test_accuracy"))
+    links = []
+    for v in dataset["versions"]:
+        report = root / "jobs" / v["debug_job"] / "output" / "data" / "report.html"
+        if v["debug_job"] and report.exists():
+            links.append(
+                f'<li><a href="{html.escape(report.as_uri())}">v{v["number"]}: '
+                f"{html.escape(v['debug_job'])}</a></li>"
+            )
+    if links:
+        parts.append("<h2>Debug and profiler reports</h2><ul>" + "".join(links) + "</ul>")
+    return page(f"sagedrop {dataset['name']}", parts)
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
