@@ -31,6 +31,11 @@ LAMBDA_ACTIONS = {
     "sagemaker:UpdateEndpoint",
     "sagemaker:DescribeEndpoint",
     "sagemaker:InvokeEndpoint",
+    "sagemaker:CreateModelPackageGroup",
+    "sagemaker:DescribeModelPackageGroup",
+    "sagemaker:CreateModelPackage",
+    "sagemaker:DescribeModelPackage",
+    "sagemaker:UpdateModelPackage",
     "iam:PassRole",
 }
 
@@ -100,3 +105,42 @@ def test_outputs_cover_what_configure_reads():
     from sagedrop.aws_configure import _REQUIRED_OUTPUTS
 
     assert set(_REQUIRED_OUTPUTS) <= set(TEMPLATE["Outputs"])
+
+
+def _operations_called_by_the_pipeline() -> set[str]:
+    """Every AWS operation chalicelib calls (``client.<operation>(``), as an IAM action."""
+    import re
+
+    import botocore.session
+    from botocore import xform_name
+
+    session = botocore.session.get_session()
+    services = {"sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "s3": "s3",
+                "sns": "sns"}  # fmt: skip
+    # S3 operations authorised by another action's name
+    renamed = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket"}
+    known: dict[str, str] = {}
+    for service, prefix in services.items():
+        for operation in session.get_service_model(service).operation_names:
+            known.setdefault(xform_name(operation), f"{prefix}:{operation}")
+    source = "".join(
+        path.read_text() for path in (REPO_ROOT / "chalice_app" / "chalicelib").glob("*.py")
+    )
+    calls = re.findall(r"(?:(\w+)|[)\]])\.(\w+)\(", source)  # x.op( and client("s").op(
+    # owners that are never clients: modules and compiled patterns (UPPER_CASE constants)
+    modules = {"re", "json", "os", "math", "hashlib", "zipfile", "tarfile"}
+    called = {
+        known[name]
+        for owner, name in calls
+        if name in known and owner not in modules and not owner.lstrip("_").isupper()
+    }
+    return {renamed.get(action, action) for action in called}
+
+
+def test_every_operation_the_code_calls_is_granted_to_the_lambda_role():
+    """Read from the code itself: a new call without its IAM action fails here, not on AWS."""
+    called = _operations_called_by_the_pipeline()
+    assert {"sagemaker:CreateModelPackage", "sagemaker:InvokeEndpoint", "s3:GetObject"} <= called
+    granted = {a for s in statements("LambdaRole") for a in actions(s)}
+    assert called - granted == set()
+    assert called <= LAMBDA_ACTIONS | {"s3:ListBucket"}
