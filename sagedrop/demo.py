@@ -152,7 +152,14 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
             f"{rule.get('StatusDetails', '')}")  # fmt: skip
     if debug.get("report"):
         say(f"Debug report:    {debug['report']}")
-    say(f"Quality gate:    {gate.get('decision')}")
+    say(f"Quality gate:    {gate.get('decision')}: {gate.get('summary', '')}")
+    for dataset in overview.datasets(
+        cloud.root, cloud.state, [pipeline], os.environ.get("ENDPOINT_PREFIX") or "sagedrop"
+    ):
+        for version in dataset["versions"]:
+            serving = " (serving)" if version["serving"] else ""
+            say(f"Model Registry:  {dataset['endpoint']} version {version['number']} "
+                f"{version['approval']}{serving}")  # fmt: skip
     endpoint = overview.endpoints(cloud.state)[0]
     say(f"Endpoint:        {endpoint['name']} {endpoint['status']} (127.0.0.1:{endpoint['port']})")
     say("")

@@ -26,6 +26,7 @@ def envelope(detail_type: str, detail: dict, source: str = "aws.sagemaker") -> d
 TUNING = "SageMaker HyperParameter Tuning Job State Change"
 TRAINING = "SageMaker Training Job State Change"
 ENDPOINT = "SageMaker Endpoint State Change"
+PACKAGE = "SageMaker Model Package State Change"
 CASES = [
     (envelope(TUNING, {"HyperParameterTuningJobName": "sdt-digits-1a2b3c4d",
                        "HyperParameterTuningJobStatus": "Completed"}), "on_tuning_finished"),
@@ -53,6 +54,15 @@ CASES = [
     (envelope(ENDPOINT, {"EndpointName": "sagedropx", "EndpointStatus": "IN_SERVICE"}), None),
     (envelope(TRAINING, {"TrainingJobName": "sdd-x", "TrainingJobStatus": "Completed"},
               source="my.app"), None),
+    # Approving or rejecting a dataset's version moves its endpoint; pending ones wait.
+    (envelope(PACKAGE, {"ModelPackageGroupName": "sagedrop-digits", "ModelPackageVersion": 2,
+                        "ModelApprovalStatus": "Approved"}), "on_model_package_changed"),
+    (envelope(PACKAGE, {"ModelPackageGroupName": "sagedrop-digits", "ModelPackageVersion": 2,
+                        "ModelApprovalStatus": "Rejected"}), "on_model_package_changed"),
+    (envelope(PACKAGE, {"ModelPackageGroupName": "sagedrop-digits", "ModelPackageVersion": 2,
+                        "ModelApprovalStatus": "PendingManualApproval"}), None),
+    (envelope(PACKAGE, {"ModelPackageGroupName": "fraud-models", "ModelPackageVersion": 2,
+                        "ModelApprovalStatus": "Approved"}), None),
 ]  # fmt: skip
 
 

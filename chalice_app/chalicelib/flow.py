@@ -446,6 +446,11 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> str:
         return "none-approved"
     properties = package.get("CustomerMetadataProperties", {})
     version = package["ModelPackageVersion"]
+    if requests.META_DEBUG_JOB not in properties:
+        raise ValueError(
+            f"version {version} of {group} has no {requests.META_DEBUG_JOB} property: it was "
+            "not registered by sagedrop's gate, so sagedrop does not deploy it"
+        )
     model = requests.model_request(settings, package)
     config = requests.endpoint_config_request(
         properties[requests.META_DEBUG_JOB],
