@@ -280,6 +280,12 @@ def test_5_status_shows_jobs_waiting_for_a_slot(capsys):
         "predictions": 0,
     }  # fmt: skip
     print_status(
-        {"pipelines": [pipeline], "rejected_uploads": [], "endpoints": [], "predictions": 0}
+        {
+            "datasets": [],
+            "pipelines": [pipeline],
+            "rejected_uploads": [],
+            "endpoints": [],
+            "predictions": 0,
+        }
     )
     assert "1 trial(s) waiting for a free local training slot" in capsys.readouterr().out

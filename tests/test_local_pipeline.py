@@ -118,7 +118,12 @@ def test_pipeline_through_the_cli(tmp_path):
     prediction = json.loads((images / f"{image.name}.json").read_text())
     assert prediction["predictions"][0]["label"] in {"zero", "one", "two"}
     assert prediction["dataset"] == "digits" and prediction["endpoint"] == "sagedrop-digits"
-    assert prediction["model_version"] == debug["name"]  # the job that made the model
+    assert prediction["model_version"] == 1  # its version in Model Registry
+    assert prediction["model"]["training_job"] == debug["name"]  # the job that made it
+    [dataset] = snapshot["datasets"]
+    assert (dataset["name"], dataset["serving_version"]) == ("digits", 1)
+    [version] = dataset["versions"]
+    assert (version["approval"], version["debug_job"]) == ("Approved", debug["name"])
     assert "trial" in output and "[sns]" in output
     report = cli("report", pipeline["name"], root=root)
     assert report.returncode == 0
