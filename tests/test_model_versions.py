@@ -19,6 +19,8 @@ from botocore.exceptions import ClientError
 from chalicelib import requests
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
+from sagedrop.local.registry import PACKAGE_EVENT
+from sagedrop.local.state import State
 from sagedrop.local.status import status_object
 from sagedrop.local.training import tar_gz
 from tests.conftest import jpeg_bytes
@@ -76,6 +78,14 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(list(argv))
     return code, out.getvalue(), err.getvalue()
+
+
+def cloud_events(root: Path) -> list[dict]:
+    state = State(root / "state.sqlite")
+    try:
+        return [e["body"] for e in state.event_outcomes() if e["kind"] == "eventbridge"]
+    finally:
+        state.close()
 
 
 def notices(cloud: LocalCloud) -> list[dict]:
@@ -166,3 +176,36 @@ def test_manual_approval_and_a_serverless_version_that_throttles(cloud, trained_
     assert "MaxConcurrency" in throttled["error"]
     free = predict(cloud, "free")
     assert free["model_version"] == 1
+
+
+def test_a_version_whose_event_was_lost_to_a_crash_still_deploys(tmp_path, trained_job):
+    """The worst moment: the version is recorded and the process dies before its state
+    change event is queued. The next start sends it; the endpoint follows."""
+    root = tmp_path / "root"
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start(watch=False)
+    try:
+        cloud.sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+
+        def die(*_):
+            raise KeyboardInterrupt("killed between the record and its event")
+
+        cloud.sagemaker.registry.emit = die
+        with pytest.raises(KeyboardInterrupt):
+            register(cloud, 1, trained_job["model_dir"], "instance:ml.m5.large:1")
+        assert cloud.wait_until(lambda: cloud.state.unfinished_events() == 0, 60)
+        assert cloud.state.get("endpoint", ENDPOINT) is None
+    finally:
+        cloud.stop()
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start(watch=False)
+    try:
+        assert cloud.wait_until(lambda: serving_config(cloud, "sdd-digits-00000001-config"), 120)
+        assert predict(cloud, "after")["model_version"] == 1
+    finally:
+        cloud.stop()
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start(watch=False)  # a third start announces nothing again
+    cloud.stop()
+    sent = [e for e in cloud_events(root) if e["detail-type"] == PACKAGE_EVENT]
+    assert len(sent) == 1

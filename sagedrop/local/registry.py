@@ -224,9 +224,17 @@ class LocalModelRegistry:
             )
         return record
 
+    def resume(self) -> None:
+        """After a restart: each version's latest state change is queued again under its
+        deterministic id, so an event lost between a change and its event (a crash) is
+        sent, and one already sent is not."""
+        for record in self.state.all(PACKAGE):
+            self._emit(record)
+
     def _emit(self, record: dict) -> None:
         detail = event_detail(record)
-        self.emit(PACKAGE_EVENT, detail, [record["ModelPackageArn"]])
+        event_id = f"model-package:{record['ModelPackageArn']}:{record['LastModifiedTime']}"
+        self.emit(PACKAGE_EVENT, detail, [record["ModelPackageArn"]], event_id)
 
 
 def _page(items: list, params: dict) -> tuple[list, str | None]:

@@ -115,6 +115,7 @@ class LocalSageMaker:
                 self._background(self._run_tuning, job["HyperParameterTuningJobName"])
             else:
                 self._emit_tuning(job)
+        self.registry.resume()
         for endpoint in self.state.all(ENDPOINT):
             name, config = endpoint["EndpointName"], endpoint["EndpointConfigName"]
             if endpoint["EndpointStatus"] == "InService":
