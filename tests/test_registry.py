@@ -181,3 +181,38 @@ def test_what_the_api_reference_adds_and_moto_does_not_check(local):
         (PACKAGE_EVENT, 2, "Rejected"),
     ]
     assert isinstance(events[0][1]["CreationTime"], int)  # EventBridge's epoch milliseconds
+
+
+def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_path, moto_client):
+    from chalicelib import requests
+    from sagedrop.local.s3 import LocalS3
+    from sagedrop.local.sagemaker import LocalSageMaker
+
+    state = State(tmp_path / "sm.sqlite")
+    local = LocalSageMaker(tmp_path, state, LocalS3(tmp_path, state), lambda *e: None, print)
+    model = {"ModelName": "sdd-pets-1-model", "ExecutionRoleArn": "arn:aws:iam::1:role/r",
+             "PrimaryContainer": {"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"}}  # fmt: skip
+    config = requests.endpoint_config_request("sdd-pets-1", "sdd-pets-1-model", "serverless:2048:5")
+    described = []
+    for sagemaker in (local, moto_client):
+        sagemaker.create_model(**model)
+        sagemaker.create_endpoint_config(**config)
+        described.append(
+            sagemaker.describe_endpoint_config(EndpointConfigName=config["EndpointConfigName"])
+        )
+    assert described[0]["ProductionVariants"] == described[1]["ProductionVariants"]
+    for variant, message in (
+        ({"ServerlessConfig": {"MemorySizeInMB": 1536, "MaxConcurrency": 5}}, "MemorySizeInMB"),
+        (
+            {
+                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5},
+                "InstanceType": "ml.m5.large",
+            },
+            "cannot be combined",
+        ),
+        ({"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 201}}, "less than or"),
+    ):
+        bad = {"VariantName": "AllTraffic", "ModelName": "sdd-pets-1-model", **variant}
+        with pytest.raises(ClientError, match=message):
+            local.create_endpoint_config(EndpointConfigName="bad", ProductionVariants=[bad])
+    state.close()
