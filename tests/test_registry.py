@@ -216,3 +216,55 @@ def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_pa
         with pytest.raises(ClientError, match=message):
             local.create_endpoint_config(EndpointConfigName="bad", ProductionVariants=[bad])
     state.close()
+
+
+def test_models_and_rollback_on_aws_through_boto3(tmp_path, moto_client, monkeypatch):
+    """``--stage``: the same commands through boto3 (moto here), with the stage's prefix."""
+    import contextlib
+    import io
+    import json
+
+    from chalicelib import requests
+    from sagedrop import aws_configure, cli
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"stages": {"test": {"environment_variables": {
+        "ENDPOINT_PREFIX": "team-a"}}}}))  # fmt: skip
+    monkeypatch.setattr(aws_configure, "CHALICE_CONFIG", config)
+    sm = moto_client
+    sm.create_model_package_group(ModelPackageGroupName="team-a-digits")
+    arns = [
+        sm.create_model_package(
+            ModelPackageGroupName="team-a-digits", InferenceSpecification=SPEC,
+            ModelApprovalStatus="Approved",
+            CustomerMetadataProperties={requests.META_DEBUG_JOB: f"sdd-digits-{n}",
+                                        requests.META_TEST_ACCURACY: "0.900000"},
+        )["ModelPackageArn"]
+        for n in (1, 2)
+    ]  # fmt: skip
+    sm.create_model(
+        ModelName="sdd-digits-2-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+        PrimaryContainer={"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"},
+        Tags=[{"Key": requests.TAG_MODEL_PACKAGE, "Value": arns[1]}],
+    )  # fmt: skip
+    sm.create_endpoint_config(
+        **requests.endpoint_config_request(
+            "sdd-digits-2", "sdd-digits-2-model", "instance:ml.m5.large:1"
+        )
+    )
+    sm.create_endpoint(EndpointName="team-a-digits", EndpointConfigName="sdd-digits-2-config")
+
+    def run(*argv):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(list(argv))
+        return code, out.getvalue()
+
+    code, out = run("models", "--stage", "test", "--json")
+    [listing] = json.loads(out)["datasets"]
+    assert code == 0 and (listing["dataset"], listing["serving_version"]) == ("digits", 2)
+    code, out = run("rollback", "digits", "--stage", "test")
+    assert code == 0 and "version 1 serves again" in out
+    [newest, first] = registry.versions(sm, "team-a-digits")
+    assert (newest.approval, first.approval) == ("Rejected", "Approved")
+    assert newest.approval_description.startswith("rolled back from version 2 to version 1")
