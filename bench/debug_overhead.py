@@ -1,6 +1,6 @@
 """What the debug job's recorder and profiler cost per training step, at default settings.
 
-The same loop (``loops.train_epoch``, ResNet18, resident in-memory batches so the data
+The same loop (``fit_loop.train_epoch``, ResNet18, resident in-memory batches so the data
 pipeline adds no noise) runs in alternating blocks with no probe and with a full
 ``DebugSession`` (tensors saved every 50 steps and every step of the first 10, per-step
 loss and timeline, 500 ms system sampling, rules evaluated as it goes, TensorBoard
@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT / "training_code")]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import distributed  # noqa: E402
-import loops  # noqa: E402
+import ddp_runtime  # noqa: E402
+import fit_loop  # noqa: E402
 from debug_session import DebugOptions, DebugSession  # noqa: E402
 from model_def import build_classifier  # noqa: E402
 
@@ -77,12 +77,12 @@ class _Clock:
 
 def run_block(model, optimizer, batches, session) -> tuple[list[float], float]:
     """Step durations, and the seconds spent inside the session's calls."""
-    runtime = distributed.Runtime(0, 1, 0, torch.device("cpu"))
+    runtime = ddp_runtime.Runtime(0, 1, 0, torch.device("cpu"))
     clock = _Clock(session)
     start = time.perf_counter()
     if session is not None:
         session.epoch_begin(1)
-    loops.train_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), runtime, clock)
+    fit_loop.train_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), runtime, clock)
     stamps = [start, *clock.stamps]
     return [b - a for a, b in itertools.pairwise(stamps)], clock.inside
 

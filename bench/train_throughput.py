@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import distributed  # noqa: E402
-import loops  # noqa: E402
+import ddp_runtime  # noqa: E402
+import fit_loop  # noqa: E402
 from data_pipeline import ImageFileDataset, collate_skipping_unreadable, prepare_dataset  # noqa: E402
 from image_io import Preprocessing, eval_transform, train_transform  # noqa: E402
 from model_def import build_classifier  # noqa: E402
@@ -54,7 +54,7 @@ def raw_step_times(model, batch_size, image_size, steps, warmup=2) -> list[float
 
 
 def loop_step_times(model, items, pre, batch_size, workers, warmup=2) -> list[float]:
-    """The real loop (loops.train_epoch) timed between consecutive optimizer steps."""
+    """The real loop (fit_loop.train_epoch) timed between consecutive optimizer steps."""
     dataset = ImageFileDataset(items, train_transform(pre, "flip-crop"), pre.resize_size)
     loader = DataLoader(
         dataset,
@@ -68,8 +68,8 @@ def loop_step_times(model, items, pre, batch_size, workers, warmup=2) -> list[fl
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     stamps: list[float] = []
-    runtime = distributed.Runtime(0, 1, 0, torch.device("cpu"))
-    loops.train_epoch(
+    runtime = ddp_runtime.Runtime(0, 1, 0, torch.device("cpu"))
+    fit_loop.train_epoch(
         model,
         loader,
         optimizer,
@@ -81,20 +81,11 @@ def loop_step_times(model, items, pre, batch_size, workers, warmup=2) -> list[fl
     return intervals[warmup:]
 
 
-class _StepClock:
-    """A ``loops.StepProbe`` that only notes when each step ends."""
+class _StepClock(fit_loop.NoProbe):
+    """A probe that only notes when each step ends."""
 
     def __init__(self, stamps: list[float]):
         self.stamps = stamps
-
-    def batch_ready(self) -> None:
-        """Nothing to note before the step."""
-
-    def forward_done(self, loss) -> None:
-        """Nothing to note after the forward pass."""
-
-    def backward_done(self) -> None:
-        """Nothing to note after the backward pass."""
 
     def step_done(self) -> bool:
         self.stamps.append(time.perf_counter())
@@ -147,22 +138,19 @@ def main() -> None:
             num_workers=args.workers,
             collate_fn=collate_skipping_unreadable,
         )
-        runtime = distributed.Runtime(0, 1, 0, torch.device("cpu"))
+        runtime = ddp_runtime.Runtime(0, 1, 0, torch.device("cpu"))
         start = time.perf_counter()
-        features, labels, _ = loops.extract_features(model, loader, runtime)
+        features, labels, _ = fit_loop.extract_features(model, loader, runtime)
         extract_seconds = time.perf_counter() - start
         head = model.fc
         optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
         generator = torch.Generator().manual_seed(0)
         head_epochs = [
-            loops.train_head_epoch(
+            fit_loop.train_epoch(
                 head,
-                features,
-                labels,
+                fit_loop.feature_batches(features, labels, args.batch_size, generator),
                 optimizer,
                 nn.CrossEntropyLoss(),
-                args.batch_size,
-                generator,
                 runtime,
             ).seconds
             for _ in range(7)

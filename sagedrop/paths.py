@@ -24,7 +24,8 @@ def ensure_import_paths() -> None:
 
 
 def ensure_training_code_importable() -> None:
-    """Make the container code's stdlib-only helpers (charts, trace reader, rules) importable.
+    """Make ``training_code/offline_api.py`` importable: the container code's one public
+    module for sagedrop (charts, trace reader, rules), standard library only.
 
     Appended, not prepended: a model artifact's own ``code/`` folder, which
     ``sagedrop.artifacts`` puts first while it loads, still wins over these.

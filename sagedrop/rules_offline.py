@@ -13,10 +13,14 @@ from pathlib import Path
 from sagedrop.paths import ensure_training_code_importable
 
 ensure_training_code_importable()
-import debug_report  # noqa: E402 - training_code/
-from debug_trace import read_trace  # noqa: E402
-from rule_base import ISSUES, Verdict  # noqa: E402
-from rule_set import evaluate_records, parse_rules_config  # noqa: E402
+from offline_api import (  # noqa: E402 - training_code/'s public module
+    ISSUES,
+    Verdict,
+    evaluate_records,
+    parse_rules_config,
+    read_trace,
+    render_debug_report,
+)
 
 
 def find_trace(path: str, root: str) -> Path:
@@ -42,7 +46,7 @@ def write_report(records: list[dict], verdicts: list[Verdict], out: str) -> Path
     meta = next((r for r in records if r.get("kind") == "meta"), {})
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(debug_report.render(records, verdicts, str(meta.get("job", "job"))))
+    target.write_text(render_debug_report(records, verdicts, str(meta.get("job", "job"))))
     return target
 
 

@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from chalicelib.training_metrics import (
+from chalicelib.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     RULE_NAMES,
     RULE_STATUSES,
@@ -186,3 +186,23 @@ def test_a_stop_rule_ends_the_job_with_its_report(tiny_dataset, tmp_path):
     assert (tmp_path / "output" / "data" / "report.html").is_file()
     assert not (tmp_path / "model" / "model.pt").exists()
     assert "rule_ExplodingTensor=1" in result.stdout
+
+
+def test_both_training_paths_record_the_same_trace(tmp_path, tiny_dataset):
+    """One loop for images and cached features: the debug trace of each has the same
+    kinds of record, validation losses included (the cached path once recorded none)."""
+    kinds = {}
+    for path, extra in {
+        "images": ("--cache-features", "false"),
+        "cached features": ("--freeze", "backbone", "--cache-features", "true"),
+    }.items():
+        job = tmp_path / path.replace(" ", "-")
+        result = debug_run(job, tiny_dataset, "--debug-save-interval", "1", *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("cached features=True" in result.stdout) is (path == "cached features")
+        records = read_trace(job / "output" / "data" / "debug_trace.jsonl")
+        kinds[path] = {r["kind"] for r in records} - {"operators", "system"}
+        eval_epochs = {r["epoch"] for r in records if r["kind"] == "eval_loss"}
+        assert eval_epochs == {1, 2}, path
+    assert kinds["images"] == kinds["cached features"]
+    assert {"eval_loss", "loss", "step", "tensors", "eval"} <= kinds["images"]

@@ -1,6 +1,6 @@
 """The recorder and the rules on real training: crafted runs that have each problem, and a
 healthy run where none fires. Small networks on scikit-learn's digits (8x8), through the
-same ``loops`` and ``DebugSession`` that ``train.py`` uses; seconds each.
+same ``fit_loop`` and ``DebugSession`` that ``train.py`` uses; seconds each.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-import distributed
-import loops
-from chalicelib.training_metrics import DEBUG_RULES as DEBUG_RULE_NAMES
+import ddp_runtime
+import fit_loop
+from chalicelib.job_contract import DEBUG_RULES as DEBUG_RULE_NAMES
 from debug_session import DebugOptions, DebugSession
 from debug_trace import read_trace
 from rule_base import ISSUES, NO_ISSUES
 from rule_set import evaluate_records
 
-CPU = distributed.Runtime(0, 1, 0, torch.device("cpu"))
+CPU = ddp_runtime.Runtime(0, 1, 0, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,10 @@ def train(model, train_batches, valid_batches, epochs, lr, tmp_path, rules=None)
     session.optimizer = optimizer
     for epoch in range(1, epochs + 1):
         session.epoch_begin(epoch)
-        result = loops.train_epoch(
+        result = fit_loop.train_epoch(
             model, train_batches, optimizer, nn.CrossEntropyLoss(), CPU, session
         )
-        valid = loops.evaluate(model, valid_batches, CPU, session)
+        valid = fit_loop.evaluate(model, valid_batches, CPU, session)
         session.evaluated(epoch, result, valid)
         if session.stopping_rule() is not None:
             break
@@ -193,3 +193,26 @@ def test_offline_evaluation_gives_the_in_training_verdicts(digits_tensors, tmp_p
     assert [v.as_record() for v in replayed] == [v.as_record() for v in verdicts.values()]
     assert "StepOutlier" not in {v.rule for v in replayed}
     assert json.loads((out / "rules.json").read_text()) == [v.as_status() for v in replayed]
+
+
+class _StopAfterFirstStep(fit_loop.NoProbe):
+    def step_done(self) -> bool:
+        return True
+
+
+def test_an_epoch_stopped_by_a_rule_averages_over_the_samples_it_saw():
+    """A rule's stop mid-epoch: loss and accuracy are of the steps taken, not divided by
+    the whole epoch's samples (which once under-reported both)."""
+    torch.manual_seed(0)
+    head = nn.Linear(4, 3)
+    features, labels = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.0)  # weights stay put
+    batches = fit_loop.feature_batches(features, labels, 8)
+    result = fit_loop.train_epoch(
+        head, batches, optimizer, nn.CrossEntropyLoss(), CPU, _StopAfterFirstStep()
+    )
+    expected = nn.functional.cross_entropy(head(features[:8]), labels[:8]).item()
+    assert result.samples == 8
+    assert result.loss == pytest.approx(expected)
+    correct = (head(features[:8]).argmax(1) == labels[:8]).sum().item()
+    assert result.accuracy == pytest.approx(correct / 8)

@@ -15,7 +15,7 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from chalicelib import clients, flow, naming, notify, registry, requests
+from chalicelib import clients, flow, job_contract, naming, notify, registry, requests
 from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
@@ -302,10 +302,32 @@ def model_archive(
     return buffer.getvalue()
 
 
-def debug_job(cloud, test_accuracy, rules, archive=True, model=None, name="sdd-pets-1234abcd"):
+def debug_job(
+    cloud,
+    test_accuracy,
+    rules,
+    archive=True,
+    model=None,
+    name="sdd-pets-1234abcd",
+    reported_only=False,
+    hyperparameters=None,
+):
     """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
     and, when ``archive``, rules.json with the details in its output.tar.gz; its dataset
-    zip and model artifact (``model``: the archive's bytes) are in the data bucket."""
+    zip and model artifact (``model``: the archive's bytes) are in the data bucket.
+
+    Every rule the job ran reports a verdict, as a real debug job's do: ``rules`` are the
+    ones that say something, the rest report NoIssuesFound (``reported_only``: none else)."""
+    if not reported_only:
+        named = {r["RuleConfigurationName"] for r in rules}
+        rules = [
+            *rules,
+            *(
+                {"RuleConfigurationName": n, "RuleEvaluationStatus": "NoIssuesFound"}
+                for n in job_contract.RULE_NAMES
+                if n not in named
+            ),
+        ]
     prefix = f"jobs/{name}"
     cloud.put_zip("datasets/pets.zip", layout())
     cloud.s3.put_object(
@@ -337,6 +359,7 @@ def debug_job(cloud, test_accuracy, rules, archive=True, model=None, name="sdd-p
         "TrainingJobArn": f"{ARN}:training-job/sdd",
         "TrainingJobStatus": "Completed",
         "SecondaryStatus": "Completed",
+        "HyperParameters": hyperparameters or {"debug": '"true"'},
         "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "img"},
         "InputDataConfig": [
             {
@@ -461,7 +484,8 @@ def test_gate_registers_a_worse_model_as_rejected(cloud):
     [version] = versions(cloud)
     assert (version.number, version.approval, version.debug_job) == (1, "Rejected", name)
     assert "worse than the serving model's 0.9000" in version.description
-    assert version.test_accuracy == 0.8 and version.rules == "VanishingGradient=NoIssuesFound"
+    assert version.test_accuracy == 0.8
+    assert version.rules.startswith("VanishingGradient=NoIssuesFound ExplodingTensor=")
     # a Rejected version deploys nothing
     assert approval_event(cloud, 1, "Rejected") == "none-approved"
 
@@ -656,6 +680,54 @@ def test_non_blocking_rule_issues_are_reported_but_deploy(cloud):
     key = statistics.removeprefix(f"s3://{DATA}/")
     quality = json.loads(cloud.s3.get_object(Bucket=DATA, Key=key)["Body"].read())
     assert quality["multiclass_classification_metrics"]["accuracy"]["value"] == 0.95
+
+
+def test_gate_refuses_a_debug_job_whose_verdicts_were_lost(cloud):
+    """A job that ran rules and printed no rule_<Name> line (a changed log format, a
+    crashed session) would otherwise deploy unchecked: it is registered Rejected."""
+    name, described = debug_job(cloud, 0.99, [], reported_only=True)
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    [message] = cloud.messages()
+    assert message["reasons"][0].startswith(
+        f"the debug job ran {len(job_contract.RULE_NAMES)} rule(s) and reported no verdict"
+    )
+    assert [v.approval for v in versions(cloud)] == ["Rejected"]
+
+
+def test_gate_refuses_when_a_blocking_rule_reported_nothing(cloud):
+    others = [
+        {"RuleConfigurationName": n, "RuleEvaluationStatus": "NoIssuesFound"}
+        for n in job_contract.RULE_NAMES
+        if n != "ExplodingTensor"
+    ]
+    name, described = debug_job(cloud, 0.99, others, reported_only=True)
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    assert "blocking rule(s) ran but reported no verdict: ExplodingTensor" in (
+        cloud.messages()[0]["reasons"][0]
+    )
+
+
+def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud):
+    """The job's own rules setting (SDK-encoded, as requests sends it) says which rules
+    ran: all turned off, none is expected, and the minimum accuracy alone decides."""
+    off = json.dumps(dict.fromkeys(job_contract.RULE_NAMES, False))
+    hyperparameters = {"debug": '"true"', "rules": json.dumps(off)}
+    name, described = debug_job(
+        cloud, 0.99, [], reported_only=True, hyperparameters=hyperparameters
+    )
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    assert "no rules ran (the job's rules setting turned them all off)" in (
+        cloud.messages()[0]["reasons"]
+    )
 
 
 def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):

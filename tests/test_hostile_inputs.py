@@ -16,13 +16,13 @@ import torch
 from botocore.exceptions import ClientError
 from torch import nn
 
-import loops
+import fit_loop
 from chalicelib import flow, hyperparameters, notify, requests
 from chalicelib.artifact_check import artifact_problems
 from chalicelib.datasets import inspect_entries, inspect_zip
 from chalicelib.hyperparameters import HyperparameterError
 from chalicelib.settings import Settings, SettingsError
-from distributed import Runtime
+from ddp_runtime import Runtime
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
@@ -362,7 +362,7 @@ def test_13_a_batch_cut_to_one_image_does_not_crash_batchnorm():
     batches.append((torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), []))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     runtime = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    result = loops.train_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), runtime)
+    result = fit_loop.train_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), runtime)
     assert result.samples == 4 and result.unreadable == ["x.jpg: unreadable"]
 
 
@@ -444,7 +444,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
 # 14. rules that had too little data say so, through the metrics, to the gate ----------------
 def test_14_a_not_judged_rule_reaches_the_gate_as_such():
     from chalicelib.gate import quality_gate
-    from chalicelib.training_metrics import rule_statuses
+    from chalicelib.job_contract import rule_statuses
 
     rules = rule_statuses({"rule_VanishingGradient": 0.0, "rule_CPUBottleneck": 3.0})
     assert [(r["RuleEvaluationStatus"], r["Judged"]) for r in rules] == [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.training_metrics import RULE_NAMES
+from chalicelib.job_contract import RULE_NAMES
 from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
 from sagedrop.local.sns import read_notifications
 from sagedrop.sample_data import pack_dataset, write_sample_dataset

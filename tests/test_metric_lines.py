@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from chalicelib.training_metrics import METRIC_DEFINITIONS, parse_metric_lines
-from metric_lines import format_metrics
+from chalicelib.job_contract import METRIC_DEFINITIONS, parse_metric_lines
+from job_contract import format_metrics
 
 
 @pytest.mark.parametrize(

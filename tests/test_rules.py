@@ -12,7 +12,7 @@ import pytest
 
 import debug_rules
 import profiler_rules
-from chalicelib import training_metrics
+from chalicelib import job_contract
 from rule_base import ERROR, ISSUES, NO_ISSUES, RuleConfigError
 from rule_set import ALL_RULES, RuleSet, evaluate_records, metric_values, parse_rules_config
 
@@ -58,9 +58,9 @@ def losses(values, start=0):
 
 
 def test_the_pipeline_and_the_training_code_know_the_same_rules():
-    assert tuple(ALL_RULES) == training_metrics.RULE_NAMES
-    assert [r.name for r in debug_rules.DEBUG_RULES] == list(training_metrics.DEBUG_RULES)
-    assert [r.name for r in profiler_rules.PROFILER_RULES] == list(training_metrics.PROFILER_RULES)
+    assert tuple(ALL_RULES) == job_contract.RULE_NAMES
+    assert [r.name for r in debug_rules.DEBUG_RULES] == list(job_contract.DEBUG_RULES)
+    assert [r.name for r in profiler_rules.PROFILER_RULES] == list(job_contract.PROFILER_RULES)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from chalicelib.training_metrics import (
+from chalicelib.job_contract import (
     EPOCH_METRICS,
     METRIC_DEFINITIONS,
     OBJECTIVE_METRIC,

@@ -22,7 +22,7 @@ from torch import nn
 
 import debug_report
 from debug_trace import TRACE_FILE, TraceWriter, read_trace
-from metric_lines import emit_metrics
+from job_contract import emit_metrics
 from rule_base import Rule, Verdict
 from rule_set import RuleSet, metric_values, write_verdicts
 from system_monitor import SystemMonitor
@@ -40,15 +40,6 @@ class DebugOptions:
     profiler_interval_s: float = 0.5
     trace_steps: tuple[int, int] | None = None  # torch.profiler over these steps, inclusive
     tensorboard_dir: str | None = None
-
-
-class StopTraining(Exception):
-    """A rule configured with ``"stop": true`` found issues."""
-
-    def __init__(self, verdict: Verdict | None):
-        text = f"{verdict.rule}: {verdict.details}" if verdict else "a rule on rank 0 found issues"
-        super().__init__(f"training stopped by rule {text}")
-        self.verdict = verdict
 
 
 def parse_trace_steps(text: str) -> tuple[int, int] | None:

@@ -11,13 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-NO_ISSUES = "NoIssuesFound"
-ISSUES = "IssuesFound"
-ERROR = "Error"
-# The value each verdict takes in the ``rule_<Name>=`` metric lines the gate reads;
-# NOT_JUDGED_CODE is NoIssuesFound from a rule that had too little data to judge.
-STATUS_CODES = {NO_ISSUES: 0, ISSUES: 1, ERROR: 2}
-NOT_JUDGED_CODE = 3
+# SageMaker's status words and the codes the ``rule_<Name>=`` metric lines carry to the
+# gate are the job contract's (one module for both sides).
+from job_contract import ERROR, ISSUES, NO_ISSUES, NOT_JUDGED, STATUS_CODES
+
+__all__ = ["ERROR", "ISSUES", "NO_ISSUES", "Rule", "RuleConfigError", "Verdict"]
 
 
 class RuleConfigError(ValueError):
@@ -40,7 +38,7 @@ class Verdict:
     def code(self) -> int:
         """The ``rule_<Name>=`` metric value."""
         if self.status == NO_ISSUES and not self.judged:
-            return NOT_JUDGED_CODE
+            return NOT_JUDGED
         return STATUS_CODES[self.status]
 
     def as_status(self) -> dict:

@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 import os
 
+import job_contract
 from debug_rules import DEBUG_RULES
 from profiler_rules import PROFILER_RULES
 from rule_base import Rule, RuleConfigError, Verdict
 
 ALL_RULES: dict[str, type[Rule]] = {rule.name: rule for rule in (*DEBUG_RULES, *PROFILER_RULES)}
+if tuple(ALL_RULES) != job_contract.RULE_NAMES:
+    # The gate reads verdicts by the contract's names: a rule it does not know would be
+    # judged and never read. Fail every job at once instead.
+    raise ImportError(
+        f"rule classes {tuple(ALL_RULES)} differ from the job contract's {job_contract.RULE_NAMES}"
+    )
 RULES_FILE = "rules.json"
 VERDICTS_FILE = "rule_verdicts.json"
 
@@ -88,7 +95,7 @@ def evaluate_records(records: list[dict], config: dict | None = None) -> list[Ve
 def metric_values(verdicts: list[Verdict]) -> dict[str, int]:
     """``rule_<Name>`` = 0 (NoIssuesFound), 1 (IssuesFound), 2 (Error) or 3 (no issues,
     but too little data to judge) for the log lines."""
-    return {f"rule_{v.rule}": v.code for v in verdicts}
+    return job_contract.rule_metric_values({v.rule: v.code for v in verdicts})
 
 
 def write_verdicts(output_dir: str, verdicts: list[Verdict]) -> None:

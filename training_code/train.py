@@ -8,7 +8,6 @@ data in ``SM_CHANNEL_*``, model to ``SM_MODEL_DIR``), in sagedrop's local cloud,
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
@@ -26,8 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-import distributed
-import loops
+import ddp_runtime
+import fit_loop
 from data_pipeline import (
     DatasetError,
     ImageFileDataset,
@@ -36,10 +35,11 @@ from data_pipeline import (
     find_data_source,
     prepare_dataset,
 )
-from debug_session import DebugOptions, DebugSession, StopTraining, parse_trace_steps
+from debug_session import DebugOptions, DebugSession, parse_trace_steps
+from fit_loop import NO_PROBE, EpochResult, Fit, NoProbe, StopTraining, feature_batches
 from hyperparameter_rules import HyperparameterError, check_job_hyperparameters
 from image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
-from metric_lines import emit_metrics
+from job_contract import emit_metrics
 from model_def import (
     BACKBONES,
     FREEZE_MODES,
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         _report_failure(exc)
         return 2
-    runtime = distributed.start(args.device)
+    runtime = ddp_runtime.start(args.device)
     _setup_logging(runtime)
     try:
         return _run(args, runtime)
@@ -208,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         _report_failure(exc)
         return 1
     finally:
-        distributed.stop()
+        ddp_runtime.stop()
 
 
-def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
+def _run(args: argparse.Namespace, runtime: ddp_runtime.Runtime) -> int:
     """Train and save; the extraction folder this run made is removed however it ends."""
     source = find_data_source(args.data)
     work_dir = args.work_dir or _default_work_dir(source)
@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace, runtime: distributed.Runtime) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _train_and_save(args, runtime: distributed.Runtime, source, work_dir: str) -> int:
+def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -> int:
     started = time.perf_counter()
     rules_config = parse_rules_config(args.rules) if args.debug else {}
     _seed_everything(args.seed + runtime.rank)
@@ -259,18 +259,29 @@ def _train_and_save(args, runtime: distributed.Runtime, source, work_dir: str) -
         runtime.device,
         runtime.world_size,
     )
-    session = None
+    session: NoProbe = NO_PROBE
     if args.debug and runtime.is_main:
         recorded = model.fc if use_cache else model
         session = _start_debug_session(args, runtime, recorded, rules_config, use_cache)
         log.info("debug run: rules and profiler report are written to %s", args.output_data_dir)
 
-    runner = _train_on_cached_features if use_cache else _train_on_images
+    prepare = _cached_feature_fit if use_cache else _image_fit
     try:
-        history, test, unreadable = runner(args, runtime, data, model, pre, session)
+        plan, test_batches, unreadable = prepare(args, runtime, data, model, pre)
+        fitted = fit_loop.fit(
+            plan,
+            args.epochs,
+            runtime,
+            session,
+            on_epoch=lambda epoch, train, valid: _log_epoch(args, runtime, epoch, train, valid),
+        )
     finally:
-        if session is not None:
-            session.finish(os.environ.get("TRAINING_JOB_NAME", "local run"))
+        session.finish(os.environ.get("TRAINING_JOB_NAME", "local run"))
+    history = fitted.history
+    unreadable |= fitted.unreadable
+    test = fit_loop.evaluate(plan.evaluated, test_batches(), runtime)
+    unreadable.update(test.unreadable)
+    _log_final(runtime, fitted.best, test, unreadable)
 
     untested = _classes_without_test_images(runtime, data, unreadable)
     if untested and runtime.is_main:
@@ -299,9 +310,8 @@ def _train_and_save(args, runtime: distributed.Runtime, source, work_dir: str) -
     return 0
 
 
-def _train_on_images(
-    args, runtime, data: PreparedDataset, model: nn.Module, pre: Preprocessing, session
-):
+def _image_fit(args, runtime, data: PreparedDataset, model: nn.Module, pre: Preprocessing):
+    """Train the whole model (or its unfrozen part) on augmented images, epoch by epoch."""
     per_process_batch = max(1, args.batch_size // runtime.world_size)
     workers = _num_workers(args.num_workers)
     draft = pre.resize_size
@@ -329,56 +339,44 @@ def _train_on_images(
         **loader_options,
     )
 
+    def train_batches(epoch: int) -> DataLoader:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        return train_loader
+
     def eval_loader(split: str) -> DataLoader:
-        items = distributed.shard(data.splits[split], runtime)
+        items = ddp_runtime.shard(data.splits[split], runtime)
         dataset = ImageFileDataset(items, eval_transform(pre), draft)
         return DataLoader(
             dataset, batch_size=per_process_batch * 2, shuffle=False, **loader_options
         )
 
     valid_loader = eval_loader("valid")
-    trained = model
-    if runtime.distributed:
-        trained = DistributedDataParallel(model)
     optimizer = _optimizer(args, model.parameters())
-    scheduler = _scheduler(args, optimizer)
-    criterion = nn.CrossEntropyLoss()
-    history, unreadable = [], set()
-    best = _BestSoFar()
-    if session is not None:
-        session.optimizer = optimizer
-    for epoch in range(1, args.epochs + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if session is not None:
-            session.epoch_begin(epoch)
-        train = loops.train_epoch(trained, train_loader, optimizer, criterion, runtime, session)
-        valid = loops.evaluate(model, valid_loader, runtime, session)
-        if session is not None:
-            session.evaluated(epoch, train, valid)
-        scheduler.step()
-        unreadable.update(train.unreadable + valid.unreadable)
-        history.append(_log_epoch(args, runtime, epoch, train, valid))
-        best.offer(epoch, valid, model.state_dict())
-        _stop_if_a_rule_says_so(runtime, session)
-    best.restore(model)
-    test = loops.evaluate(model, eval_loader("test"), runtime)
-    unreadable.update(test.unreadable)
-    _log_final(runtime, best, test, unreadable)
-    return history, test, unreadable
+    plan = Fit(
+        model=model,
+        trained=DistributedDataParallel(model) if runtime.distributed else model,
+        evaluated=model,
+        train_batches=train_batches,
+        valid_batches=lambda: valid_loader,
+        optimizer=optimizer,
+        scheduler=_scheduler(args, optimizer),
+    )
+    return plan, lambda: eval_loader("test"), set()
 
 
-def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Preprocessing, session):
+def _cached_feature_fit(args, runtime, data, model: nn.Module, pre: Preprocessing):
     """Frozen backbone: its features never change, so compute them once per image.
 
-    Each epoch is then a few matrix products on the head. Training images get the
-    evaluation transform here (no augmentation): the price of computing them once.
+    Each epoch is then a few matrix products on the head, through the same loop as
+    images. Training images get the evaluation transform here (no augmentation): the
+    price of computing them once.
     """
     workers = _num_workers(args.num_workers)
     started = time.perf_counter()
     features, unreadable = {}, set()
     for split in ("train", "valid", "test"):
-        items = distributed.shard(data.splits[split], runtime)
+        items = ddp_runtime.shard(data.splits[split], runtime)
         features[split] = _cached_features(args, runtime, data, model, pre, split, items, workers)
         unreadable.update(features[split][2])
     log.info(
@@ -386,43 +384,25 @@ def _train_on_cached_features(args, runtime, data, model: nn.Module, pre: Prepro
         time.perf_counter() - started,
     )
     head = model.fc
-    trained = DistributedDataParallel(head) if runtime.distributed else head
     optimizer = _optimizer(args, head.parameters())
-    scheduler = _scheduler(args, optimizer)
-    criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed + runtime.rank)
     per_process_batch = max(1, args.batch_size // runtime.world_size)
-    history, best = [], _BestSoFar()
     x_train, y_train, _ = features["train"]
-    x_valid, y_valid, _ = features["valid"]
-    if session is not None:
-        session.optimizer = optimizer
-    for epoch in range(1, args.epochs + 1):
-        if session is not None:
-            session.epoch_begin(epoch)
-        train = loops.train_head_epoch(
-            trained,
-            x_train,
-            y_train,
-            optimizer,
-            criterion,
-            per_process_batch,
-            generator,
-            runtime,
-            session,
-        )
-        valid = loops.evaluate_head(head, x_valid, y_valid, runtime)
-        if session is not None:
-            session.evaluated(epoch, train, valid)
-        scheduler.step()
-        history.append(_log_epoch(args, runtime, epoch, train, valid))
-        best.offer(epoch, valid, model.state_dict())
-        _stop_if_a_rule_says_so(runtime, session)
-    best.restore(model)
-    x_test, y_test, _ = features["test"]
-    test = loops.evaluate_head(head, x_test, y_test, runtime)
-    _log_final(runtime, best, test, unreadable)
-    return history, test, unreadable
+
+    def in_order(split: str):
+        x, y, _ = features[split]
+        return lambda: feature_batches(x, y, per_process_batch * 2)
+
+    plan = Fit(
+        model=model,
+        trained=DistributedDataParallel(head) if runtime.distributed else head,
+        evaluated=head,
+        train_batches=lambda _: feature_batches(x_train, y_train, per_process_batch, generator),
+        valid_batches=in_order("valid"),
+        optimizer=optimizer,
+        scheduler=_scheduler(args, optimizer),
+    )
+    return plan, in_order("test"), unreadable
 
 
 def _cached_features(args, runtime, data, model, pre, split, items, workers):
@@ -462,7 +442,7 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         pin_memory=runtime.device.type == "cuda",
         collate_fn=collate_skipping_unreadable,
     )
-    x, y, unreadable = loops.extract_features(model, loader, runtime)
+    x, y, unreadable = fit_loop.extract_features(model, loader, runtime)
     if cache_file:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{cache_file}.{os.getpid()}.tmp"
@@ -484,10 +464,10 @@ def _classes_without_test_images(runtime, data: PreparedDataset, unreadable: set
             failed_paths.add(reason[:at])
             at = reason.find(": ", at + 1)
     readable = [0.0] * len(data.classes)
-    for path, label in distributed.shard(data.splits["test"], runtime):
+    for path, label in ddp_runtime.shard(data.splits["test"], runtime):
         if path not in failed_paths:
             readable[label] += 1
-    totals = distributed.sum_across(runtime, *readable) if readable else []
+    totals = ddp_runtime.sum_across(runtime, *readable) if readable else []
     return [data.labels[i] for i, count in enumerate(totals) if count == 0]
 
 
@@ -525,40 +505,7 @@ def _start_debug_session(args, runtime, recorded: nn.Module, rules_config: dict,
     )
 
 
-def _stop_if_a_rule_says_so(runtime: distributed.Runtime, session: DebugSession | None) -> None:
-    """A rule's stop action, agreed by every process at the epoch's end (rank 0 judges)."""
-    rule = session.stopping_rule() if session is not None else None
-    if distributed.sum_across(runtime, 1.0 if rule is not None else 0.0)[0] > 0:
-        if rule is not None:
-            raise StopTraining(rule.verdict())
-        raise StopTraining(None)
-
-
-class _BestSoFar:
-    """Keeps the weights of the epoch with the best validation accuracy (then lowest loss)."""
-
-    def __init__(self):
-        self.epoch = 0
-        self.key = None
-        self.state = None
-        self.accuracy = float("nan")
-
-    def offer(self, epoch: int, valid: loops.EpochResult, state: dict) -> None:
-        key = (_finite_or(valid.accuracy, -1.0), -_finite_or(valid.loss, float("inf")))
-        if self.key is None or key > self.key:
-            self.epoch, self.key, self.accuracy = epoch, key, valid.accuracy
-            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in state.items()})
-
-    def restore(self, model: nn.Module) -> None:
-        if self.state is not None:
-            model.load_state_dict(self.state)
-
-
-def _finite_or(value: float, fallback: float) -> float:
-    return value if np.isfinite(value) else fallback
-
-
-def _log_epoch(args, runtime, epoch, train: loops.EpochResult, valid: loops.EpochResult) -> dict:
+def _log_epoch(args, runtime, epoch, train: EpochResult, valid: EpochResult) -> dict:
     record = {
         "epoch": epoch,
         "train_loss": train.loss,
@@ -586,8 +533,8 @@ def _log_epoch(args, runtime, epoch, train: loops.EpochResult, valid: loops.Epoc
     return record
 
 
-def _log_final(runtime, best: _BestSoFar, test: loops.EpochResult, unreadable: set[str]) -> None:
-    count = int(distributed.sum_across(runtime, len(unreadable))[0])
+def _log_final(runtime, best: fit_loop.BestSoFar, test: EpochResult, unreadable: set[str]) -> None:
+    count = int(ddp_runtime.sum_across(runtime, len(unreadable))[0])
     if runtime.is_main:
         log.info("best validation epoch: %d; its weights are kept", best.epoch)
         # The last valid_accuracy a job prints is what SageMaker's tuner takes as the
@@ -620,10 +567,10 @@ def _num_workers(requested: int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _on_local_main_first(runtime: distributed.Runtime, work):
+def _on_local_main_first(runtime: ddp_runtime.Runtime, work):
     """Run ``work`` on local rank 0 first (extraction, downloads), then on the other ranks."""
     result = work() if runtime.local_rank == 0 else None
-    distributed.barrier(runtime)
+    ddp_runtime.barrier(runtime)
     if runtime.local_rank != 0:
         result = work()
     return result
@@ -703,7 +650,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_logging(runtime: distributed.Runtime | None) -> None:
+def _setup_logging(runtime: ddp_runtime.Runtime | None) -> None:
     """Logs and Python warnings to stdout; stderr is kept for the failure reason."""
     level = logging.INFO if runtime is None or runtime.is_main else logging.WARNING
     prefix = f"[rank {runtime.rank}] " if runtime and runtime.distributed else ""

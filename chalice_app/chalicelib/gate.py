@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ISSUES_FOUND = "IssuesFound"
+from chalicelib.job_contract import ERROR, ISSUES
+
+ISSUES_FOUND = ISSUES
 
 
 @dataclass
@@ -29,13 +31,32 @@ def quality_gate(
     tolerance: float,
     min_test_accuracy: float = 0.0,
     artifact_problems: list[str] | None = None,
+    expected_rules: tuple[str, ...] = (),
 ) -> GateDecision:
     """``artifact_problems`` are the reasons the model artifact cannot serve its dataset
-    (``artifact_check``); any one of them blocks, whatever the accuracy."""
+    (``artifact_check``); any one of them blocks, whatever the accuracy.
+
+    ``expected_rules`` are the rules the job ran (``job_contract.expected_rules``). A job
+    that ran rules and reported none, or none of a blocking one, has lost its verdicts
+    (a changed log format, a crashed session): the model is not deployed unchecked.
+    """
     blocked: list[str] = list(artifact_problems or [])
     passed: list[str] = []
+    reported = {r["RuleConfigurationName"] for r in rules or []}
+    if rules is None and expected_rules:
+        blocked.append(
+            f"the debug job ran {len(expected_rules)} rule(s) and reported no verdict (no "
+            "rule_<Name> metric line): nothing was checked, so the model is not deployed"
+        )
+    missing = [name for name in expected_rules if name in blocking_rules and name not in reported]
+    if rules is not None and missing:
+        blocked.append(
+            f"blocking rule(s) ran but reported no verdict: {', '.join(missing)}; "
+            "the model is not deployed unchecked"
+        )
     if rules is None:
-        passed.append("no rule results were recorded by this job; rules were not checked")
+        if not expected_rules:
+            passed.append("no rules ran (the job's rules setting turned them all off)")
     else:
         for rule in rules:
             name, status = rule["RuleConfigurationName"], rule["RuleEvaluationStatus"]
@@ -55,7 +76,7 @@ def quality_gate(
             unchecked = [
                 r["RuleConfigurationName"]
                 for r in rules
-                if r["RuleEvaluationStatus"] == "Error"
+                if r["RuleEvaluationStatus"] == ERROR
                 and r["RuleConfigurationName"] in blocking_rules
             ]
             if unchecked:

@@ -19,8 +19,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Keys SageMaker's toolkits and tuner own. They are set by the request builder alone.
-FRAMEWORK_PREFIXES = ("sagemaker_", "sagemaker-", "_tuning_")
+try:  # in the Lambda package
+    from chalicelib.job_contract import FRAMEWORK_PREFIXES
+except ImportError:  # in the training container, where this file is hyperparameter_rules.py
+    from job_contract import FRAMEWORK_PREFIXES  # type: ignore[no-redef]
 # Keys that name places on the training host: never settable by anyone through a request.
 PATH_KEYS = frozenset(
     {"data", "model-dir", "output-data-dir", "work-dir", "weights-path", "tensorboard-dir"}

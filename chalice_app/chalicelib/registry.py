@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_limits, requests
+from chalicelib import aws_errors, aws_limits, requests
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 
@@ -54,18 +54,11 @@ class Version:
         )
 
 
-def _not_found(error: ClientError) -> bool:
-    message = error.response.get("Error", {}).get("Message", "").lower()
-    return error.response.get("Error", {}).get("Code") == "ValidationException" and (
-        "does not exist" in message or "not found" in message or "could not find" in message
-    )
-
-
 def group_exists(sagemaker, group: str) -> bool:
     try:
         sagemaker.describe_model_package_group(ModelPackageGroupName=group)
     except ClientError as exc:
-        if _not_found(exc):
+        if aws_errors.is_not_found(exc):
             return False
         raise
     return True
@@ -73,15 +66,11 @@ def group_exists(sagemaker, group: str) -> bool:
 
 def ensure_group(sagemaker, group: str, pipeline: str) -> None:
     """Create the dataset's group unless it exists (a race with another gate is fine)."""
-    if group_exists(sagemaker, group):
-        return
-    try:
-        sagemaker.create_model_package_group(
-            **requests.model_package_group_request(group, pipeline)
+    if not group_exists(sagemaker, group):
+        aws_errors.create_unless_exists(
+            sagemaker.create_model_package_group,
+            requests.model_package_group_request(group, pipeline),
         )
-    except ClientError as exc:
-        if "already exist" not in exc.response.get("Error", {}).get("Message", "").lower():
-            raise
 
 
 def _group_arn(sagemaker, group: str) -> str | None:
@@ -90,7 +79,7 @@ def _group_arn(sagemaker, group: str) -> str | None:
             "ModelPackageGroupArn"
         ]
     except ClientError as exc:
-        if _not_found(exc):
+        if aws_errors.is_not_found(exc):
             return None
         raise
 
@@ -104,7 +93,7 @@ def _exists(sagemaker, group_arn: str, number: int) -> dict | None:
     try:
         return describe(sagemaker, _version_arn(group_arn, number))
     except ClientError as exc:
-        if _not_found(exc):
+        if aws_errors.is_not_found(exc):
             return None
         raise
 
@@ -173,12 +162,17 @@ def serving_version(sagemaker, endpoint: dict | None) -> int | None:
     model's ``sagedrop:model-package`` tag; None when nothing registered serves."""
     if not endpoint:
         return None
+    _, tags = serving_model(sagemaker, endpoint)
+    number = tags.get(requests.TAG_MODEL_PACKAGE, "").rsplit("/", 1)[-1]
+    return int(number) if number.isdigit() else None
+
+
+def serving_model(sagemaker, endpoint: dict) -> tuple[str, dict[str, str]]:
+    """The name and tags of the model an endpoint (a ``DescribeEndpoint`` response) serves."""
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     tags = sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
-    arn = next((t["Value"] for t in tags if t["Key"] == requests.TAG_MODEL_PACKAGE), "")
-    number = arn.rsplit("/", 1)[-1]
-    return int(number) if number.isdigit() else None
+    return model["ModelName"], {t["Key"]: t["Value"] for t in tags}
 
 
 def set_approval(sagemaker, package: dict, approval: str, why: str) -> None:

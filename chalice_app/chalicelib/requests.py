@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib import aws_limits, hyperparameters, naming
-from chalicelib.training_metrics import (
+from chalicelib.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
     OBJECTIVE_METRIC,

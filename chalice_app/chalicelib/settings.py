@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 
 from chalicelib import aws_limits, hyperparameters, naming
 from chalicelib.hyperparameters import HyperparameterError
+from chalicelib.job_contract import RULE_NAMES
 from chalicelib.requests import parameter_ranges
-from chalicelib.training_metrics import RULE_NAMES
 
 DEFAULT_RANGES: dict[str, dict] = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},

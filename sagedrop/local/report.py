@@ -13,7 +13,7 @@ from pathlib import Path
 from sagedrop.paths import ensure_training_code_importable
 
 ensure_training_code_importable()
-from svg_charts import line_chart, page, scatter, table  # noqa: E402 - training_code/
+from offline_api import line_chart, page, scatter, table  # noqa: E402 - training_code/'s door
 
 
 def render(pipeline: dict) -> str:

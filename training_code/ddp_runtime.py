@@ -1,4 +1,4 @@
-"""One process or many: the same training code under plain ``python`` and ``torchrun``.
+"""DDP runtime: the same training code under plain ``python`` and ``torchrun``.
 
 SageMaker's ``torch_distributed`` launcher and ``torchrun`` both set RANK, WORLD_SIZE and
 LOCAL_RANK; without them this is a single process and every collective is a no-op.
