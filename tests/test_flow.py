@@ -708,8 +708,9 @@ def test_gate_refuses_when_a_blocking_rule_reported_nothing(cloud):
     missing_endpoint(cloud)
     training_tags(cloud)
     assert gate(cloud, name) == "blocked"
-    assert "blocking rule(s) ran but reported no verdict: ExplodingTensor" in (
-        cloud.messages()[0]["reasons"][0]
+    assert (
+        "blocking rule(s) ran but reported no verdict: ExplodingTensor"
+        in (cloud.messages()[0]["reasons"][0])
     )
 
 
@@ -725,8 +726,9 @@ def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud):
     missing_endpoint(cloud)
     training_tags(cloud)
     assert gate(cloud, name) == "approved"
-    assert "no rules ran (the job's rules setting turned them all off)" in (
-        cloud.messages()[0]["reasons"]
+    assert (
+        "no rules ran (the job's rules setting turned them all off)"
+        in (cloud.messages()[0]["reasons"])
     )
 
 
