@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from chalicelib import requests
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
-from sagedrop.local.registry import PACKAGE_EVENT
+from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT
 from sagedrop.local.state import State
 from sagedrop.local.status import status_object
 from sagedrop.local.training import tar_gz

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 from moto import mock_aws
 
 from chalicelib import registry
-from sagedrop.local.registry import PACKAGE_EVENT, LocalModelRegistry
+from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT, LocalModelRegistry
 from sagedrop.local.state import State
 
 SPEC = {

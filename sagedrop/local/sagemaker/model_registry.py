@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable
 
 from chalicelib import aws_limits
-from sagedrop.local.aws_shapes import arn, client_error, event_detail, metadata, public, stamp
+from sagedrop.local.aws_shapes import arn, event_detail, metadata, public, stamp
 from sagedrop.local.aws_shapes import validate as validate_shape
+from sagedrop.local.sagemaker import errors
 from sagedrop.local.state import State
 
 GROUP, PACKAGE = "model-package-group", "model-package"
@@ -31,11 +32,11 @@ def validate(method: str, params: dict) -> None:
     for field in ("ModelPackageDescription", "ApprovalDescription", "ModelPackageGroupDescription"):
         problem = field in params and aws_limits.description_problem(field, params[field])
         if problem:
-            raise client_error(operation, "ValidationException", problem)
+            raise errors.validation(operation, problem)
     if "CustomerMetadataProperties" in params:
         problem = aws_limits.metadata_problem(params["CustomerMetadataProperties"])
         if problem:
-            raise client_error(operation, "ValidationException", problem)
+            raise errors.validation(operation, problem)
 
 
 class LocalModelRegistry:
@@ -57,9 +58,8 @@ class LocalModelRegistry:
             "ModelPackageGroupStatus": "Completed",
         }
         if not self.state.insert(GROUP, name, record):
-            raise client_error(
+            raise errors.validation(
                 "CreateModelPackageGroup",
-                "ValidationException",
                 f"Model Package Group already exists: {group_arn}",
             )
         if params.get("Tags"):
@@ -97,16 +97,13 @@ class LocalModelRegistry:
         validate("create_model_package", params)
         group = params.get("ModelPackageGroupName")
         if not group:
-            raise client_error(
+            raise errors.validation(
                 "CreateModelPackage",
-                "ValidationException",
                 "the local Model Registry keeps versioned packages only: give "
                 "ModelPackageGroupName",
             )
         if self.state.get(GROUP, group) is None:
-            raise client_error(
-                "CreateModelPackage", "ValidationException", "Model Package Group does not exist."
-            )
+            raise errors.validation("CreateModelPackage", "Model Package Group does not exist.")
         approval = params.get("ModelApprovalStatus", "PendingManualApproval")
         with self._lock:
             mine = [p for p in self.state.all(PACKAGE) if p["ModelPackageGroupName"] == group]
@@ -208,9 +205,8 @@ class LocalModelRegistry:
     def _group(self, name: str, operation: str) -> dict:
         record = self.state.get(GROUP, name)
         if record is None:
-            raise client_error(
+            raise errors.validation(
                 operation,
-                "ValidationException",
                 f"ModelPackageGroup {arn(GROUP, name)} does not exist.",
             )
         return record
@@ -219,9 +215,7 @@ class LocalModelRegistry:
         """A versioned package is named by its ARN (a group name alone names none)."""
         record = self.state.get(PACKAGE, name.lower()) or self.state.get(PACKAGE, name)
         if record is None:
-            raise client_error(
-                operation, "ValidationException", f"ModelPackage {name} does not exist."
-            )
+            raise errors.validation(operation, f"ModelPackage {name} does not exist.")
         return record
 
     def resume(self) -> None:
