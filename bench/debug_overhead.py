@@ -28,10 +28,9 @@ sys.path[:0] = [str(ROOT / "training_code")]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import ddp_runtime  # noqa: E402
-import fit_loop  # noqa: E402
-from debug_session import DebugOptions, DebugSession  # noqa: E402
-from model_def import build_classifier  # noqa: E402
+from sagedrop_debugging.debug_session import DebugOptions, DebugSession  # noqa: E402
+from sagedrop_serving.model_def import build_classifier  # noqa: E402
+from sagedrop_training import ddp_runtime, fit_loop  # noqa: E402
 
 
 class _Batches:

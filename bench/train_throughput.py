@@ -26,12 +26,15 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import ddp_runtime  # noqa: E402
-import fit_loop  # noqa: E402
-from data_pipeline import ImageFileDataset, collate_skipping_unreadable, prepare_dataset  # noqa: E402
-from image_io import Preprocessing, eval_transform, train_transform  # noqa: E402
-from model_def import build_classifier  # noqa: E402
 from sagedrop.sample_data import write_sample_dataset  # noqa: E402
+from sagedrop_serving.image_io import Preprocessing, eval_transform, train_transform  # noqa: E402
+from sagedrop_serving.model_def import build_classifier  # noqa: E402
+from sagedrop_training import ddp_runtime, fit_loop  # noqa: E402
+from sagedrop_training.data_pipeline import (  # noqa: E402
+    ImageFileDataset,
+    collate_skipping_unreadable,
+    prepare_dataset,
+)
 
 
 def raw_step_times(model, batch_size, image_size, steps, warmup=2) -> list[float]:

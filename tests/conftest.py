@@ -1,76 +1,22 @@
-"""Shared fixtures: generated datasets, archives built entry by entry, one trained model."""
+"""Shared fixtures: generated datasets, one trained model, the stubbed AWS the flow's
+tests run against, and a Settings for request builders. Helpers are in ``helpers.py``."""
 
 from __future__ import annotations
 
-import io
-import os
-import re
-import stat
 import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from moto import mock_aws
 
-from sagedrop.paths import TRAIN_SCRIPT, TRAINING_CODE
+from chalicelib import clients
+from chalicelib.settings import Settings
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
+from tests.helpers import TINY_HYPERPARAMETERS, run_train
+from tests.stubbed_aws import REGION, Cloud
 
-
-def jpeg_bytes(color=(200, 30, 30), size=(24, 24)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def png_bytes(color=(30, 200, 30), size=(24, 24)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
-    """A zip with exactly these members (names are written verbatim, even hostile ones)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data)
-        for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            info.create_system = 3
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            archive.writestr(info, target)
-    return path
-
-
-def layout(classes=("001.cat", "002.dog"), splits=("train", "valid", "test"), n=2, prefix=""):
-    """Members of a well-formed dataset: n JPEGs per class and split."""
-    members = {}
-    for split in splits:
-        for c, cls in enumerate(classes):
-            for i in range(n):
-                members[f"{prefix}{split}/{cls}/img_{i}.jpg"] = jpeg_bytes((40 * c, 90, 150))
-    return members
-
-
-def run_train(args: list[str], env_extra: dict | None = None, timeout: int = 300, launcher=None):
-    """Run train.py by hand, in its own folder (``tests/test_training_toolkit.py`` runs it
-    through SageMaker's training runner); return the result."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    command = [*(launcher or [sys.executable]), str(TRAIN_SCRIPT), *args]
-    return subprocess.run(
-        command, cwd=TRAINING_CODE, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def failure_line(result: subprocess.CompletedProcess) -> str:
-    """train.py's reason for failing: the end of its stderr from the last line that starts
-    with an error class, which SageMaker's training toolkit turns into the FailureReason."""
-    lines = result.stderr.rstrip().splitlines()
-    starts = [i for i, line in enumerate(lines) if re.match(r"\w*(Error|Exception): ", line)]
-    return "\n".join(lines[starts[-1] :]) if starts else ""
+ROLE = "arn:aws:iam::123456789012:role/sagedrop-sagemaker"
+IMAGE = "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312"
 
 
 @pytest.fixture(scope="session")
@@ -87,24 +33,6 @@ def tiny_dataset(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("tiny")
     folder = write_sample_dataset(base, per_class=8, classes=3)
     return {"folder": folder, "zip": pack_dataset(folder, base / "digits.zip")}
-
-
-TINY_HYPERPARAMETERS = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "8",
-    "--image-size",
-    "32",
-    "--pretrained",
-    "false",
-    "--augment",
-    "crop",
-    "--lr",
-    "0.05",
-    "--num-workers",
-    "0",
-]
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +66,28 @@ def trained_job(tmp_path_factory, tiny_dataset) -> dict:
         "log": result.stdout + result.stderr,
         "truncated": victim.name,
     }
+
+
+@pytest.fixture
+def cloud(monkeypatch):
+    """The stubbed AWS (``stubbed_aws.Cloud``), handed to the flow as its clients."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        env = Cloud()
+        clients.use_factory(env.clients.__getitem__)
+        with env.stub, env.runtime_stub:
+            yield env
+        clients.use_factory(None)
+
+
+@pytest.fixture
+def settings():
+    return Settings(
+        data_bucket="sagedrop-data",
+        inference_bucket="sagedrop-inference",
+        topic_arn="arn:aws:sns:eu-west-1:123456789012:sagedrop",
+        sagemaker_role_arn=ROLE,
+        training_image=IMAGE,
+        inference_image=IMAGE.replace("training", "inference"),
+        code_s3_uri="s3://sagedrop-data/code/sourcedir.tar.gz",
+    )

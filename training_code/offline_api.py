@@ -8,11 +8,11 @@ without breaking the CLI. Standard library only: no torch is needed to read a tr
 
 from __future__ import annotations
 
-from debug_report import render as render_debug_report
-from debug_trace import read_trace
-from rule_base import ISSUES, Verdict
-from rule_set import evaluate_records, parse_rules_config
-from svg_charts import line_chart, page, scatter, table
+from sagedrop_debugging.debug_trace import read_trace
+from sagedrop_debugging.rule_base import ISSUES, Verdict
+from sagedrop_debugging.rule_set import evaluate_records, parse_rules_config
+from sagedrop_reports.debug_report import render as render_debug_report
+from sagedrop_reports.svg_charts import line_chart, page, scatter, table
 
 __all__ = [
     "ISSUES",

@@ -25,22 +25,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-import ddp_runtime
-import fit_loop
-from data_pipeline import (
-    DatasetError,
-    ImageFileDataset,
-    PreparedDataset,
-    collate_skipping_unreadable,
-    find_data_source,
-    prepare_dataset,
-)
-from debug_session import DebugOptions, DebugSession, parse_trace_steps
-from fit_loop import NO_PROBE, EpochResult, Fit, NoProbe, StopTraining, feature_batches
 from hyperparameter_rules import HyperparameterError, check_job_hyperparameters
-from image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
 from job_contract import emit_metrics
-from model_def import (
+from sagedrop_debugging.debug_session import DebugOptions, DebugSession, parse_trace_steps
+from sagedrop_debugging.rule_base import RuleConfigError
+from sagedrop_debugging.rule_set import parse_rules_config
+from sagedrop_serving.image_io import AUGMENTATIONS, Preprocessing, eval_transform, train_transform
+from sagedrop_serving.model_def import (
     BACKBONES,
     FREEZE_MODES,
     PRETRAINED_MODES,
@@ -50,12 +41,28 @@ from model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
-from rule_base import RuleConfigError
-from rule_set import parse_rules_config
+from sagedrop_training import ddp_runtime, fit_loop
+from sagedrop_training.data_pipeline import (
+    DatasetError,
+    ImageFileDataset,
+    PreparedDataset,
+    collate_skipping_unreadable,
+    find_data_source,
+    prepare_dataset,
+)
+from sagedrop_training.fit_loop import (
+    NO_PROBE,
+    EpochResult,
+    Fit,
+    NoProbe,
+    StopTraining,
+    feature_batches,
+)
 
 log = logging.getLogger("sagedrop.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
-# What the model artifact's code/ folder needs to serve on its own.
+# What the model artifact's code/ folder needs to serve on its own, laid there flat.
+SERVING_DIR = os.path.join(HERE, "sagedrop_serving")
 INFERENCE_FILES = ("inference.py", "image_io.py", "model_def.py")
 ARTIFACT_FORMAT = 1
 
@@ -621,7 +628,7 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
     code_dir = os.path.join(args.model_dir, "code")
     os.makedirs(code_dir, exist_ok=True)
     for name in INFERENCE_FILES:
-        shutil.copyfile(os.path.join(HERE, name), os.path.join(code_dir, name))
+        shutil.copyfile(os.path.join(SERVING_DIR, name), os.path.join(code_dir, name))
     _write_json(os.path.join(args.output_data_dir, "training_summary.json"), summary)
 
 

@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 try:  # in the Lambda package
     from chalicelib.job_contract import FRAMEWORK_PREFIXES
@@ -164,7 +165,7 @@ def _number(name: str, value, text: str, bound: Bound) -> float:
         raise HyperparameterError(f"'{name}' must be a finite number, not {text!r}")
     if bound.kind == "int" and (isinstance(value, float) or number != int(number)):
         raise HyperparameterError(f"'{name}' must be {bound.describe()}, not {text!r}")
-    low, high = bound.low, bound.high
+    low, high = cast(float, bound.low), cast(float, bound.high)  # a numeric Bound sets both
     below = number <= low if bound.low_open else number < low
     above = number >= high if bound.high_open else number > high
     if below or above:

@@ -11,6 +11,7 @@ on AWS (boto3) and the CLI on the local cloud share them.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -44,7 +45,7 @@ class Version:
             number=int(package["ModelPackageVersion"]),
             arn=package["ModelPackageArn"],
             approval=package.get("ModelApprovalStatus", ""),
-            created=created.isoformat() if hasattr(created, "isoformat") else str(created),
+            created=created.isoformat() if isinstance(created, dt.datetime) else str(created),
             debug_job=properties.get(requests.META_DEBUG_JOB, ""),
             test_accuracy=None if accuracy is None else float(accuracy),
             rules=properties.get(requests.META_RULES, ""),

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chalicelib import aws_limits, hyperparameters, naming
 from chalicelib.hyperparameters import HyperparameterError
@@ -31,7 +32,7 @@ RANGE_TYPES = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 # What a dataset's sagedrop.json may set, with the type each value must have; which
 # hyperparameters (and ranges) it may name is ``hyperparameters.SETTABLE``.
-DATASET_OVERRIDES = {
+DATASET_OVERRIDES: dict[str, Any] = {  # key -> the JSON type its value must have
     "strategy": str,
     "max_jobs": int,
     "max_parallel_jobs": int,
@@ -265,7 +266,8 @@ def validate_ranges(ranges: Mapping) -> None:
             if not isinstance(values, list) or not values:
                 raise SettingsError(f"categorical range '{name}' needs a non-empty 'values' list")
             continue
-        low, high = spec.get("min"), spec.get("max")
+        low: Any = spec.get("min")  # numbers once checked below
+        high: Any = spec.get("max")
         numbers = all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             for v in (low, high)
@@ -321,7 +323,7 @@ RETIRED = {
     "set ENDPOINT_PREFIX instead",
 }
 # Environment variable → (attribute, parser). The README lists them with their defaults.
-ENVIRONMENT: dict[str, tuple[str, object]] = {
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATA_BUCKET": ("data_bucket", str),
     "INFERENCE_BUCKET": ("inference_bucket", str),
     "TOPIC_ARN": ("topic_arn", str),

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from chalicelib.notify import Notice, publish
 from sagedrop.aws_configure import pack_training_code, upload_training_code
@@ -66,10 +67,10 @@ class LocalCloud:
         self.runtime = LocalSageMakerRuntime(self.sagemaker)
         self.bus: EventBus | None = None
         self.watcher: FolderWatcher | None = None
-        self._lock_file = None
+        self._lock_file: TextIO | None = None
         self._saved_environment: dict[str, str | None] = {}
         self._replaced_streams: list = []
-        self._log_stream = None
+        self._log_stream: TextIO | None = None
 
     def client(self, service: str):
         services = {

@@ -97,6 +97,13 @@ class State:
             ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def record(self, kind: str, name: str) -> dict:
+        """A record that must exist (one this process made); KeyError when it does not."""
+        found = self.get(kind, name)
+        if found is None:
+            raise KeyError(f"no {kind} named {name!r} in the local state")
+        return found
+
     def update(self, kind: str, name: str, **changes) -> dict:
         with self.transaction() as db:
             row = db.execute(

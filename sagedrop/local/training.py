@@ -220,7 +220,7 @@ class TrainingRun:
                 timer.daemon = True
                 timer.start()
             try:
-                for line in self._process.stdout:
+                for line in self._process.stdout or ():
                     log.write(line)
                     log.flush()
                     self.reader.feed(line)

@@ -187,9 +187,9 @@ class Hosting:
         second "endpoint ready" notice."""
         with self._lock:
             try:
-                config = self.state.get(CONFIG, config_name)
+                config = self.state.record(CONFIG, config_name)
                 variant = config["ProductionVariants"][0]
-                model = self.state.get(MODEL, variant["ModelName"])
+                model = self.state.record(MODEL, variant["ModelName"])
                 container = model["PrimaryContainer"]
                 parsed = urlparse(container["ModelDataUrl"])
                 body = self.context.s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
@@ -227,7 +227,7 @@ class Hosting:
 
     def _failed(self, name: str, reason: str) -> None:
         """An update that failed leaves the old model serving (InService), as on AWS."""
-        record = self.state.get(ENDPOINT, name)
+        record = self.state.record(ENDPOINT, name)
         serving = name in self.servers and record["EndpointStatus"] == "Updating"
         record = self.state.update(
             ENDPOINT,

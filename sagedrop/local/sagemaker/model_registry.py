@@ -7,7 +7,8 @@ shapes; every package created or updated sends the "SageMaker Model Package Stat
 Change" event, whose detail is the package as ``DescribeModelPackage`` shows it.
 
 Where moto differs (it ignores ``ClientToken``, and accepts a second group of the same
-name), this follows the API reference; ``tests/test_registry.py`` holds both to it.
+name), this follows the API reference;
+``tests/contract/test_local_model_registry.py`` holds both to it.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class LocalModelRegistry:
         validate("update_model_package", params)
         package_arn = params["ModelPackageArn"]
         record = self._package(package_arn, "UpdateModelPackage")
-        changes = {"LastModifiedTime": stamp()}
+        changes: dict[str, object] = {"LastModifiedTime": stamp()}
         for field in ("ModelApprovalStatus", "ApprovalDescription"):
             if field in params:
                 changes[field] = params[field]

@@ -117,7 +117,7 @@ class TrainingJobs:
         ready: Callable[[TrainingRun], None] | None = None,
     ) -> JobResult:
         """Run a recorded job to its end (``ready``: told the run before it starts)."""
-        request = self.state.get(TRAINING, name)["_local"]["request"]
+        request = self.state.record(TRAINING, name)["_local"]["request"]
         epochs = request.get("HyperParameters", {}).get("epochs", "?")
         say = self.context.say
 
@@ -178,7 +178,7 @@ class TrainingJobs:
         return True
 
     def set_secondary(self, name: str, secondary: str, message: str) -> None:
-        record = self.state.get(TRAINING, name)
+        record = self.state.record(TRAINING, name)
         transitions = record.get("SecondaryStatusTransitions", [])
         if transitions and transitions[-1]["Status"] == secondary:
             return
@@ -193,7 +193,7 @@ class TrainingJobs:
         self.emit(record)
 
     def finish(self, name: str, result: JobResult, series: dict | None = None) -> None:
-        record = self.state.get(TRAINING, name)
+        record = self.state.record(TRAINING, name)
         now = stamp()
         transitions = record.get("SecondaryStatusTransitions", [])
         if transitions:

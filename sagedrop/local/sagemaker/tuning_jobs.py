@@ -181,7 +181,7 @@ class TuningJobs:
         return summary
 
     def update_counters(self, name: str) -> dict:
-        record = self.state.get(TUNING, name)
+        record = self.state.record(TUNING, name)
         jobs = [self.state.get(TRAINING, t) for t in record["_local"]["trials"]]
         objective_counts = {"Succeeded": 0, "Pending": 0, "Failed": 0}
         for summary in self.summaries(record):
@@ -258,7 +258,7 @@ class TuningRun:
         self.context = jobs.context
         self.state = jobs.state
         self.name = name
-        record = self.state.get(TUNING, name)
+        record = self.state.record(TUNING, name)
         config = record["HyperParameterTuningJobConfig"]
         self.definition = record["TrainingJobDefinition"]
         self.objective = config["HyperParameterTuningJobObjective"]["MetricName"]
@@ -281,7 +281,7 @@ class TuningRun:
         (interrupted ones not counted: they are launched again)."""
         finished, counted = [], 0
         for trial in trials:
-            job = self.state.get(TRAINING, trial)
+            job = self.state.record(TRAINING, trial)
             local = job["_local"]
             if "optuna" in local:
                 counted += 1
@@ -327,7 +327,7 @@ class TuningRun:
                 job_name = self.interrupted.pop(0)
                 self.context.say(f"[tuning] {self.name}: re-running interrupted trial {job_name}")
             else:
-                trials = self.state.get(TUNING, self.name)["_local"]["trials"]
+                trials = self.state.record(TUNING, self.name)["_local"]["trials"]
                 job_name = tuner.trial_job_name(self.name, len(trials) + 1)
                 self.state.update(TUNING, self.name, _local={"trials": [*trials, job_name]})
                 self.context.say(
@@ -385,7 +385,7 @@ class TuningRun:
             else:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 state = "FAIL"
-        job = self.state.get(TRAINING, job_name)
+        job = self.state.record(TRAINING, job_name)
         self.state.update(
             TRAINING,
             job_name,

@@ -1,0 +1,131 @@
+"""``sagedrop aws configure`` against a moto stack made from the real template."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sagedrop import aws_configure, cli
+from sagedrop.paths import REPO_ROOT, TRAINING_CODE
+
+REGION = "eu-west-1"
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+
+
+@pytest.fixture
+def session(monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        template = (REPO_ROOT / "infra_templates" / "pipeline.yaml").read_text()
+        session.client("cloudformation").create_stack(
+            StackName="sd", TemplateBody=template, Capabilities=["CAPABILITY_IAM"]
+        )
+        yield session
+
+
+def fake_images(region, training_type, inference_type):
+    return f"train:{region}:{training_type}", f"infer:{region}:{inference_type}"
+
+
+def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path):
+    config_path = tmp_path / "config.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "version": "2.0",
+                "app_name": "sagedrop",
+                "stages": {
+                    "dev": {"environment_variables": {"X": "1"}},
+                    "prod": {"environment_variables": {"TUNING_MAX_JOBS": "20"}},
+                },
+            }
+        )
+    )
+    env = aws_configure.configure(
+        "sd", "prod", session, config_path=config_path, image_resolver=fake_images
+    )
+    outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in session.client("cloudformation").describe_stacks(StackName="sd")["Stacks"][0][
+            "Outputs"
+        ]
+    }
+    config = json.loads(config_path.read_text())
+    prod = config["stages"]["prod"]
+    assert config["stages"]["dev"] == {"environment_variables": {"X": "1"}}
+    assert prod["manage_iam_role"] is False
+    assert prod["iam_role_arn"] == outputs["LambdaRoleArn"]
+    variables = prod["environment_variables"]
+    assert variables["TUNING_MAX_JOBS"] == "20"  # the user's own settings survive
+    assert variables["DATA_BUCKET"] == outputs["DataBucketName"]
+    assert variables["INFERENCE_BUCKET"] == outputs["InferenceBucketName"]
+    assert variables["TOPIC_ARN"] == outputs["TopicArn"]
+    assert variables["SAGEMAKER_ROLE_ARN"] == outputs["SageMakerRoleArn"]
+    assert variables["TRAINING_IMAGE"] == "train:eu-west-1:ml.g4dn.xlarge"
+    assert variables["INFERENCE_IMAGE"] == "infer:eu-west-1:ml.m5.large"
+    assert variables == {**variables, **env}
+
+    bucket, key = variables["CODE_S3_URI"][len("s3://") :].split("/", 1)
+    body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        members = {m.name: m for m in archive.getmembers()}
+        assert members["dataset_rules.py"].isfile()  # the symlink's content, not a link
+        assert archive.extractfile("dataset_rules.py").read() == (
+            (TRAINING_CODE / "dataset_rules.py").read_bytes()
+        )
+    serving = {f"sagedrop_serving/{n}" for n in ("inference.py", "model_def.py", "image_io.py")}
+    assert {"train.py", "offline_api.py", *serving} <= set(members)
+    assert not any("__pycache__" in name for name in members)
+
+    # The settings the Lambdas will read parse without error.
+    from chalicelib.settings import Settings
+
+    assert Settings.from_env(variables).code_s3_uri == variables["CODE_S3_URI"]
+
+
+def test_code_archive_is_reproducible():
+    assert aws_configure.pack_training_code() == aws_configure.pack_training_code()
+
+
+def test_missing_stack_says_how_to_create_it(session, tmp_path, capsys, monkeypatch):
+    with pytest.raises(aws_configure.ConfigureError, match="cloudformation deploy"):
+        aws_configure.configure(
+            "nope", "prod", session, config_path=tmp_path / "c.json", image_resolver=fake_images
+        )
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_images_resolve_offline_with_the_sagemaker_sdk():
+    training, inference = aws_configure.resolve_images(REGION, "ml.g4dn.xlarge", "ml.m5.large")
+    assert training.startswith("763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:")
+    assert "-gpu-" in training
+    assert inference.startswith("763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:")
+    assert "-cpu-" in inference
+
+
+def test_deploy_exports_the_stage_variables_to_chalice(tmp_path):
+    config_path = tmp_path / "config.json"
+    aws_configure.write_chalice_stage(
+        config_path, "prod", {"DATA_BUCKET": "d", "INFERENCE_BUCKET": "i"}, "arn:role"
+    )
+    command, environment = aws_configure.deploy_command("prod", config_path)
+    assert command[-3:] == ["deploy", "--stage", "prod"]
+    assert environment["DATA_BUCKET"] == "d" and environment["INFERENCE_BUCKET"] == "i"
+    with pytest.raises(aws_configure.ConfigureError, match="configure"):
+        aws_configure.deploy_command("staging", config_path)
+
+
+def test_cli_reports_a_missing_stack(session, capsys):
+    assert cli.main(["aws", "configure", "--stack", "nope", "--region", REGION]) == 1
+    assert "not found" in capsys.readouterr().err

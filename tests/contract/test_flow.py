@@ -1,0 +1,666 @@
+"""The pipeline steps against moto (S3, SNS) and Stubbers that validate SageMaker calls."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
+from botocore.stub import ANY
+
+from chalicelib import flow, job_contract, naming, registry, requests
+from chalicelib.datasets import inspect_zip
+from chalicelib.gate import quality_gate
+from chalicelib.s3_ranged import S3RangedFile
+from tests.helpers import jpeg_bytes, layout
+from tests.stubbed_aws import ARN, DATA, INFERENCE, debug_job, in_use
+
+
+def test_hostile_zip_starts_nothing_and_says_why(cloud):
+    etag = cloud.put_zip("datasets/evil.zip", {**layout(), "../../escape.jpg": b"x"})
+    assert flow.dataset_uploaded(DATA, "datasets/evil.zip", etag, cloud.settings) == "rejected"
+    cloud.stub.assert_no_pending_responses()  # no SageMaker call was made (or stubbed)
+    [message] = cloud.messages()
+    assert message["subject"] == "sagedrop dataset rejected: evil.zip"
+    assert message["stage"] == "dataset" and message["status"] == "rejected"
+    assert any("../../escape.jpg" in r for r in message["reasons"])
+
+
+def test_valid_zip_starts_one_tuning_job_even_if_delivered_twice(cloud):
+    etag = cloud.put_zip("datasets/pets.zip", layout(prefix="pets/"))
+    upload = requests.Upload(DATA, "datasets/pets.zip", etag)
+    expected = requests.tuning_job_request(cloud.settings, upload)
+    cloud.stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
+        expected,
+    )
+    cloud.stub.add_client_error(
+        "create_hyper_parameter_tuning_job",
+        expected_params=expected,
+        **in_use("CreateHyperParameterTuningJob"),
+    )
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "started"
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "duplicate"
+    [message] = cloud.messages()
+    assert message["status"] == "started"
+    assert message["jobs"]["tuning job"] == upload.tuning_job_name
+
+
+def test_dataset_config_overrides_tuning_and_bad_config_is_rejected(cloud):
+    members = {**layout(prefix="pets/"), "pets/sagedrop.json": b'{"max_jobs": 3, "epochs": 2}'}
+    etag = cloud.put_zip("datasets/pets.zip", members)
+    cloud.stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
+    )
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "started"
+    bad = {**layout(), "sagedrop.json": b'{"max_jobz": 3}'}
+    etag = cloud.put_zip("datasets/bad.zip", bad)
+    assert flow.dataset_uploaded(DATA, "datasets/bad.zip", etag, cloud.settings) == "rejected"
+    rejected = [m for m in cloud.messages() if m["status"] == "rejected"]
+    assert "unknown key(s) max_jobz" in rejected[0]["reasons"][0]
+
+
+def test_zip_is_judged_through_a_few_ranged_reads(cloud):
+    members = layout(n=40)
+    members["train/001.cat/big.jpg"] = bytes(range(256)) * 16_000  # 4 MB of incompressible-ish data
+    cloud.put_zip("datasets/big.zip", members)
+    source = S3RangedFile(cloud.s3, DATA, "datasets/big.zip", block_size=256 * 1024)
+    from chalicelib.datasets import inspect_zip
+
+    report = inspect_zip(source)
+    assert report.usable and report.image_count() == 241
+    assert source.requests <= 2  # the directory lives in the last block; no member data read
+
+
+def tuning_description(cloud, status="Completed", best=True):
+    upload = requests.Upload(DATA, "datasets/pets.zip", '"e1"')
+    request = requests.tuning_job_request(cloud.settings, upload)
+    response = {
+        "HyperParameterTuningJobName": request["HyperParameterTuningJobName"],
+        "HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/x",
+        "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
+        "TrainingJobDefinition": request["TrainingJobDefinition"],
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": "2026-11-24T10:00:00Z",
+        "TrainingJobStatusCounters": {},
+        "ObjectiveStatusCounters": {},
+    }
+    if best:
+        response["BestTrainingJob"] = {
+            "TrainingJobName": request["HyperParameterTuningJobName"] + "-002-0a1b2c3d",
+            "TrainingJobArn": f"{ARN}:training-job/y",
+            "CreationTime": "2026-11-24T10:00:00Z",
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"lr": "0.02", "momentum": "0.9", "batch-size": "32"},
+            "FinalHyperParameterTuningJobObjectiveMetric": {
+                "MetricName": "valid_accuracy",
+                "Value": 0.95,
+            },
+        }
+    if status != "Completed":
+        response["FailureReason"] = "All training jobs failed"
+    return response
+
+
+def test_tuning_completed_starts_the_debug_job(cloud):
+    described = tuning_description(cloud)
+    name = described["HyperParameterTuningJobName"]
+    cloud.stub.add_response(
+        "describe_hyper_parameter_tuning_job", described, {"HyperParameterTuningJobName": name}
+    )
+    serverless = {"Key": requests.TAG_SERVING, "Value": "serverless:2048:4"}
+    cloud.stub.add_response(
+        "list_tags",
+        {"Tags": [serverless]},
+        {"ResourceArn": described["HyperParameterTuningJobArn"]},
+    )
+    upload = requests.Upload(DATA, "datasets/pets.zip", "")
+    expected = requests.debug_training_job_request(
+        cloud.settings, upload, described, "serverless:2048:4"
+    )
+    assert serverless in expected["Tags"]  # the dataset's choice travels to the gate
+    cloud.stub.add_response(
+        "create_training_job",
+        {"TrainingJobArn": f"{ARN}:training-job/sdd-pets"},
+        expected,
+    )
+    detail = {"HyperParameterTuningJobName": name, "HyperParameterTuningJobStatus": "Completed"}
+    assert flow.tuning_finished(detail, cloud.settings) == "started"
+    [message] = cloud.messages()
+    assert message["jobs"]["debug job"] == naming.debug_job_name(name)
+    assert message["metrics"] == {"best valid_accuracy": 0.95}
+
+
+def test_failed_tuning_notifies_with_the_reason(cloud):
+    described = tuning_description(cloud, status="Failed", best=False)
+    cloud.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    detail = {
+        "HyperParameterTuningJobName": described["HyperParameterTuningJobName"],
+        "HyperParameterTuningJobStatus": "Failed",
+    }
+    assert flow.tuning_finished(detail, cloud.settings) == "failed"
+    assert cloud.messages()[0]["failure_reason"] == "All training jobs failed"
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"TrainingJobName": "sdt-pets-1234abcd-001-0a1b2c3d", "TrainingJobStatus": "Completed"},
+        {"TrainingJobName": "someone-elses-job", "TrainingJobStatus": "Completed"},
+        {"TrainingJobName": "sdd-pets-1234abcd", "TrainingJobStatus": "InProgress"},
+    ],
+)
+def test_unrelated_training_events_are_ignored(cloud, detail):
+    assert flow.training_finished(detail, cloud.settings) == "ignored"
+    assert cloud.messages() == []
+
+
+def stub_serving_endpoint(cloud):
+    """DescribeEndpoint: the endpoint exists and serves the config 'old-config'."""
+    cloud.stub.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "sagedrop-pets",
+            "EndpointArn": f"{ARN}:endpoint/sagedrop-pets",
+            "EndpointConfigName": "old-config",
+            "EndpointStatus": "InService",
+            "CreationTime": "2026-11-20T10:00:00Z",
+            "LastModifiedTime": "2026-11-20T10:00:00Z",
+        },
+    )
+
+
+def serving_model(cloud, package_version: int | None, tags=()):
+    """DescribeEndpointConfig, DescribeModel and ListTags of the model serving 'old-config'
+    (registered as ``package_version``, or from before the registry)."""
+    cloud.stub.add_response(
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "old-config",
+            "EndpointConfigArn": f"{ARN}:endpoint-config/old-config",
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "old-model"}],
+            "CreationTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    cloud.stub.add_response(
+        "describe_model",
+        {
+            "ModelName": "old-model",
+            "ModelArn": f"{ARN}:model/old-model",
+            "CreationTime": "2026-11-20T10:00:00Z",
+        },
+    )
+    tags = list(tags)
+    if package_version is not None:
+        package = f"{ARN}:model-package/sagedrop-pets/{package_version}"
+        tags.append({"Key": requests.TAG_MODEL_PACKAGE, "Value": package})
+    cloud.stub.add_response("list_tags", {"Tags": tags})
+
+
+def serving(cloud, accuracy, same_classes=True):
+    """The pets endpoint serves a model of ``accuracy`` (of the same classes, or not)."""
+    stub_serving_endpoint(cloud)
+    zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
+    classes = inspect_zip(io.BytesIO(zipped)).classes if same_classes else ["other"]
+    tags = [
+        {"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
+        {"Key": requests.TAG_CLASSES, "Value": requests.classes_digest(classes)},
+    ]
+    serving_model(cloud, None, tags)
+
+
+def training_tags(cloud, tags=()):
+    """ListTags of the debug job: its sagedrop:serving tag (none: the stage's setting)."""
+    cloud.stub.add_response("list_tags", {"Tags": list(tags)})
+
+
+def gate(cloud, name, settings=None) -> str:
+    detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
+    return flow.training_finished(detail, settings or cloud.settings)
+
+
+def versions(cloud) -> list[registry.Version]:
+    return registry.versions(cloud.registry, "sagedrop-pets")
+
+
+def approval_event(cloud, version: int, status: str, settings=None) -> str:
+    """The "SageMaker Model Package State Change" event for one version."""
+    [package] = [v for v in versions(cloud) if v.number == version]
+    detail = {
+        "ModelPackageGroupName": "sagedrop-pets",
+        "ModelPackageArn": package.arn,
+        "ModelPackageVersion": version,
+        "ModelApprovalStatus": status,
+    }
+    return flow.model_package_changed(detail, settings or cloud.settings)
+
+
+def test_gate_registers_a_worse_model_as_rejected(cloud):
+    name, described = debug_job(
+        cloud,
+        0.80,
+        [{"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "NoIssuesFound"}],
+    )
+    cloud.stub.add_response("describe_training_job", described, {"TrainingJobName": name})
+    serving(cloud, 0.90)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    [message] = cloud.messages()
+    assert message["decision"] == "blocked"
+    assert "worse than the serving model's 0.9000" in message["reasons"][0]
+    [version] = versions(cloud)
+    assert (version.number, version.approval, version.debug_job) == (1, "Rejected", name)
+    assert "worse than the serving model's 0.9000" in version.description
+    assert version.test_accuracy == 0.8
+    assert version.rules.startswith("VanishingGradient=NoIssuesFound ExplodingTensor=")
+    # a Rejected version deploys nothing
+    assert approval_event(cloud, 1, "Rejected") == "none-approved"
+
+
+def test_a_repeated_gate_event_registers_one_version(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    cloud.stub.add_response("describe_training_job", described)
+    assert gate(cloud, name) == "duplicate"
+    assert [v.number for v in versions(cloud)] == [1]
+    assert len(cloud.messages()) == 1
+
+
+def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
+    name, described = debug_job(
+        cloud,
+        0.95,
+        [
+            {
+                "RuleConfigurationName": "ExplodingTensor",
+                "RuleEvaluationStatus": "IssuesFound",
+                "StatusDetails": "NaN in fc.weight at step 12",
+            }
+        ],
+    )
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    assert "NaN in fc.weight" in cloud.messages()[0]["reasons"][0]
+
+    name, described = debug_job(cloud, 0.95, [], name="sdd-pets-5678abcd")
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    [message] = cloud.messages()
+    assert message["status"] == "approved" and "version 2 of sagedrop-pets" in message["summary"]
+    [good, blocked] = versions(cloud)
+    assert (good.approval, blocked.approval) == ("Approved", "Rejected")
+    package = registry.describe(cloud.registry, good.arn)
+    model = requests.model_request(cloud.settings, package)
+    config = requests.endpoint_config_request(name, model["ModelName"], "instance:ml.m5.large:1")
+    assert model["PrimaryContainer"]["Environment"]["SAGEDROP_MODEL_VERSION"] == "2"
+    stub_serving_endpoint(cloud)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/new-model"}, model)
+    cloud.stub.add_response(
+        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}, config
+    )
+    serving_model(cloud, package_version=None)
+    cloud.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
+        requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+    )
+    assert approval_event(cloud, 2, "Approved") == "updating"
+    [message] = cloud.messages()
+    assert (message["stage"], message["status"]) == ("deploy", "deploying")
+    assert message["decision"] == "serve version 2 (updating endpoint)"
+
+
+def test_endpoint_states_in_both_spellings(cloud):
+    for status in ("InService", "IN_SERVICE"):
+        assert (
+            flow.endpoint_changed(
+                {"EndpointName": "sagedrop-pets", "EndpointStatus": status}, cloud.settings
+            )
+            == "ready"
+        )
+    assert (
+        flow.endpoint_changed(
+            {"EndpointName": "other", "EndpointStatus": "InService"}, cloud.settings
+        )
+        == "ignored"
+    )
+    failed = {
+        "EndpointName": "sagedrop-pets",
+        "EndpointStatus": "FAILED",
+        "FailureReason": "no capacity",
+    }
+    assert flow.endpoint_changed(failed, cloud.settings) == "failed"
+    assert [m["status"] for m in cloud.messages()] == ["ready", "ready", "failed"]
+
+
+def test_image_prediction_written_next_to_the_image(cloud):
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/cat 1.jpg", Body=jpeg_bytes())
+    answer = json.dumps(
+        {
+            "predictions": [{"label": "cat", "index": 0, "probability": 0.9}],
+            "model": {"backbone": "resnet18"},
+        }
+    ).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        {
+            "EndpointName": "sagedrop-pets",
+            "ContentType": "image/jpeg",
+            "Accept": "application/json",
+            "Body": ANY,
+        },
+    )
+    assert flow.image_uploaded(INFERENCE, "images/pets/cat 1.jpg", cloud.settings) == "predicted"
+    written = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/cat 1.jpg.json")["Body"].read()
+    )
+    assert written["predictions"][0]["label"] == "cat" and written["endpoint"] == "sagedrop-pets"
+    assert written["latency_ms"] >= 0
+
+
+def failed_prediction(cloud, key: str, body: bytes, code: str, message: str, status: int):
+    """Drop ``key``; InvokeEndpoint answers with that error; the image's .error.json."""
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=body)
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        service_error_code=code,
+        service_message=message,
+        http_status_code=status,
+    )
+    assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "error"
+    return json.loads(cloud.s3.get_object(Bucket=INFERENCE, Key=f"{key}.error.json")["Body"].read())
+
+
+def test_failed_invocation_writes_an_error_file(cloud):
+    message = "cannot decode the image: not a recognised image format"
+    error = failed_prediction(
+        cloud, "images/pets/bad.png", b"not a png", "ModelError", message, 424
+    )
+    assert "ModelError" in error["error"] and "not a recognised image" in error["error"]
+
+
+MISSING_ENDPOINT = {
+    "service_error_code": "ValidationException",
+    "service_message": 'Could not find endpoint "sagedrop-pets".',
+    "http_status_code": 400,
+}
+
+
+def missing_endpoint(cloud):
+    cloud.stub.add_client_error("describe_endpoint", **MISSING_ENDPOINT)
+
+
+def stub_first_deployment(cloud):
+    """No endpoint yet: model, config, then CreateEndpoint."""
+    missing_endpoint(cloud)
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response(
+        "create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/c"}
+    )
+    cloud.stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"})
+
+
+def test_gate_reads_verdicts_from_metrics_even_without_the_archive(cloud):
+    """The verdict comes from FinalMetricDataList; a missing output.tar.gz only costs the
+    details, and the notice says where to look."""
+    issue = {"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "IssuesFound"}
+    name, described = debug_job(cloud, 0.95, [issue], archive=False)
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.90)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    reasons = cloud.messages()[0]["reasons"]
+    assert "VanishingGradient found issues: see rules.json and report.html in s3://" in reasons[0]
+    assert "output.tar.gz cannot be read" in reasons[-1]
+
+
+def test_non_blocking_rule_issues_are_reported_but_deploy(cloud):
+    rules = [
+        {
+            "RuleConfigurationName": "Overfit",
+            "RuleEvaluationStatus": "IssuesFound",
+            "StatusDetails": "epoch 3: ratio 0.4 > 0.1",
+        },
+        {"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "NoIssuesFound"},
+    ]
+    name, described = debug_job(cloud, 0.95, rules)
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    reasons = cloud.messages()[0]["reasons"]
+    assert "non-blocking rules found issues: Overfit" in reasons
+    package = registry.describe(cloud.registry, versions(cloud)[0].arn)
+    rules_uri = package["ModelMetrics"]["ModelQuality"]["Constraints"]["S3Uri"]
+    key = rules_uri.removeprefix(f"s3://{DATA}/")
+    copied = json.loads(cloud.s3.get_object(Bucket=DATA, Key=key)["Body"].read())
+    assert copied[0]["StatusDetails"] == "epoch 3: ratio 0.4 > 0.1"
+    statistics = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    key = statistics.removeprefix(f"s3://{DATA}/")
+    quality = json.loads(cloud.s3.get_object(Bucket=DATA, Key=key)["Body"].read())
+    assert quality["multiclass_classification_metrics"]["accuracy"]["value"] == 0.95
+
+
+def test_gate_refuses_a_debug_job_whose_verdicts_were_lost(cloud):
+    """A job that ran rules and printed no rule_<Name> line (a changed log format, a
+    crashed session) would otherwise deploy unchecked: it is registered Rejected."""
+    name, described = debug_job(cloud, 0.99, [], reported_only=True)
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    [message] = cloud.messages()
+    assert message["reasons"][0].startswith(
+        f"the debug job ran {len(job_contract.RULE_NAMES)} rule(s) and reported no verdict"
+    )
+    assert [v.approval for v in versions(cloud)] == ["Rejected"]
+
+
+def test_gate_refuses_when_a_blocking_rule_reported_nothing(cloud):
+    others = [
+        {"RuleConfigurationName": n, "RuleEvaluationStatus": "NoIssuesFound"}
+        for n in job_contract.RULE_NAMES
+        if n != "ExplodingTensor"
+    ]
+    name, described = debug_job(cloud, 0.99, others, reported_only=True)
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "blocked"
+    assert (
+        "blocking rule(s) ran but reported no verdict: ExplodingTensor"
+        in (cloud.messages()[0]["reasons"][0])
+    )
+
+
+def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud):
+    """The job's own rules setting (SDK-encoded, as requests sends it) says which rules
+    ran: all turned off, none is expected, and the minimum accuracy alone decides."""
+    off = json.dumps(dict.fromkeys(job_contract.RULE_NAMES, False))
+    hyperparameters = {"debug": '"true"', "rules": json.dumps(off)}
+    name, described = debug_job(
+        cloud, 0.99, [], reported_only=True, hyperparameters=hyperparameters
+    )
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    assert (
+        "no rules ran (the job's rules setting turned them all off)"
+        in (cloud.messages()[0]["reasons"])
+    )
+
+
+def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    cloud.stub.add_client_error(
+        "describe_endpoint",
+        service_error_code="AccessDeniedException",
+        service_message="not authorized",
+        http_status_code=400,
+    )
+    with pytest.raises(ClientError, match="AccessDenied"):
+        gate(cloud, name)
+    assert cloud.messages() == []  # nothing registered, nothing claimed
+    assert versions(cloud) == []
+
+
+def test_first_model_creates_the_endpoint(cloud):
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    assert "no model is serving yet" in cloud.messages()[0]["reasons"]
+    stub_first_deployment(cloud)
+    assert approval_event(cloud, 1, "Approved") == "creating"
+    assert cloud.messages()[0]["summary"] == (
+        "Endpoint sagedrop-pets creating to serve version 1 of pets."
+    )
+
+
+def test_manual_approval_deploys_on_approval_only(cloud):
+    manual = replace(cloud.settings, model_approval="manual")
+    name, described = debug_job(cloud, 0.95, [])
+    cloud.stub.add_response("describe_training_job", described)
+    missing_endpoint(cloud)
+    training_tags(cloud)
+    assert gate(cloud, name, manual) == "pending-approval"
+    [message] = cloud.messages()
+    assert "sagedrop approve pets --version 1" in message["summary"]
+    assert versions(cloud)[0].approval == "PendingManualApproval"
+    assert approval_event(cloud, 1, "PendingManualApproval", manual) == "ignored"
+    cloud.stub.assert_no_pending_responses()  # nothing was deployed
+    package = registry.describe(cloud.registry, versions(cloud)[0].arn)
+    registry.set_approval(cloud.registry, package, "Approved", "looked fine")
+    stub_first_deployment(cloud)
+    assert approval_event(cloud, 1, "Approved", manual) == "creating"
+
+
+def test_rejecting_the_serving_version_rolls_back_to_the_one_before(cloud):
+    for job in ("sdd-pets-1111aaaa", "sdd-pets-2222bbbb"):
+        name, described = debug_job(cloud, 0.95, [], name=job)
+        cloud.stub.add_response("describe_training_job", described)
+        missing_endpoint(cloud)
+        training_tags(cloud)
+        assert gate(cloud, name) == "approved"
+    v2 = versions(cloud)[0]
+    package = registry.describe(cloud.registry, v2.arn)
+    registry.set_approval(cloud.registry, package, "Rejected", "rolled back to version 1")
+    stub_serving_endpoint(cloud)  # serving version 2 on 'old-config'
+    cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/m"})
+    cloud.stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:ec/c"})
+    serving_model(cloud, package_version=2)
+    cloud.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
+        requests.update_endpoint_request(
+            "sagedrop-pets", naming.endpoint_config_name("sdd-pets-1111aaaa")
+        ),
+    )
+    cloud.messages()
+    assert approval_event(cloud, 2, "Rejected") == "updating"
+    [message] = cloud.messages()
+    assert message["status"] == "rollback"
+    assert "version 1 of pets: a rollback from version 2" in message["summary"]
+    assert message["reasons"] == ["version 2 was rejected: rolled back to version 1"]
+
+
+def test_gate_says_which_blocking_rules_could_not_be_evaluated():
+    errored = [{"RuleConfigurationName": "VanishingGradient", "RuleEvaluationStatus": "Error"}]
+    decision = quality_gate(errored, 0.9, None, ("VanishingGradient", "ExplodingTensor"), 0.01)
+    assert decision.deploy
+    assert "could not be evaluated (Error): VanishingGradient" in " ".join(decision.reasons)
+
+
+def test_the_gate_never_compares_models_of_other_classes(cloud):
+    """A worse accuracy on another class list answers another question: not compared."""
+    name, described = debug_job(cloud, 0.70, [])
+    cloud.stub.add_response("describe_training_job", described)
+    serving(cloud, 0.99, same_classes=False)
+    training_tags(cloud)
+    assert gate(cloud, name) == "approved"
+    reasons = " ".join(cloud.messages()[0]["reasons"])
+    assert "not compared with the model serving sagedrop-pets (old-model): its classes differ" in (
+        reasons
+    )
+
+
+def test_a_throttled_image_says_so_and_is_retried(cloud):
+    """SageMaker's throttling (a serverless endpoint at its MaxConcurrency) is worth
+    Lambda's retries; meanwhile the image's .error.json says why it has no answer."""
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/pets/a.jpg", Body=jpeg_bytes())
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400
+    )
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        flow.image_uploaded(INFERENCE, "images/pets/a.jpg", cloud.settings)
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/pets/a.jpg.error.json")["Body"].read()
+    )
+    assert error["error"].startswith("ThrottlingException: ")
+    assert "MaxConcurrency" in error["error"] and "retried" in error["error"]
+    answer = json.dumps({"predictions": [], "model": {"version": 2}}).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+    )
+    assert flow.image_uploaded(INFERENCE, "images/pets/a.jpg", cloud.settings) == "predicted"
+    listed = cloud.s3.list_objects_v2(Bucket=INFERENCE, Prefix="images/pets/a.jpg.")
+    assert [o["Key"] for o in listed["Contents"]] == ["images/pets/a.jpg.json"]
+
+
+def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):
+    cloud.put_zip("datasets/pets.zip", layout())
+    cloud.put_zip("datasets/Dog Images.zip", layout())
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat.jpg", Body=jpeg_bytes())
+    # DescribeEndpoint per dataset: sagedrop-dog-images is not found, sagedrop-pets serves
+    missing = {
+        "service_error_code": "ValidationException",
+        "service_message": 'Could not find endpoint "sagedrop-dog-images".',
+        "http_status_code": 400,
+    }
+    cloud.stub.add_client_error("describe_endpoint", **missing)
+    stub_serving_endpoint(cloud)
+    assert flow.image_uploaded(INFERENCE, "images/cat.jpg", cloud.settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat.jpg.error.json")["Body"].read()
+    )
+    assert error["dataset"] is None and error["endpoint"] is None
+    assert "images go under images/<dataset>/" in error["error"]
+    assert "serving: pets (images/pets/)" in error["error"]
+
+
+def test_an_image_for_a_dataset_that_serves_nothing_says_so(cloud):
+    message = "Endpoint sagedrop-cars of account 123456789012 not found."
+    error = failed_prediction(
+        cloud, "images/cars/a.jpg", jpeg_bytes(), "ValidationError", message, 400
+    )
+    assert error["dataset"] == "cars" and error["endpoint"] == "sagedrop-cars"
+    assert error["error"] == "no dataset named 'cars' is serving; no dataset is serving yet"
+
+
+def test_an_unlistable_data_bucket_still_leaves_the_image_its_error_file(cloud):
+    """The list of serving datasets is a courtesy: when it cannot be read, the image still
+    gets its answer, and the answer says why the list is missing."""
+    settings = replace(cloud.settings, data_bucket="no-such-bucket")
+    cloud.s3.put_object(Bucket=INFERENCE, Key="images/cat.jpg", Body=jpeg_bytes())
+    assert flow.image_uploaded(INFERENCE, "images/cat.jpg", settings) == "error"
+    error = json.loads(
+        cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat.jpg.error.json")["Body"].read()
+    )
+    assert "the serving datasets cannot be listed (NoSuchBucket" in error["error"]

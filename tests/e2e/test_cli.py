@@ -1,0 +1,85 @@
+"""``sagedrop dataset sample|check|pack`` as a person runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sagedrop.cli import main
+from tests.helpers import layout, make_zip
+
+
+def test_sample_writes_folder_and_zip(tmp_path, capsys):
+    assert main(["dataset", "sample", str(tmp_path), "--per-class", "5", "--classes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "digits.zip").is_file()
+    assert sorted(p.name for p in (tmp_path / "digits" / "train").iterdir()) == [
+        "001.zero",
+        "002.one",
+        "003.two",
+    ]
+    assert "usable, 3 classes, 15 images" in out
+
+
+def test_check_reports_counts_and_passes_good_data(tmp_path, capsys):
+    archive = make_zip(tmp_path / "d.zip", layout(n=3))
+    assert main(["dataset", "check", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert "usable, 2 classes, 18 images" in out
+    assert "001.cat" in out and "train" in out
+
+
+def test_check_fails_hostile_zip_and_names_the_entry(tmp_path, capsys):
+    archive = make_zip(tmp_path / "d.zip", {**layout(), "../../etc/cron.d/x.jpg": b"x"})
+    assert main(["dataset", "check", str(archive)]) == 1
+    assert "problem: Entry '../../etc/cron.d/x.jpg' climbs out" in capsys.readouterr().out
+
+
+def test_check_json(tmp_path, capsys):
+    archive = make_zip(tmp_path / "d.zip", layout(splits=("train",), n=4))
+    assert main(["dataset", "check", str(archive), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["usable"] is True
+    assert report["missing_splits"] == ["valid", "test"]
+    assert report["counts"]["train"] == {"001.cat": 4, "002.dog": 4}
+
+
+def test_pack_is_deterministic_and_refuses_broken_folders(tmp_path, capsys):
+    main(["dataset", "sample", str(tmp_path / "s"), "--per-class", "3", "--classes", "2"])
+    folder = tmp_path / "s" / "digits"
+    assert main(["dataset", "pack", str(folder), str(tmp_path / "a.zip")]) == 0
+    assert main(["dataset", "pack", str(folder), str(tmp_path / "b.zip")]) == 0
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    for jpg in (folder / "valid" / "002.one").iterdir():
+        jpg.unlink()
+    capsys.readouterr()
+    assert main(["dataset", "pack", str(folder), str(tmp_path / "c.zip")]) == 1
+    assert "Class '002.one' is in 'train' but has no images in 'valid'." in capsys.readouterr().out
+    assert not (tmp_path / "c.zip").exists()
+
+
+def test_python_dash_m_sagedrop():
+    result = subprocess.run(
+        [sys.executable, "-m", "sagedrop", "dataset", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "sample" in result.stdout and "check" in result.stdout and "pack" in result.stdout
+
+
+def test_demo_runs_the_whole_local_pipeline_from_a_relative_root(tmp_path, monkeypatch):
+    """What `make demo` runs (relative root like its default), on a smaller sample."""
+    from sagedrop import demo
+
+    monkeypatch.chdir(tmp_path)
+    tiny = {**demo.DEMO_CONFIG, "max_jobs": 2, "epochs": 2}
+    lines: list[str] = []
+    assert demo.run_demo("demo-root", config=tiny, per_class=12, say=lines.append) == 0
+    out = "\n".join(lines)
+    assert "Quality gate:    deploy" in out
+    assert "Held-out images: " in out
+    reports = list((tmp_path / "demo-root" / "reports").glob("sdt-digits-*.html"))
+    assert len(reports) == 1 and "<svg" in reports[0].read_text()

@@ -1,0 +1,185 @@
+"""The whole pipeline on the local cloud: through the CLI, and across a restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chalicelib.job_contract import RULE_NAMES
+from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
+from sagedrop.local.sns import read_notifications
+from sagedrop.sample_data import pack_dataset, write_sample_dataset
+from tests.helpers import make_zip
+
+pytestmark = pytest.mark.slow
+TINY = {
+    "strategy": "Random",
+    "max_jobs": 2,
+    "max_parallel_jobs": 2,
+    "epochs": 2,
+    "early_stopping": "Off",
+    "ranges": {
+        "lr": {"type": "continuous", "min": 0.02, "max": 0.08, "scaling": "Logarithmic"},
+        "batch-size": {"type": "categorical", "values": [16]},
+    },
+    "hyperparameters": {"image-size": 32, "augment": "crop", "pretrained": "false"},
+}
+
+
+def tiny_zip(folder: Path, config: dict) -> Path:
+    data = write_sample_dataset(folder, per_class=12, classes=3, config=config)
+    return pack_dataset(data, folder / "digits.zip")
+
+
+def cli(*args: str, root: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sagedrop", *args, "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def status(root: Path) -> dict:
+    result = cli("status", "--json", root=root)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_pipeline_through_the_cli(tmp_path):
+    root = tmp_path / "root"
+    dataset = tiny_zip(tmp_path / "data", TINY)
+    hostile = make_zip(tmp_path / "evil.zip", {"../../escape.jpg": b"x"})
+    image = next((tmp_path / "data" / "digits" / "test").rglob("*.jpg"))
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not a jpeg")
+    # Dropped before `up` runs: delivered once it does. The same zip twice: one pipeline.
+    assert cli("drop", str(dataset), str(hostile), root=root).returncode == 0
+    assert cli("drop", str(dataset), root=root).returncode == 0
+    up = subprocess.Popen(
+        [sys.executable, "-m", "sagedrop", "up", "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait(
+            lambda: any(e["status"] == "InService" for e in status(root)["endpoints"]), 400
+        ), "endpoint never came up"
+        assert cli("drop", str(garbage), root=root).returncode == 0
+        assert cli("drop", str(image), root=root).returncode == 0
+        images = root / "buckets" / "sagedrop-inference" / "images" / "digits"
+        assert wait(
+            lambda: (
+                (images / "garbage.jpg.error.json").exists()
+                and (images / f"{image.name}.json").exists()
+            ),
+            60,
+        )
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    snapshot = status(root)
+    [pipeline] = snapshot["pipelines"]  # the duplicate drop started nothing
+    assert pipeline["tuning"]["status"] == "Completed"
+    assert pipeline["tuning"]["trials_started"] == 2
+    debug = pipeline["debug_job"]
+    assert debug["status"] == "Completed"
+    # the debug job's rules, report and TensorBoard files, on the pipeline's own paths
+    assert [r["RuleConfigurationName"] for r in debug["rules"]] == list(RULE_NAMES)
+    assert debug["report"].endswith("report.html") and debug["tensorboard"]
+    tensorboard = root / "buckets" / "sagedrop-data" / "jobs" / debug["name"] / "tensorboard"
+    assert any(p.name.startswith("events.out.tfevents") for p in tensorboard.iterdir())
+    assert pipeline["gate"]["decision"].startswith("deploy")
+    assert pipeline["predictions"] == 1
+    [rejected] = snapshot["rejected_uploads"]
+    assert "escape" in " ".join(rejected["reasons"])
+    assert snapshot["endpoints"] == [
+        {**snapshot["endpoints"][0], "name": "sagedrop-digits", "status": "InService"}
+    ]
+    error = json.loads((images / "garbage.jpg.error.json").read_text())
+    assert "cannot decode" in error["error"]
+    prediction = json.loads((images / f"{image.name}.json").read_text())
+    assert prediction["predictions"][0]["label"] in {"zero", "one", "two"}
+    assert prediction["dataset"] == "digits" and prediction["endpoint"] == "sagedrop-digits"
+    assert prediction["model_version"] == 1  # its version in Model Registry
+    assert prediction["model"]["training_job"] == debug["name"]  # the job that made it
+    [dataset] = snapshot["datasets"]
+    assert (dataset["name"], dataset["serving_version"]) == ("digits", 1)
+    [version] = dataset["versions"]
+    assert (version["approval"], version["debug_job"]) == ("Approved", debug["name"])
+    assert "trial" in output and "[sns]" in output
+    report = cli("report", pipeline["name"], root=root)
+    assert report.returncode == 0
+    page = (root / "reports" / f"{pipeline['name']}.html").read_text()
+    assert page.count("<svg") >= 3 and pipeline["tuning"]["best_job"] in page
+    assert "VanishingGradient" in page and "report.html" in page
+
+
+def test_restart_during_tuning_runs_nothing_twice(tmp_path):
+    root = tmp_path / "root"
+    config = {**TINY, "max_jobs": 3, "max_parallel_jobs": 1, "epochs": 3}
+    dataset = tiny_zip(tmp_path / "data", config)
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start()
+    cloud.s3.put_object(Bucket=DATA_BUCKET, Key="datasets/digits.zip", Body=dataset.read_bytes())
+
+    def trials(state, status):
+        return [
+            j
+            for j in state.all("training-job")
+            if j.get("TuningJobArn") and j["TrainingJobStatus"] == status
+        ]
+
+    try:
+        assert cloud.wait_until(
+            lambda: trials(cloud.state, "Completed") and trials(cloud.state, "InProgress"), 300
+        )
+        [finished] = trials(cloud.state, "Completed")
+        [running] = trials(cloud.state, "InProgress")
+    finally:
+        cloud.stop()  # the second trial is interrupted mid-run
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start()
+    try:
+        assert cloud.wait_until(
+            lambda: (
+                (cloud.state.get("endpoint", "sagedrop-digits") or {}).get("EndpointStatus")
+                == "InService"
+            ),
+            400,
+        )
+        jobs = cloud.state.all("training-job")
+    finally:
+        cloud.stop()
+    trial_jobs = [j for j in jobs if j.get("TuningJobArn")]
+    again = next(j for j in trial_jobs if j["TrainingJobName"] == finished["TrainingJobName"])
+    assert again["TrainingEndTime"] == finished["TrainingEndTime"]  # not run again
+    # The interrupted trial ran again under its own name with its own parameters: the
+    # budget of 3 jobs is kept, and every one of them completed.
+    rerun = next(j for j in trial_jobs if j["TrainingJobName"] == running["TrainingJobName"])
+    assert rerun["TrainingJobStatus"] == "Completed"
+    assert rerun["_local"]["tuned"] == running["_local"]["tuned"]
+    assert len(trial_jobs) == 3 and all(j["TrainingJobStatus"] == "Completed" for j in trial_jobs)
+    assert len({j["TrainingJobName"] for j in jobs}) == len(jobs)
+    debug_jobs = [j for j in jobs if j["TrainingJobName"].startswith("sdd-")]
+    assert len(debug_jobs) == 1 and debug_jobs[0]["TrainingJobStatus"] == "Completed"
+    notices = read_notifications(root / "notifications" / "sagedrop.jsonl")
+    kinds = [(n["event"]["stage"], n["event"]["status"]) for n in notices]
+    assert kinds.count(("tuning", "started")) == 1 and kinds.count(("endpoint", "ready")) == 1

@@ -1,0 +1,107 @@
+"""Helpers the tests share: images and zips built byte by byte, train.py run by hand,
+and a trained model under another dataset's labels. Fixtures live in ``conftest.py``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from PIL import Image
+
+from sagedrop.paths import TRAIN_SCRIPT, TRAINING_CODE
+
+__all__ = ["TRAINING_CODE"]
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(24, 24)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png_bytes(color=(30, 200, 30), size=(24, 24)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+    """A zip with exactly these members (names are written verbatim, even hostile ones)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return path
+
+
+def layout(classes=("001.cat", "002.dog"), splits=("train", "valid", "test"), n=2, prefix=""):
+    """Members of a well-formed dataset: n JPEGs per class and split."""
+    members = {}
+    for split in splits:
+        for c, cls in enumerate(classes):
+            for i in range(n):
+                members[f"{prefix}{split}/{cls}/img_{i}.jpg"] = jpeg_bytes((40 * c, 90, 150))
+    return members
+
+
+def run_train(args: list[str], env_extra: dict | None = None, timeout: int = 300, launcher=None):
+    """Run train.py by hand, in its own folder (``tests/contract/test_training_toolkit.py``
+    runs it through SageMaker's training runner); return the result."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    command = [*(launcher or [sys.executable]), str(TRAIN_SCRIPT), *args]
+    return subprocess.run(
+        command, cwd=TRAINING_CODE, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def failure_line(result: subprocess.CompletedProcess) -> str:
+    """train.py's reason for failing: the end of its stderr from the last line that starts
+    with an error class, which SageMaker's training toolkit turns into the FailureReason."""
+    lines = result.stderr.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"\w*(Error|Exception): ", line)]
+    return "\n".join(lines[starts[-1] :]) if starts else ""
+
+
+TINY_HYPERPARAMETERS = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--image-size",
+    "32",
+    "--pretrained",
+    "false",
+    "--augment",
+    "crop",
+    "--lr",
+    "0.05",
+    "--num-workers",
+    "0",
+]
+
+
+LETTERS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+def relabelled(model_dir: Path, folder: Path, labels: list[str]) -> Path:
+    """The trained model under other class names: same weights, another dataset's labels."""
+    shutil.copytree(model_dir, folder)
+    classes = json.loads((folder / "classes.json").read_text())
+    for entry in classes:
+        entry["label"] = entry["folder"] = labels[entry["index"]]
+    (folder / "classes.json").write_text(json.dumps(classes))
+    return folder

@@ -1,0 +1,116 @@
+"""The rooms of ``../shared/ARCHITECTURE.md``, read from the imports of every file.
+
+A room that imports what the design forbids fails here, before it fails in a Lambda zip
+without torch or in a container without boto3.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagedrop.paths import REPO_ROOT
+
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+# Every top-level name the container code's folder offers: its modules and its packages.
+TRAINING_MODULES = {p.stem for p in (REPO_ROOT / "training_code").glob("*.py")} | {
+    p.name for p in (REPO_ROOT / "training_code").iterdir() if p.is_dir() and p.name[0] != "_"
+}
+# chalicelib modules linked into training_code (stdlib only, carried by both rooms): the
+# training-side name of each, by the file it links to.
+SHARED = {
+    link.resolve(): link.stem
+    for link in (REPO_ROOT / "training_code").glob("*.py")
+    if link.is_symlink()
+}
+# What each room may import besides the standard library (None: anything but `forbidden`).
+ROOMS = {
+    "chalice_app/app.py": {
+        "allowed": {"chalice", "chalicelib", "aws_lambda_powertools"},
+    },
+    "chalice_app/chalicelib": {
+        "allowed": {"chalicelib", "boto3", "botocore", "aws_lambda_powertools"},
+    },
+    "training_code": {
+        "forbidden": {
+            "boto3",
+            "botocore",
+            "chalice",
+            "chalicelib",
+            "sagedrop",
+            "aws_lambda_powertools",
+            "moto",
+        },
+    },
+    "sagedrop": {
+        # the container code only through its public module
+        "forbidden": TRAINING_MODULES - {"offline_api"},
+    },
+}
+
+
+def imported_roots(source: str) -> set[str]:
+    """Top-level names of every absolute import in ``source``."""
+    roots = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def violations(room: str, source: str, shared: bool = False) -> set[str]:
+    """What ``source`` imports that its room may not; a shared module may also import
+    the other shared modules by their training-side names (its fallback in a container)."""
+    rule = ROOMS[room]
+    roots = imported_roots(source)
+    if "allowed" in rule:
+        allowed = rule["allowed"] | (set(SHARED.values()) if shared else set())
+        return roots - STDLIB - allowed
+    return roots & rule["forbidden"]
+
+
+def files_of(room: str) -> list[Path]:
+    path = REPO_ROOT / room
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_every_room_imports_only_what_the_design_allows(room):
+    found = {}
+    for path in files_of(room):
+        if path.is_symlink():  # a shared module lives in (and is checked with) its own room
+            continue
+        bad = violations(room, path.read_text(), shared=path.resolve() in SHARED)
+        if bad:
+            found[str(path.relative_to(REPO_ROOT))] = sorted(bad)
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    ("room", "source", "expected"),
+    [
+        ("chalice_app/chalicelib", "import torch\nfrom json import loads", {"torch"}),
+        ("chalice_app/app.py", "from sagedrop.local import bus", {"sagedrop"}),
+        ("training_code", "import boto3\nimport torch", {"boto3"}),
+        (
+            "sagedrop",
+            "from sagedrop_reports.svg_charts import table\nfrom offline_api import page",
+            {"sagedrop_reports"},
+        ),
+        # only a shared module may fall back to a shared module's training-side name
+        ("chalice_app/chalicelib", "from job_contract import NUMBER", {"job_contract"}),
+    ],
+)
+def test_the_check_fires_on_a_crafted_file(room, source, expected):
+    assert violations(room, source) == expected
+
+
+def test_a_shared_module_may_import_another_by_its_training_side_name():
+    assert set(SHARED.values()) >= {"job_contract", "dataset_rules", "hyperparameter_rules"}
+    source = "from job_contract import NUMBER\nimport torch"
+    assert violations("chalice_app/chalicelib", source, shared=True) == {"torch"}

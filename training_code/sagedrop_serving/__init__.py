@@ -1,0 +1,1 @@
+"""Serving: exactly what a model artifact's ``code/`` folder carries (see README.md here)."""

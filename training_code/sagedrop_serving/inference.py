@@ -1,0 +1,185 @@
+"""SageMaker PyTorch serving handlers: image bytes in, top-k labels as JSON out.
+
+The model artifact carries this file in ``code/`` together with ``image_io.py`` and
+``model_def.py``, so SageMaker's PyTorch inference container and sagedrop's local
+endpoint load exactly the preprocessing the model was trained with (read from the
+artifact's ``config.json``, not from this file's defaults).
+
+The handlers have exactly the signatures SageMaker's inference toolkit calls
+(``sagemaker_inference.transformer``): ``model_fn(model_dir)``, ``input_fn(input_data,
+content_type)``, ``predict_fn(data, model)``, ``output_fn(prediction, accept)``. The toolkit
+counts parameters and passes its request context in an extra one, so none may have an
+optional extra parameter. A client's mistake is raised as the toolkit's own error class
+(``BaseInferenceToolkitError``), which it answers with that status (415 content type,
+406 Accept, 400 bad image); anything else is a 500. Where the toolkit is not installed
+(a benchmark, a notebook), the same classes stand on a local base with the same fields.
+
+``predict_fn`` also takes a batch (N images stacked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from image_io import ImageDecodeError, Preprocessing, decode_image, eval_transform
+from model_def import build_classifier
+
+JSON = "application/json"
+ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+MAX_PIXELS = int(os.environ.get("SAGEDROP_MAX_IMAGE_PIXELS", "64000000"))
+
+
+try:
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # outside the serving container: same fields, same meaning
+
+    class _ToolkitError(Exception):
+        def __init__(self, status_code: int, message: str, phrase: str):
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+            super().__init__(status_code, message, phrase)
+
+
+class InferenceRequestError(_ToolkitError):
+    """A client's mistake: the toolkit answers it with ``status`` and the message."""
+
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(self.status, message, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnsupportedMediaType(InferenceRequestError):
+    """The request's Content-Type is not one this model reads."""
+
+    status = 415
+
+
+class NotAcceptable(InferenceRequestError):
+    """The request's Accept asks for a type this model does not write."""
+
+    status = 406
+
+
+class InvalidImage(InferenceRequestError):
+    """The request body is not a usable image; the message says why."""
+
+    status = 400
+
+
+@dataclass
+class LoadedModel:
+    network: torch.nn.Module
+    labels: list[str]
+    transform: object
+    draft_size: int
+    device: torch.device
+    top_k: int
+    info: dict
+
+
+# SageMaker calls input_fn(body, content_type) without the model, but preprocessing is
+# part of the model (its config); model_fn remembers the model it loaded for input_fn.
+_current: LoadedModel | None = None
+
+
+def model_fn(model_dir: str) -> LoadedModel:
+    """Load the artifact in ``model_dir`` (SageMaker passes /opt/ml/model)."""
+    global _current
+    with open(os.path.join(model_dir, "config.json")) as handle:
+        config = json.load(handle)
+    with open(os.path.join(model_dir, "classes.json")) as handle:
+        classes = json.load(handle)
+    labels = [c["label"] for c in sorted(classes, key=lambda c: c["index"])]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = build_classifier(config["backbone"], len(labels))
+    state = torch.load(os.path.join(model_dir, "model.pt"), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    network.eval().to(device, memory_format=torch.channels_last)
+    pre = Preprocessing.from_dict(config["preprocessing"])
+    top_k = int(os.environ.get("SAGEDROP_TOP_K", config.get("top_k", 5)))
+    info = {
+        "backbone": config["backbone"],
+        "num_classes": len(labels),
+        "image_size": pre.image_size,
+        "test_accuracy": config.get("metrics", {}).get("test_accuracy"),
+        "created_at": config.get("created_at"),
+        "training_job": config.get("training_job"),
+    }
+    if os.environ.get("SAGEDROP_MODEL_NAME"):
+        info["name"] = os.environ["SAGEDROP_MODEL_NAME"]
+    if os.environ.get("SAGEDROP_MODEL_VERSION", "").isdigit():  # its Model Registry version
+        info["version"] = int(os.environ["SAGEDROP_MODEL_VERSION"])
+    _current = LoadedModel(
+        network=network,
+        labels=labels,
+        transform=eval_transform(pre),
+        draft_size=int(config.get("draft_size", pre.resize_size)),
+        device=device,
+        top_k=max(1, min(top_k, len(labels))),
+        info=info,
+    )
+    return _current
+
+
+def input_fn(input_data: bytes, content_type: str | None):
+    """Decoded and preprocessed, shape (1, 3, H, W).
+
+    The toolkit passes no model, but the preprocessing belongs to the model (its
+    config), so ``model_fn`` keeps the model it loaded for this module's ``input_fn``.
+    """
+    request_body = input_data
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind not in ACCEPTED_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not supported; send one of "
+            f"{', '.join(ACCEPTED_CONTENT_TYPES)}"
+        )
+    if not request_body:
+        raise InvalidImage("the request body is empty")
+    loaded = _current
+    if loaded is None:
+        raise RuntimeError("model_fn must run before input_fn")
+    try:
+        image = decode_image(
+            bytes(request_body), max_pixels=MAX_PIXELS, draft_size=loaded.draft_size
+        )
+    except ImageDecodeError as exc:
+        raise InvalidImage(f"cannot decode the image: {exc}") from exc
+    return loaded.transform(image).unsqueeze(0)
+
+
+def predict_fn(input_data: torch.Tensor, model: LoadedModel) -> list[dict]:
+    """Top-k for each image in the batch; one dict per image."""
+    images = input_data.to(model.device, memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if model.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model.network(images)
+        else:
+            logits = model.network(images)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        top = torch.topk(probabilities, k=model.top_k, dim=1)
+    results = []
+    for values, indices in zip(top.values.cpu().tolist(), top.indices.cpu().tolist(), strict=True):
+        predictions = [
+            {"label": model.labels[i], "index": i, "probability": round(p, 6)}
+            for p, i in zip(values, indices, strict=True)
+        ]
+        results.append({"predictions": predictions, "model": model.info})
+    return results
+
+
+def output_fn(prediction: list[dict] | dict, accept: str | None = JSON) -> tuple[str, str]:
+    """JSON for one image (a batch of one) or a list for several; returns (body, type)."""
+    wanted = [a.split(";")[0].strip().lower() for a in (accept or JSON).split(",")]
+    if not any(a in (JSON, "application/*", "*/*", "") for a in wanted):
+        raise NotAcceptable(f"accept {accept!r} is not supported; this model returns {JSON}")
+    if isinstance(prediction, list) and len(prediction) == 1:
+        prediction = prediction[0]
+    return json.dumps(prediction), JSON
