@@ -69,6 +69,16 @@ def trained_job(tmp_path_factory, tiny_dataset) -> dict:
 
 
 @pytest.fixture
+def moto(monkeypatch):
+    """moto's AWS in us-east-1, with the stand-in credentials boto3 needs to sign."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
 def cloud(monkeypatch):
     """The stubbed AWS (``stubbed_aws.Cloud``), handed to the flow as its clients."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)

@@ -84,7 +84,7 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
         reasons=[because or package.get("ApprovalDescription") or description],
         summary=f"Endpoint {endpoint} {action} to serve version {version} of {pipeline}{change}.",
     )
-    return Outcome(action, [notice])
+    return Outcome(action, [notice], ["Rollbacks" if rollback else "Deployments"])
 
 
 def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: dict | None) -> str:

@@ -370,7 +370,8 @@ def endpoint_changed(detail: dict, settings: Settings) -> Outcome:
             f"s3://{settings.inference_bucket}/{naming.IMAGES_PREFIX}{pipeline}/.",
         )
         # A version approved while the endpoint was busy is served now.
-        return Outcome("ready", [ready]).followed_by(deploy_latest(settings, pipeline))
+        ready_outcome = Outcome("ready", [ready], ["EndpointsReady"])
+        return ready_outcome.followed_by(deploy_latest(settings, pipeline))
     if status == "failed":
         reason = detail.get("FailureReason", "no reason given")
         failed = Notice(
@@ -380,7 +381,7 @@ def endpoint_changed(detail: dict, settings: Settings) -> Outcome:
             summary=f"Endpoint {endpoint} failed: {reason}.",
             failure_reason=reason,
         )
-        return Outcome("failed", [failed])
+        return Outcome("failed", [failed], ["EndpointsFailed"])
     return Outcome("ignored")
 
 

@@ -23,6 +23,21 @@ from chalicelib.settings import Settings
 
 logger = Logger(service="sagedrop")
 metrics = Metrics(namespace="sagedrop", service="sagedrop")
+# Results that owe nobody a notice: nothing happened (an event not ours, a duplicate, an
+# endpoint already right or busy), or the answer is a file next to the image.
+QUIET = frozenset(
+    {
+        "ignored",
+        "duplicate",
+        "none-approved",
+        "unchanged",
+        "waiting",
+        "failed-before",
+        "predicted",
+        "error",
+        "throttled",
+    }
+)
 
 
 @dataclass
@@ -31,6 +46,10 @@ class Outcome:
     notices: list[Notice] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
     milliseconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.result not in QUIET and not self.notices:
+            raise ValueError(f"a step that ends {self.result!r} owes a notice and gave none")
 
     def followed_by(self, later: Outcome) -> Outcome:
         """This step's outcome, then another's it led to (its result is this one's)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import boto3
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
-from moto import mock_aws
 
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sagemaker import LocalSageMaker
@@ -37,11 +36,8 @@ def local_sagemaker(tmp_path):
 
 
 @pytest.fixture
-def moto_sagemaker(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield boto3.client("sagemaker", region_name="us-east-1")
+def moto_sagemaker(moto):
+    return boto3.client("sagemaker", region_name="us-east-1")
 
 
 MODEL = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import boto3
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
-from moto import mock_aws
 
 from chalicelib import registry
 from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT, LocalModelRegistry
@@ -37,10 +36,8 @@ def local(tmp_path):
 
 
 @pytest.fixture
-def moto_client(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        yield boto3.client("sagemaker", region_name="us-east-1")
+def moto_client(moto):
+    return boto3.client("sagemaker", region_name="us-east-1")
 
 
 def scenario(sagemaker) -> dict:

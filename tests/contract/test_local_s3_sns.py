@@ -10,7 +10,6 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from botocore.exceptions import ClientError, ParamValidationError
-from moto import mock_aws
 
 from sagedrop.local.s3 import FolderWatcher, LocalS3
 from sagedrop.local.sns import LocalSNS, read_notifications
@@ -29,13 +28,10 @@ def local_s3(tmp_path):
 
 
 @pytest.fixture
-def moto_s3(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        yield s3
+def moto_s3(moto):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    return s3
 
 
 def _error(call, **params) -> tuple[str, int]:
