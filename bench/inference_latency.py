@@ -43,6 +43,10 @@ def photo_jpeg(width=500, height=375) -> bytes:
     return buffer.getvalue()
 
 
+def _p50_p95(values: list[float]) -> str:
+    return f"{percentile(values, 50) * 1000:10.2f}{percentile(values, 95) * 1000:10.2f}"
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -88,40 +92,75 @@ def main() -> None:
         ]
         subprocess.run(command, cwd=TRAINING_CODE, check=True, capture_output=True)
 
+        os.environ["SAGEDROP_SERVE_GRAPH"] = "false"
+        eager_code = load_inference_code(model_dir / "code")
+        eager = eager_code.model_fn(str(model_dir))
+        os.environ.pop("SAGEDROP_SERVE_GRAPH")
         inference = load_inference_code(model_dir / "code")
         model = inference.model_fn(str(model_dir))
+        assert model.runtime == "onnxruntime", "the artifact's graph did not load"
         body = photo_jpeg()
+        draft = model.draft_size
+        image = inference.decode_image(body, draft_size=draft)
+        ready = inference.input_fn(body, "image/jpeg")
+        prediction = inference.predict_fn(ready, model)
+        logits = model.graph.logits(ready.numpy())
+        scripted = torch.jit.freeze(torch.jit.script(eager.network.eval()))
+        channels_last = ready.to(memory_format=torch.channels_last)
 
-        def handler_chain():
-            data = inference.input_fn(body, "image/jpeg")
-            return inference.output_fn(inference.predict_fn(data, model), "application/json")
-
-        ready = inference.input_fn(body, "image/jpeg").to(memory_format=torch.channels_last)
-
-        def raw_forward():
+        def eager_forward():
             with torch.inference_mode():
-                return model.network(ready)
+                return eager.network(channels_last)
 
-        decode = timed(lambda: inference.input_fn(body, "image/jpeg"), args.runs)
-        # Alternate the two measurements so drift on a shared machine hits both alike.
-        chain, raw = [], []
+        def script_forward():
+            with torch.inference_mode():
+                return scripted(channels_last)
+
+        def chain(code, loaded):
+            data = code.input_fn(body, "image/jpeg")
+            return code.output_fn(code.predict_fn(data, loaded), "application/json")
+
+        stages = {
+            "decode (JPEG draft)": lambda: inference.decode_image(
+                body, draft_size=model.draft_size
+            ),
+            "preprocess (resize, crop, normalise)": lambda: model.transform(image).unsqueeze(0),
+            "forward (ONNX Runtime)": lambda: model.graph.logits(ready.numpy()),
+            "softmax + top-k": lambda: inference.softmax(logits),
+            "predict_fn (forward + top-k)": lambda: inference.predict_fn(ready, model),
+            "output_fn (JSON)": lambda: inference.output_fn(prediction, "application/json"),
+        }
+        breakdown = {name: timed(fn, args.runs) for name, fn in stages.items()}
+        # Alternate the measurements so drift on a shared machine hits all alike.
+        runs = {k: [] for k in ("eager", "script", "graph", "chain eager", "chain graph")}
         for _ in range(5):
-            chain += timed(handler_chain, args.runs // 5, warmup=1)
-            raw += timed(raw_forward, args.runs // 5, warmup=1)
+            runs["eager"] += timed(eager_forward, args.runs // 5, warmup=1)
+            runs["script"] += timed(script_forward, args.runs // 5, warmup=1)
+            runs["graph"] += timed(lambda: model.graph.logits(ready.numpy()), args.runs // 5, 1)
+            runs["chain eager"] += timed(lambda: chain(eager_code, eager), args.runs // 5, 1)
+            runs["chain graph"] += timed(lambda: chain(inference, model), args.runs // 5, 1)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"resnet18, 224 px, one 500x375 JPEG of {len(body):,} bytes, {len(chain)} runs each\n")
-    print(f"{'':28}{'p50 ms':>10}{'p95 ms':>10}")
-    for name, values in (
-        ("input_fn (decode+preprocess)", decode),
-        ("input_fn→output_fn", chain),
-        ("raw forward (batch 1)", raw),
-    ):
+    print(f"resnet18, 224 px, one 500x375 JPEG of {len(body):,} bytes, {args.runs} runs each\n")
+    print(f"{'per-request breakdown (graph serving)':40}{'p50 ms':>10}{'p95 ms':>10}")
+    for name, values in breakdown.items():
         print(
-            f"{name:28}{percentile(values, 50) * 1000:10.2f}{percentile(values, 95) * 1000:10.2f}"
+            f"  {name:38}{percentile(values, 50) * 1000:10.2f}{percentile(values, 95) * 1000:10.2f}"
         )
-    ratio = statistics.median(chain) / statistics.median(raw)
-    print(f"\nhandler chain / raw forward (p50): {ratio:.3f}")
+    print(f"\n{'batch-1 forward, by runtime':40}{'p50 ms':>10}{'p95 ms':>10}")
+    for name, key in (("eager PyTorch", "eager"), ("frozen TorchScript", "script"),
+                      ("ONNX Runtime (served)", "graph")):  # fmt: skip
+        values = runs[key]
+        print(
+            f"  {name:38}{percentile(values, 50) * 1000:10.2f}{percentile(values, 95) * 1000:10.2f}"
+        )
+    raw = statistics.median(runs["eager"])
+    for key in ("script", "graph"):
+        print(f"{key}_forward_over_eager={statistics.median(runs[key]) / raw:.3f}")
+    for key in ("chain eager", "chain graph"):
+        name = key.replace(" ", "_")
+        print(f"{name}_p50_ms={statistics.median(runs[key]) * 1000:.2f}")
+        print(f"{name}_over_raw_eager={statistics.median(runs[key]) / raw:.3f}")
 
 
 if __name__ == "__main__":

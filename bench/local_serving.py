@@ -1,17 +1,22 @@
-"""Local cloud serving: endpoint latency and throughput, and image-dropped → JSON latency.
+"""Local cloud serving: endpoint latency and throughput, eager against the optimised graph.
 
 Trains a ResNet18 artifact at 224 px (one epoch on a tiny sample: the weights do not
-matter for timing), deploys it on the local cloud with the pipeline's own requests, then
+matter for timing; the export's ONNX graph comes with it), deploys it twice on the local
+cloud with the pipeline's own requests (once forced to eager PyTorch with
+``SAGEDROP_SERVE_GRAPH=false``, once serving the graph under ONNX Runtime), then
 measures in one run:
 
-- raw batch-1 forward p50 vs endpoint p50 (one 224 px JPEG through HTTP, decode, batcher)
-- raw batch-8 forward throughput vs 8 concurrent clients' throughput through the endpoint
+- raw eager batch-1 forward p50 vs each endpoint's p50 (one 224 px JPEG through HTTP,
+  SageMaker's handler service, decode, preprocessing, forward, JSON), and the server's
+  own share (endpoint p50 minus the in-process ``input_fn → output_fn`` p50)
+- raw eager batch-8 forward throughput vs 8 concurrent clients' throughput
+- the graph's parity with the eager model on the held-out (test) split
+- each endpoint's resident memory (the process's RSS as it is deployed)
 - drop → ``.json`` p50 (S3 put → event → handler → InvokeEndpoint → put) minus the
-  in-process ``input_fn → predict_fn → output_fn`` p50 (the model's own inference time)
-- a burst of 200 simultaneous new connections (each one request, then close): how many
-  were served, and their latency
-- 64 keep-alive clients, 10 requests each: requests/s, p50 and p99, and the process's
-  resident memory before and after
+  in-process chain, a burst of 200 simultaneous new connections, and 64 keep-alive
+  clients (on the graph endpoint)
+
+The lines issue 14 asks for are printed as ``name=value``.
 
 Run: .venv/bin/python bench/local_serving.py
 """
@@ -20,11 +25,13 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -160,119 +167,146 @@ def jpeg_224() -> bytes:
     return buffer.getvalue()
 
 
+def timed(fn, runs: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def concurrent_rate(invoke) -> float:
+    """CLIENTS threads, REPEATS // 2 requests each, started together: images/s."""
+    per_client = REPEATS // 2
+    barrier = threading.Barrier(CLIENTS + 1)
+
+    def client() -> None:
+        barrier.wait()
+        for _ in range(per_client):
+            invoke()
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return CLIENTS * per_client / (time.perf_counter() - start)
+
+
+def held_out_parity(code, eager, graph, folder: Path) -> tuple[float, float, int]:
+    """Top-1 agreement and max |Δprobability| of the graph against the eager model on
+    every image of the held-out split, through the artifact's own input_fn."""
+    agree, worst, count = 0, 0.0, 0
+    for path in sorted((folder / "test").rglob("*.jpg")):
+        data = code.input_fn(path.read_bytes(), "image/jpeg")
+        ours = code._eager_probabilities(data, eager)
+        theirs = code.softmax(graph.graph.logits(data.numpy()))
+        agree += int(ours.argmax() == theirs.argmax())
+        worst = max(worst, float(abs(ours - theirs).max()))
+        count += 1
+    return agree / count, worst, count
+
+
+def deploy(cloud: LocalCloud, name: str, environment: dict) -> None:
+    sm = cloud.sagemaker
+    sm.create_model(
+        ModelName=f"{name}-model",
+        PrimaryContainer={
+            "Image": "local",
+            "ModelDataUrl": f"s3://{DATA_BUCKET}/bench/model.tar.gz",
+            "Environment": {"SAGEDROP_MODEL_NAME": name, **environment},
+        },
+        ExecutionRoleArn="arn:aws:iam::000000000000:role/x",
+    )
+    variant = {"VariantName": "AllTraffic", "ModelName": f"{name}-model"}
+    variant.update(InitialInstanceCount=1, InstanceType="ml.m5.large")
+    sm.create_endpoint_config(EndpointConfigName=f"{name}-config", ProductionVariants=[variant])
+    sm.create_endpoint(EndpointName=f"sagedrop-{name}", EndpointConfigName=f"{name}-config")
+    cloud.wait_until(lambda: sm.endpoint_port(f"sagedrop-{name}") is not None, 120, 0.05)
+
+
 def main() -> None:
+    import psutil
+
     torch.set_num_threads(os.cpu_count() or 1)
+    process = psutil.Process()
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         model_dir = train_artifact(work)
+        verdict = json.loads((model_dir / "config.json").read_text())["optimised_graph"]
         archive = io.BytesIO()
-        import tarfile
-
         with tarfile.open(fileobj=archive, mode="w:gz") as tar:
             for path in sorted(model_dir.rglob("*")):
                 tar.add(path, arcname=path.relative_to(model_dir).as_posix(), recursive=False)
         body = jpeg_224()
 
+        os.environ["SAGEDROP_SERVE_GRAPH"] = "false"
+        eager_code = load_inference_code(model_dir / "code")
+        eager = eager_code.model_fn(str(model_dir))
+        del os.environ["SAGEDROP_SERVE_GRAPH"]
         code = load_inference_code(model_dir / "code")
-        model = code.model_fn(str(model_dir))
-        one = code.input_fn(body, "image/jpeg")
+        graph = code.model_fn(str(model_dir))
+        assert graph.runtime == "onnxruntime", "the artifact's graph did not load"
+        one = eager_code.input_fn(body, "image/jpeg").to(memory_format=torch.channels_last)
         eight = torch.cat([one] * CLIENTS)
         with torch.inference_mode():
-            for _ in range(5):
-                model.network(one)
-            raw_one = []
-            for _ in range(REPEATS):
-                start = time.perf_counter()
-                model.network(one)
-                raw_one.append(time.perf_counter() - start)
-            raw_eight = []
-            for _ in range(REPEATS // 4):
-                start = time.perf_counter()
-                model.network(eight)
-                raw_eight.append(time.perf_counter() - start)
-        chain = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            code.output_fn(
-                code.predict_fn(code.input_fn(body, "image/jpeg"), model), "application/json"
-            )
-            chain.append(time.perf_counter() - start)
+            raw_one = timed(lambda: eager.network(one), REPEATS)
+            raw_eight = timed(lambda: eager.network(eight), REPEATS // 4, warmup=2)
+
+        def chain(module, loaded):
+            data = module.input_fn(body, "image/jpeg")
+            return module.output_fn(module.predict_fn(data, loaded), "application/json")
+
+        chains = {
+            "eager": timed(lambda: chain(eager_code, eager), REPEATS),
+            "graph": timed(lambda: chain(code, graph), REPEATS),
+        }
+        held_out_folder = write_sample_dataset(work / "held-out")  # 1,797 digits, 15% test
+        agreement, worst, held_out = held_out_parity(code, eager, graph, held_out_folder)
 
         cloud = LocalCloud(work / "cloud", say=lambda _: None)
         cloud.start(watch=False)
+        results: dict[str, dict] = {}
         try:
             cloud.s3.put_object(Bucket=DATA_BUCKET, Key="bench/model.tar.gz",
                                 Body=archive.getvalue())  # fmt: skip
-            sm = cloud.sagemaker
-            sm.create_model(
-                ModelName="bench-model",
-                PrimaryContainer={
-                    "Image": "local",
-                    "ModelDataUrl": f"s3://{DATA_BUCKET}/bench/model.tar.gz",
-                    "Environment": {"SAGEDROP_MODEL_NAME": "bench-model"},
-                },
-                ExecutionRoleArn="arn:aws:iam::000000000000:role/x",
-            )
-            sm.create_endpoint_config(
-                EndpointConfigName="bench-config",
-                ProductionVariants=[
-                    {
-                        "VariantName": "AllTraffic",
-                        "ModelName": "bench-model",
-                        "InitialInstanceCount": 1,
-                        "InstanceType": "ml.m5.large",
-                    }
-                ],
-            )
-            sm.create_endpoint(EndpointName="sagedrop", EndpointConfigName="bench-config")
-            cloud.wait_until(lambda: sm.endpoint_port("sagedrop") is not None, 120, 0.05)
             runtime = cloud.runtime
+            for name, environment in (("eager", {"SAGEDROP_SERVE_GRAPH": "false"}),
+                                      ("graph", {})):  # fmt: skip
+                rss_before = process.memory_info().rss / 2**20
+                deploy(cloud, name, environment)
+                endpoint = f"sagedrop-{name}"
 
-            def invoke() -> None:
-                runtime.invoke_endpoint(
-                    EndpointName="sagedrop", Body=body, ContentType="image/jpeg"
-                )["Body"].read()
+                def invoke(endpoint=endpoint) -> None:
+                    runtime.invoke_endpoint(
+                        EndpointName=endpoint, Body=body, ContentType="image/jpeg"
+                    )["Body"].read()
 
-            for _ in range(5):
-                invoke()
-            served = []
-            for _ in range(REPEATS):
-                start = time.perf_counter()
-                invoke()
-                served.append(time.perf_counter() - start)
+                served = timed(invoke, REPEATS)
+                results[name] = {
+                    "served": served,
+                    "rate": concurrent_rate(invoke),
+                    "rss": process.memory_info().rss / 2**20 - rss_before,
+                }
 
-            per_client = REPEATS // 2
-            barrier = threading.Barrier(CLIENTS + 1)
-
-            def client() -> None:
-                barrier.wait()
-                for _ in range(per_client):
-                    invoke()
-
-            threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            start = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            concurrent_rate = CLIENTS * per_client / (time.perf_counter() - start)
-
-            port = sm.endpoint_port("sagedrop")
-            import psutil
-
-            rss_before = psutil.Process().memory_info().rss / 2**20
+            port = cloud.sagemaker.endpoint_port("sagedrop-graph")
+            rss_before = process.memory_info().rss / 2**20
             burst_served, burst_latency = burst_of_new_connections(port, body)
             keep_rate, keep_latency = keep_alive_clients(port, body)
-            rss_after = psutil.Process().memory_info().rss / 2**20
+            rss_after = process.memory_info().rss / 2**20
 
-            images = cloud.root / "buckets" / INFERENCE_BUCKET / "images"
+            images = cloud.root / "buckets" / INFERENCE_BUCKET / "images" / "graph"
             dropped = []
             for n in range(REPEATS // 2):
                 target = images / f"bench-{n}.jpg.json"
                 start = time.perf_counter()
-                cloud.s3.put_object(Bucket=INFERENCE_BUCKET, Key=f"images/bench-{n}.jpg",
-                                    Body=body)  # fmt: skip
+                key = f"images/graph/bench-{n}.jpg"
+                cloud.s3.put_object(Bucket=INFERENCE_BUCKET, Key=key, Body=body)
                 while not target.exists():
                     time.sleep(0.0005)
                 dropped.append(time.perf_counter() - start)
@@ -280,20 +314,34 @@ def main() -> None:
             cloud.stop()
 
     raw_rate = CLIENTS / p50(raw_eight)
-    print(f"raw batch-1 forward p50:            {p50(raw_one) * 1000:8.2f} ms")
-    print(f"endpoint (HTTP) p50, one 224px JPEG: {p50(served) * 1000:8.2f} ms")
-    print(
-        f"  ratio endpoint / raw forward:      {p50(served) / p50(raw_one):8.3f}  (target <= 1.3)"
-    )
-    print(f"raw batch-8 forward throughput:      {raw_rate:8.1f} img/s")
-    print(f"endpoint, {CLIENTS} concurrent clients:      {concurrent_rate:8.1f} img/s")
-    print(
-        f"  ratio endpoint / raw batched:      {concurrent_rate / raw_rate:8.3f}  (target >= 0.8)"
-    )
-    print(f"in-process input_fn→output_fn p50:   {p50(chain) * 1000:8.2f} ms")
-    print(f"image dropped → JSON written p50:    {p50(dropped) * 1000:8.2f} ms")
-    print(f"  minus the model's own inference:   {(p50(dropped) - p50(chain)) * 1000:8.2f} ms"
-          "  (target < 100)")  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(f"raw eager batch-1 forward p50:       {p50(raw_one) * 1000:8.2f} ms")
+    print(f"raw eager batch-8 forward:           {raw_rate:8.1f} img/s")
+    for name in ("eager", "graph"):
+        result = results[name]
+        print(f"\n{name} serving ({'ONNX Runtime' if name == 'graph' else 'PyTorch'}):")
+        print(f"  endpoint (HTTP) p50, one JPEG:     {p50(result['served']) * 1000:8.2f} ms")
+        print(f"  in-process input_fn→output_fn p50: {p50(chains[name]) * 1000:8.2f} ms")
+        server = p50(result["served"]) - p50(chains[name])
+        print(f"  the server's own path (difference):{server * 1000:8.2f} ms")
+        print(f"  {CLIENTS} concurrent clients:              {result['rate']:8.1f} img/s")
+        print(f"  endpoint resident memory:          {result['rss']:8.0f} MiB")
+    graph, eager = results["graph"], results["eager"]
+    print()
+    print(f"eager_endpoint_p50_over_raw_eager={p50(eager['served']) / p50(raw_one):.3f}")
+    print(f"eager_endpoint_8_clients_over_raw_eager_batch8={eager['rate'] / raw_rate:.3f}")
+    print(f"endpoint_p50_over_raw_eager={p50(graph['served']) / p50(raw_one):.3f}")
+    print(f"endpoint_8_clients_over_raw_eager_batch8={graph['rate'] / raw_rate:.3f}")
+    print(f"parity_top1_agreement={agreement:.4f}")
+    print(f"parity_max_abs_dprob={worst:.3e}")
+    print(f"parity_held_out_images={held_out}")
+    print(f"endpoint_rss_mib_eager={eager['rss']:.0f}")
+    print(f"endpoint_rss_mib_graph={graph['rss']:.0f}")
+    figures = (verdict.get(k) for k in ("images", "top1_agreement", "max_abs_dprob"))
+    print("export_parity_on_validation={} images, top-1 {}, max |dp| {}".format(*figures))
+    print(f"\nimage dropped → JSON written p50:    {p50(dropped) * 1000:8.2f} ms")
+    handling = (p50(dropped) - p50(chains["graph"])) * 1000
+    print(f"  minus the model's own inference:   {handling:8.2f} ms  (target < 100)")
     print(f"burst of {BURST} new connections:       {burst_served:8d} served  ({BURST} sent)")
     if burst_latency:
         print(
@@ -307,7 +355,8 @@ def main() -> None:
             f"  latency p50 / p99:                 {p50(keep_latency) * 1000:8.1f} / "
             f"{p99(keep_latency) * 1000:.1f} ms"
         )
-    print(f"process resident memory before/after: {rss_before:.0f} / {rss_after:.0f} MiB")
+    print(f"process resident memory before/after the load tests: {rss_before:.0f} / "
+          f"{rss_after:.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Loading a model artifact's own serving code, the way SageMaker's container does.
 
-The artifact's ``code/inference.py`` imports its helpers (``image_io``, ``model_def``) as
-top-level modules from its own folder. Loading it under a private module name, with that
-folder first on ``sys.path`` only while it imports, keeps two artifacts (or the
-repository's ``training_code``) from shadowing each other.
+The artifact's ``code/inference.py`` imports its helpers (``image_io``, ``model_def``,
+``graph_runtime``) as top-level modules from its own folder. Loading it under a private
+module name, with that folder first on ``sys.path`` only while it imports, keeps two
+artifacts (or the repository's ``training_code``) from shadowing each other.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-HELPERS = ("image_io", "model_def")
+HELPERS = ("image_io", "model_def", "graph_runtime")
 
 
 def load_inference_code(code_dir: str | Path) -> ModuleType:

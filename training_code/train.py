@@ -41,7 +41,7 @@ from sagedrop_serving.model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
-from sagedrop_training import ddp_runtime, fit_loop
+from sagedrop_training import ddp_runtime, fit_loop, graph_export
 from sagedrop_training.data_pipeline import (
     DatasetError,
     ImageFileDataset,
@@ -63,7 +63,8 @@ log = logging.getLogger("sagedrop.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # What the model artifact's code/ folder needs to serve on its own, laid there flat.
 SERVING_DIR = os.path.join(HERE, "sagedrop_serving")
-INFERENCE_FILES = ("inference.py", "image_io.py", "model_def.py")
+INFERENCE_FILES = ("inference.py", "image_io.py", "model_def.py", "graph_runtime.py")
+MAX_PARITY_IMAGES = 2000  # validation images the exported graph is checked on
 ARTIFACT_FORMAT = 1
 
 
@@ -132,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--valid-fraction", type=float, default=0.1)
     hp.add_argument("--test-fraction", type=float, default=0.1)
     hp.add_argument("--top-k", type=int, default=5, help="labels the served model returns")
+    hp.add_argument(
+        "--export-graph",
+        type=choice(graph_export.EXPORT_MODES),
+        default="auto",
+        help="an ONNX graph beside model.pt, served if it passes parity; auto: for a model "
+        "that can be deployed (the debug job, a run by hand), not for tuning trials",
+    )
     hp.add_argument(
         "--debug",
         type=boolean,
@@ -312,6 +320,7 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
             "cached_features": use_cache,
             "seconds": time.perf_counter() - started,
         }
+        summary["optimised_graph"] = _optimised_graph(args, data, model, pre)
         _save_artifact(args, data, model, pre, pretrained, freeze, summary)
         log.info("model saved to %s (%.1fs)", args.model_dir, summary["seconds"])
     return 0
@@ -429,6 +438,7 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
                     args.backbone,
                     args.pretrained,
                     pre.to_dict(),
+                    "pil-eval-transform",  # how those pixels are made (image_io.EvalTransform)
                     runtime.rank,
                     runtime.world_size,
                     torch.__version__,
@@ -456,6 +466,24 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         torch.save({"x": x.cpu(), "y": y.cpu(), "unreadable": unreadable}, tmp)
         os.replace(tmp, cache_file)
     return x, y, unreadable
+
+
+def _optimised_graph(args, data: PreparedDataset, model: nn.Module, pre: Preprocessing) -> dict:
+    """Export the ONNX graph into the model directory and judge it on the validation
+    split (``graph_export``); the verdict for ``config.json``."""
+    served_later = args.debug or "SM_HPS" not in os.environ  # not a tuning trial
+    if args.export_graph == "none" or (args.export_graph == "auto" and not served_later):
+        return {"served": False, "reason": f"not exported (export-graph={args.export_graph})"}
+    os.makedirs(args.model_dir, exist_ok=True)
+    items = data.splits["valid"][:MAX_PARITY_IMAGES]
+    loader = DataLoader(
+        ImageFileDataset(items, eval_transform(pre), pre.resize_size),
+        batch_size=32,
+        num_workers=min(2, _num_workers(args.num_workers)),
+        collate_fn=collate_skipping_unreadable,
+    )
+    example = torch.zeros(1, 3, pre.image_size, pre.image_size)
+    return graph_export.export_and_verify(model, args.model_dir, example, loader)
 
 
 def _classes_without_test_images(runtime, data: PreparedDataset, unreadable: set[str]) -> list:
@@ -619,6 +647,8 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
         "hyperparameters": hyperparameters,
         "metrics": {"test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"]},
         "test_coverage": summary["test_coverage"],
+        # The ONNX graph's verdict: served (passed parity) or why the eager model serves.
+        "optimised_graph": summary["optimised_graph"],
         "torch_version": torch.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         # The model's version: the job that made it (SageMaker sets TRAINING_JOB_NAME).
@@ -628,6 +658,9 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
     code_dir = os.path.join(args.model_dir, "code")
     os.makedirs(code_dir, exist_ok=True)
     for name in INFERENCE_FILES:
+        shutil.copyfile(os.path.join(SERVING_DIR, name), os.path.join(code_dir, name))
+    if summary["optimised_graph"].get("served"):
+        name = "runtime-requirements.txt"
         shutil.copyfile(os.path.join(SERVING_DIR, name), os.path.join(code_dir, name))
     _write_json(os.path.join(args.output_data_dir, "training_summary.json"), summary)
 

@@ -27,7 +27,7 @@ import torch
 from sagemaker_pytorch_serving_container.handler_service import HandlerService
 
 # Module names an artifact's code/ brings (inference.py imports its helpers by these names).
-ARTIFACT_MODULES = ("inference", "image_io", "model_def")
+ARTIFACT_MODULES = ("inference", "image_io", "model_def", "graph_runtime")
 _IMPORT_LOCK = threading.Lock()
 
 

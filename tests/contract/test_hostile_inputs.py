@@ -423,6 +423,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
     # ...and the same choices: a backbone added to train.py is settable only once listed.
     from sagedrop_serving.image_io import AUGMENTATIONS
     from sagedrop_serving.model_def import BACKBONES, FREEZE_MODES, PRETRAINED_MODES
+    from sagedrop_training import graph_export
 
     choices = {n: b.choices for n, b in hyperparameters.SETTABLE.items() if b.kind == "choice"}
     assert choices == {
@@ -432,6 +433,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
         "augment": AUGMENTATIONS,
         "lr-schedule": ("cosine", "constant"),
         "cache-features": ("auto", "true", "false"),
+        "export-graph": graph_export.EXPORT_MODES,
     }
     # A job's own list: the toolkit's keys pass through (it consumed them), paths never do.
     assert hyperparameters.check_job_hyperparameters(

@@ -39,6 +39,7 @@ DATASET_HYPERPARAMETERS = {
     "num-workers": 0,
     "cache-features": "false",
     "top-k": 2,
+    "export-graph": "none",
     "seed": 7,
     "weight-decay": 0.0005,
     "lr-schedule": "constant",

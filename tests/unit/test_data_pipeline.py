@@ -123,3 +123,26 @@ def test_eval_transform_is_deterministic_and_imagenet_normalised(tmp_path):
     assert torch.equal(first, second)
     # ImageNet's mean colour normalises to about zero in every channel.
     assert first.abs().mean() < 0.05
+
+
+def test_eval_transform_gives_torchvisions_pixels_on_a_pil_image():
+    """The serving path's own resize/crop/normalise is torchvision's on a PIL image (PIL's
+    antialiased bilinear) to within one grey level (it resizes only the cropped region)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    pre = Preprocessing.for_size(32)
+    image = Image.effect_mandelbrot((53, 41), (-2, -1.5, 1, 1.5), 60).convert("RGB")
+    torchvision = v2.Compose(
+        [
+            v2.Resize(pre.resize_size, antialias=True),
+            v2.CenterCrop(pre.image_size),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pre.mean, pre.std),
+        ]
+    )
+    ours = eval_transform(pre)(image)
+    assert ours.shape == (3, 32, 32) and ours.dtype == torch.float32
+    one_grey_level = 1 / 255 / min(pre.std) + 1e-6
+    assert (ours - torchvision(image)).abs().max() <= one_grey_level

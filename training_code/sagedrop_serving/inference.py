@@ -15,17 +15,27 @@ optional extra parameter. A client's mistake is raised as the toolkit's own erro
 (a benchmark, a notebook), the same classes stand on a local base with the same fields.
 
 ``predict_fn`` also takes a batch (N images stacked).
+
+The artifact's optimised graph (``model.onnx``, kept only if it passed parity with the
+eager model at export) serves when ONNX Runtime is there or can be installed
+(``graph_runtime``); otherwise the eager model serves, with the same JSON. Which one
+serves is logged at load; ``SAGEDROP_SERVE_GRAPH=false`` forces eager.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from graph_runtime import GRAPH_FILE, GraphModel, import_runtime, softmax
 from image_io import ImageDecodeError, Preprocessing, decode_image, eval_transform
 from model_def import build_classifier
+
+log = logging.getLogger("sagedrop.serving")
 
 JSON = "application/json"
 ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
@@ -74,13 +84,15 @@ class InvalidImage(InferenceRequestError):
 
 @dataclass
 class LoadedModel:
-    network: torch.nn.Module
+    network: torch.nn.Module | None  # the eager model; None when the graph serves
     labels: list[str]
     transform: object
     draft_size: int
     device: torch.device
     top_k: int
     info: dict
+    graph: GraphModel | None = None
+    runtime: str = "torch-eager"  # or "onnxruntime": what answers predict_fn
 
 
 # SageMaker calls input_fn(body, content_type) without the model, but preprocessing is
@@ -97,10 +109,17 @@ def model_fn(model_dir: str) -> LoadedModel:
         classes = json.load(handle)
     labels = [c["label"] for c in sorted(classes, key=lambda c: c["index"])]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = build_classifier(config["backbone"], len(labels))
-    state = torch.load(os.path.join(model_dir, "model.pt"), map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    network.eval().to(device, memory_format=torch.channels_last)
+    graph, why_eager = _load_graph(model_dir, config, device)
+    network = None
+    if graph is None:
+        network = build_classifier(config["backbone"], len(labels))
+        weights = os.path.join(model_dir, "model.pt")
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        network.eval().to(device, memory_format=torch.channels_last)
+        log.warning("serving the eager PyTorch model on %s: %s", device, why_eager)
+    else:
+        log.info("serving %s under ONNX Runtime %s (%s)", GRAPH_FILE, graph.version,
+                 ", ".join(graph.providers))  # fmt: skip
     pre = Preprocessing.from_dict(config["preprocessing"])
     top_k = int(os.environ.get("SAGEDROP_TOP_K", config.get("top_k", 5)))
     info = {
@@ -123,8 +142,27 @@ def model_fn(model_dir: str) -> LoadedModel:
         device=device,
         top_k=max(1, min(top_k, len(labels))),
         info=info,
+        graph=graph,
+        runtime="onnxruntime" if graph is not None else "torch-eager",
     )
     return _current
+
+
+def _load_graph(model_dir: str, config: dict, device: torch.device):
+    """The artifact's ONNX graph in a session, or None and why the eager model serves."""
+    verdict = config.get("optimised_graph") or {}
+    path = os.path.join(model_dir, GRAPH_FILE)
+    if os.environ.get("SAGEDROP_SERVE_GRAPH", "").lower() == "false":
+        return None, "SAGEDROP_SERVE_GRAPH=false"
+    if not verdict.get("served") or not os.path.isfile(path):
+        return None, f"the artifact has no served graph ({verdict.get('reason', 'none exported')})"
+    runtime, missing = import_runtime(os.path.join(model_dir, "code"))
+    if runtime is None:
+        return None, missing
+    try:
+        return GraphModel(runtime, path, gpu=device.type == "cuda"), ""
+    except Exception as exc:  # a graph the runtime refuses: the eager model still serves
+        return None, f"ONNX Runtime cannot load {GRAPH_FILE}: {exc}"
 
 
 def input_fn(input_data: bytes, content_type: str | None):
@@ -156,6 +194,25 @@ def input_fn(input_data: bytes, content_type: str | None):
 
 def predict_fn(input_data: torch.Tensor, model: LoadedModel) -> list[dict]:
     """Top-k for each image in the batch; one dict per image."""
+    if model.graph is not None:
+        probabilities = softmax(model.graph.logits(input_data.numpy()))
+    else:
+        probabilities = _eager_probabilities(input_data, model)
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : model.top_k]
+    values = np.take_along_axis(probabilities, order, axis=1)
+    results = []
+    for row_values, row_indices in zip(values.tolist(), order.tolist(), strict=True):
+        predictions = [
+            {"label": model.labels[i], "index": i, "probability": round(p, 6)}
+            for p, i in zip(row_values, row_indices, strict=True)
+        ]
+        results.append({"predictions": predictions, "model": model.info})
+    return results
+
+
+def _eager_probabilities(input_data: torch.Tensor, model: LoadedModel) -> np.ndarray:
+    if model.network is None:  # model_fn loads it whenever no graph serves
+        raise RuntimeError("neither the graph nor the eager model is loaded")
     images = input_data.to(model.device, memory_format=torch.channels_last)
     with torch.inference_mode():
         if model.device.type == "cuda":
@@ -163,16 +220,7 @@ def predict_fn(input_data: torch.Tensor, model: LoadedModel) -> list[dict]:
                 logits = model.network(images)
         else:
             logits = model.network(images)
-        probabilities = torch.softmax(logits.float(), dim=1)
-        top = torch.topk(probabilities, k=model.top_k, dim=1)
-    results = []
-    for values, indices in zip(top.values.cpu().tolist(), top.indices.cpu().tolist(), strict=True):
-        predictions = [
-            {"label": model.labels[i], "index": i, "probability": round(p, 6)}
-            for p, i in zip(values, indices, strict=True)
-        ]
-        results.append({"predictions": predictions, "model": model.info})
-    return results
+    return softmax(logits.float().cpu().numpy())
 
 
 def output_fn(prediction: list[dict] | dict, accept: str | None = JSON) -> tuple[str, str]:

@@ -1,0 +1,126 @@
+"""The optimised inference graph (issue 14): exported by torch.onnx, judged against the eager
+model by ONNX Runtime, and served through SageMaker's own handler service with the same
+JSON whether ONNX Runtime is there or not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from sagedrop.local.handler_service import invoke, start_handler_service
+from sagedrop_serving.graph_runtime import GRAPH_FILE, import_runtime
+from sagedrop_training import graph_export
+from tests.helpers import jpeg_bytes
+
+pytestmark = pytest.mark.slow
+
+
+class _Head(nn.Module):
+    """A small classifier whose exported graph can be made to differ from its eager self."""
+
+    def __init__(self, drift: torch.Tensor | None = None):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+        self.drift = drift
+
+    def forward(self, x):
+        logits = self.fc(x.flatten(1))
+        if self.drift is not None and torch.compiler.is_exporting():
+            return logits + self.drift  # what only the exported graph computes
+        return logits
+
+
+def _batches():
+    torch.manual_seed(0)
+    return [(torch.randn(16, 3, 8, 8), None, []), (None, None, ["a.jpg: unreadable"])]
+
+
+def test_a_faithful_graph_is_kept_with_its_figures(tmp_path):
+    torch.manual_seed(1)
+    verdict = graph_export.export_and_verify(_Head().eval(), str(tmp_path), *_example())
+    assert verdict["served"] is True, verdict["reason"]
+    assert verdict["images"] == 16 and verdict["top1_agreement"] == 1.0
+    assert verdict["max_abs_dprob"] <= graph_export.MAX_ABS_DPROB
+    assert (tmp_path / GRAPH_FILE).stat().st_size == verdict["bytes"]
+
+
+def _example():
+    return torch.zeros(1, 3, 8, 8), _batches()
+
+
+@pytest.mark.parametrize(
+    ("drift", "failed"),
+    [
+        (torch.tensor([0.0, 0.0, 0.0, 50.0]), "top-1 agreement 0.0625"),  # another top-1
+        (torch.tensor([0.05, 0.0, 0.0, 0.0]), "max |Δprobability|"),  # same top-1, Δp > 1e-3
+    ],
+)
+def test_a_graph_that_fails_parity_is_not_kept_and_says_why(tmp_path, drift, failed):
+    torch.manual_seed(1)
+    verdict = graph_export.export_and_verify(_Head(drift).eval(), str(tmp_path), *_example())
+    assert verdict["served"] is False
+    assert verdict["reason"].startswith("parity failed on 16 validation images")
+    assert failed in verdict["reason"] or verdict["max_abs_dprob"] > graph_export.MAX_ABS_DPROB
+    assert not (tmp_path / GRAPH_FILE).exists()  # the artifact serves the eager model
+
+
+def test_the_trained_artifact_carries_a_served_graph(trained_job):
+    config = json.loads((trained_job["model_dir"] / "config.json").read_text())
+    verdict = config["optimised_graph"]
+    assert verdict["served"] is True and verdict["top1_agreement"] == 1.0, verdict
+    assert (trained_job["model_dir"] / GRAPH_FILE).is_file()
+    code = trained_job["model_dir"] / "code"
+    assert {"graph_runtime.py", "runtime-requirements.txt"} <= {p.name for p in code.iterdir()}
+    assert "optimised graph model.onnx: top-1 identical" in trained_job["log"]
+
+
+def _answer(model_dir, monkeypatch, **environment) -> tuple[dict, str]:
+    service = start_handler_service(model_dir, {"SAGEMAKER_PROGRAM": "inference.py",
+                                                **environment})  # fmt: skip
+    status, _, data = invoke(service, model_dir, jpeg_bytes(), "image/jpeg", "application/json")
+    assert status == 200, data
+    runtime = service._service._model.runtime  # what answered: the toolkit keeps model_fn's result
+    return json.loads(data), runtime
+
+
+def _same_answer(eager: dict, graph: dict) -> None:
+    assert eager["model"] == graph["model"]
+    assert [p["index"] for p in eager["predictions"]] == [p["index"] for p in graph["predictions"]]
+    for ours, theirs in zip(eager["predictions"], graph["predictions"], strict=True):
+        assert abs(ours["probability"] - theirs["probability"]) <= graph_export.MAX_ABS_DPROB
+
+
+def test_the_same_json_with_and_without_onnx_runtime(trained_job, monkeypatch):
+    model_dir = trained_job["model_dir"]
+    with_graph, runtime = _answer(model_dir, monkeypatch)
+    assert runtime == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as in an image without it
+    monkeypatch.setenv("SAGEDROP_RUNTIME_INSTALL", "never")
+    without, runtime = _answer(model_dir, monkeypatch)
+    assert runtime == "torch-eager"
+    _same_answer(without, with_graph)
+
+
+def test_no_package_index_means_eager_serving_not_a_failed_endpoint(
+    trained_job, monkeypatch, tmp_path
+):
+    """A VPC without egress: installing the runtime fails (pip against an index where
+    nothing listens), and the eager model serves instead of the endpoint failing."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_job["model_dir"], model_dir)
+    # A runtime this machine does not have, so pip must reach the index for it.
+    (model_dir / "code" / "runtime-requirements.txt").write_text("sagedrop-absent-runtime==1.0\n")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    runtime, why = import_runtime(str(model_dir / "code"))
+    assert runtime is None
+    assert "installing it failed (no package index reachable?)" in why, why
+    answer, served_by = _answer(model_dir, monkeypatch)
+    assert served_by == "torch-eager" and answer["predictions"]
