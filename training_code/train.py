@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "that can be deployed (the debug job, a run by hand), not for tuning trials",
     )
     hp.add_argument(
+        "--quantise",
+        type=choice(graph_export.QUANTISE_MODES),
+        default="none",
+        help="int8: serve an int8 graph if it costs at most 0.01 validation accuracy",
+    )
+    hp.add_argument(
         "--debug",
         type=boolean,
         default=False,
@@ -483,7 +489,7 @@ def _optimised_graph(args, data: PreparedDataset, model: nn.Module, pre: Preproc
         collate_fn=collate_skipping_unreadable,
     )
     example = torch.zeros(1, 3, pre.image_size, pre.image_size)
-    return graph_export.export_and_verify(model, args.model_dir, example, loader)
+    return graph_export.export_and_verify(model, args.model_dir, example, loader, args.quantise)
 
 
 def _classes_without_test_images(runtime, data: PreparedDataset, unreadable: set[str]) -> list:

@@ -93,6 +93,7 @@ SETTABLE: dict[str, Bound] = {
     "test-fraction": Bound("float", 0.0, 0.5, low_open=True),
     "top-k": Bound("int", 1, 100),
     "export-graph": Bound("choice", choices=("auto", "onnx", "none")),
+    "quantise": Bound("choice", choices=("none", "int8")),
     "rules": Bound("json"),
     "debug-save-interval": Bound("int", 1, 100_000),
     # Each sample reads psutil (and NVML): 10 a second is plenty, 100 a second is a load.

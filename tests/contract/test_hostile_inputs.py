@@ -434,6 +434,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
         "lr-schedule": ("cosine", "constant"),
         "cache-features": ("auto", "true", "false"),
         "export-graph": graph_export.EXPORT_MODES,
+        "quantise": graph_export.QUANTISE_MODES,
     }
     # A job's own list: the toolkit's keys pass through (it consumed them), paths never do.
     assert hyperparameters.check_job_hyperparameters(

@@ -124,3 +124,29 @@ def test_no_package_index_means_eager_serving_not_a_failed_endpoint(
     assert "installing it failed (no package index reachable?)" in why, why
     answer, served_by = _answer(model_dir, monkeypatch)
     assert served_by == "torch-eager" and answer["predictions"]
+
+
+def test_int8_is_served_only_within_its_accuracy_allowance(tmp_path, monkeypatch):
+    """--quantise int8: the int8 graph replaces the fp32 one when it keeps validation
+    accuracy within the allowance, and its cost is recorded; beyond it, fp32 serves."""
+    torch.manual_seed(1)
+    model = _Head().eval()
+    labelled = [(torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,)), [])]
+    example = torch.zeros(1, 3, 8, 8)
+    verdict = graph_export.export_and_verify(model, str(tmp_path), example, labelled, "int8")
+    int8 = verdict["int8"]
+    assert {"eager_accuracy", "graph_accuracy", "accuracy_drop", "top1_agreement"} <= set(int8)
+    assert int8["calibration_images"] == 32
+    assert int8["served"] is (int8["accuracy_drop"] <= graph_export.MAX_INT8_ACCURACY_DROP)
+    if int8["served"]:
+        assert verdict["file"] == graph_export.INT8_FILE
+        assert not (tmp_path / GRAPH_FILE).exists() and (tmp_path / verdict["file"]).exists()
+
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    monkeypatch.setattr(graph_export, "MAX_INT8_ACCURACY_DROP", -1.0)  # no cost is allowed
+    verdict = graph_export.export_and_verify(model, str(strict), example, labelled, "int8")
+    assert verdict["served"] is True and verdict["file"] == GRAPH_FILE
+    assert verdict["int8"]["served"] is False
+    assert verdict["int8"]["reason"].startswith("int8 costs")
+    assert (strict / GRAPH_FILE).exists() and not (strict / graph_export.INT8_FILE).exists()

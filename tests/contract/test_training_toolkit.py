@@ -40,6 +40,7 @@ DATASET_HYPERPARAMETERS = {
     "cache-features": "false",
     "top-k": 2,
     "export-graph": "none",
+    "quantise": "none",
     "seed": 7,
     "weight-decay": 0.0005,
     "lr-schedule": "constant",

@@ -86,6 +86,7 @@ class GraphModel:
         providers = ["CPUExecutionProvider"]
         if gpu and "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
+        self.path = os.path.basename(path)
         self.session = runtime.InferenceSession(path, options, providers=providers)
         # One forward at a time on the session's threads: concurrent requests still decode
         # and preprocess in parallel, but two forwards would split the same cores between

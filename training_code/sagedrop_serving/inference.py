@@ -118,7 +118,7 @@ def model_fn(model_dir: str) -> LoadedModel:
         network.eval().to(device, memory_format=torch.channels_last)
         log.warning("serving the eager PyTorch model on %s: %s", device, why_eager)
     else:
-        log.info("serving %s under ONNX Runtime %s (%s)", GRAPH_FILE, graph.version,
+        log.info("serving %s under ONNX Runtime %s (%s)", graph.path, graph.version,
                  ", ".join(graph.providers))  # fmt: skip
     pre = Preprocessing.from_dict(config["preprocessing"])
     top_k = int(os.environ.get("SAGEDROP_TOP_K", config.get("top_k", 5)))
@@ -151,7 +151,7 @@ def model_fn(model_dir: str) -> LoadedModel:
 def _load_graph(model_dir: str, config: dict, device: torch.device):
     """The artifact's ONNX graph in a session, or None and why the eager model serves."""
     verdict = config.get("optimised_graph") or {}
-    path = os.path.join(model_dir, GRAPH_FILE)
+    path = os.path.join(model_dir, os.path.basename(verdict.get("file") or GRAPH_FILE))
     if os.environ.get("SAGEDROP_SERVE_GRAPH", "").lower() == "false":
         return None, "SAGEDROP_SERVE_GRAPH=false"
     if not verdict.get("served") or not os.path.isfile(path):
@@ -162,7 +162,7 @@ def _load_graph(model_dir: str, config: dict, device: torch.device):
     try:
         return GraphModel(runtime, path, gpu=device.type == "cuda"), ""
     except Exception as exc:  # a graph the runtime refuses: the eager model still serves
-        return None, f"ONNX Runtime cannot load {GRAPH_FILE}: {exc}"
+        return None, f"ONNX Runtime cannot load {os.path.basename(path)}: {exc}"
 
 
 def input_fn(input_data: bytes, content_type: str | None):

@@ -6,6 +6,11 @@ identical top-1 on every image and a largest probability difference of at most
 ``MAX_ABS_DPROB``. A graph that fails (or cannot be exported: the exporter missing from
 the container, an operator it cannot translate) is not kept, and the artifact serves the
 eager model; ``config.json`` and the training log say why, with the figures.
+
+``--quantise int8`` (off by default) then quantises the graph (ONNX Runtime's static QDQ
+quantisation: int8 weights per channel, uint8 activations calibrated on validation
+images) and serves it instead only if its validation accuracy is within
+``MAX_INT8_ACCURACY_DROP`` of the eager model's; its accuracy cost is recorded either way.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from sagedrop_serving.graph_runtime import GRAPH_FILE, GraphModel, import_runtim
 
 # train.py's --export-graph: auto exports for a model that can be deployed (not a trial).
 EXPORT_MODES = ("auto", "onnx", "none")
+QUANTISE_MODES = ("none", "int8")
 MAX_ABS_DPROB = 1e-3
+MAX_INT8_ACCURACY_DROP = 0.01
+INT8_FILE = "model.int8.onnx"
+CALIBRATION_IMAGES = 128
+EAGER_SERVES = "the artifact serves the eager model"
+FP32_SERVES = "the fp32 graph serves"
 OPSET = 18
 log = logging.getLogger("sagedrop.train")
 
@@ -55,11 +66,12 @@ def export_graph(model: nn.Module, example: torch.Tensor, path: str) -> None:
 
 def parity(model: nn.Module, graph: GraphModel, batches: Iterable) -> dict:
     """Top-1 agreement and the largest |Δprobability| of the graph against the eager
-    model (fp32, CPU) over every image in ``batches``."""
+    model (fp32, CPU) over every image in ``batches``, and both accuracies where the
+    batches carry labels."""
     cpu = copy.deepcopy(model).cpu().eval()
-    images, agreeing, worst = 0, 0, 0.0
+    images, agreeing, worst, labelled, eager_right, graph_right = 0, 0, 0.0, 0, 0, 0
     with torch.inference_mode():
-        for inputs, _labels, _errors in batches:
+        for inputs, labels, _errors in batches:
             if inputs is None:
                 continue
             inputs = inputs.cpu().float().contiguous()
@@ -68,11 +80,19 @@ def parity(model: nn.Module, graph: GraphModel, batches: Iterable) -> dict:
             agreeing += int((eager.argmax(1) == exported.argmax(1)).sum())
             worst = max(worst, float(abs(eager - exported).max()))
             images += len(inputs)
-    return {
+            if labels is not None:
+                truth = labels.cpu().numpy()
+                eager_right += int((eager.argmax(1) == truth).sum())
+                graph_right += int((exported.argmax(1) == truth).sum())
+                labelled += len(truth)
+    figures: dict = {
         "images": images,
         "top1_agreement": agreeing / images if images else None,
         "max_abs_dprob": worst if images else None,
     }
+    if labelled:
+        figures.update(eager_accuracy=eager_right / labelled, graph_accuracy=graph_right / labelled)
+    return figures
 
 
 @contextlib.contextmanager
@@ -98,12 +118,90 @@ def _private_temp() -> Iterator[None]:
 
 
 def export_and_verify(
-    model: nn.Module, model_dir: str, example: torch.Tensor, batches: Iterable
+    model: nn.Module,
+    model_dir: str,
+    example: torch.Tensor,
+    batches: Iterable,
+    quantise: str = "none",
 ) -> dict:
     """Write ``model.onnx`` next to ``model.pt`` if it passes parity; the verdict for
-    ``config.json`` either way (``served``, ``reason`` and the figures)."""
+    ``config.json`` either way (``served``, ``reason`` and the figures). ``quantise``
+    "int8": then try the int8 graph too (``quantise_and_verify``)."""
     with _private_temp():
-        return _export_and_verify(model, model_dir, example, batches)
+        verdict = _export_and_verify(model, model_dir, example, batches)
+        if quantise == "int8" and verdict["served"]:
+            verdict["int8"] = quantise_and_verify(model, model_dir, batches)
+            if verdict["int8"]["served"]:
+                os.remove(os.path.join(model_dir, GRAPH_FILE))  # one graph: the one served
+                verdict.update(file=INT8_FILE, bytes=verdict["int8"]["bytes"])
+        return verdict
+
+
+def quantise_and_verify(model: nn.Module, model_dir: str, batches: Iterable) -> dict:
+    """``model.int8.onnx`` from ``model.onnx``: served only if its validation accuracy is
+    within ``MAX_INT8_ACCURACY_DROP`` of the eager model's (its cost is recorded)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = os.path.join(model_dir, GRAPH_FILE)
+    prepared = os.path.join(tempfile.gettempdir(), "prepared.onnx")
+    target = os.path.join(model_dir, INT8_FILE)
+    runtime, _ = import_runtime()
+    calibration: list = []
+    for inputs, _labels, _errors in batches:
+        if inputs is not None and sum(len(c) for c in calibration) < CALIBRATION_IMAGES:
+            calibration.append(inputs.cpu().float().contiguous().numpy())
+
+    class _Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"images": batch}
+
+    started = time.perf_counter()
+    verdict: dict = {"format": "onnx-int8", "file": INT8_FILE, "served": False}
+    verdict["calibration_images"] = sum(len(c) for c in calibration)
+    try:
+        quant_pre_process(source, prepared)
+        quantize_static(
+            prepared,
+            target,
+            _Calibration(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    except Exception as exc:  # the fp32 graph still serves
+        reason = f"quantisation failed: {type(exc).__name__}: {exc}"[:500]
+        return _refused(verdict, target, reason, FP32_SERVES)
+    verdict["quantise_seconds"] = round(time.perf_counter() - started, 2)
+    verdict.update(parity(model, GraphModel(runtime, target), batches))
+    drop = (verdict.get("eager_accuracy") or 0.0) - (verdict.get("graph_accuracy") or 0.0)
+    verdict["accuracy_drop"] = drop
+    if "eager_accuracy" not in verdict or drop > MAX_INT8_ACCURACY_DROP:
+        return _refused(
+            verdict,
+            target,
+            f"int8 costs {drop:.4f} validation accuracy (allowed {MAX_INT8_ACCURACY_DROP})",
+            FP32_SERVES,
+        )
+    verdict.update(served=True, reason="within the accuracy allowance")
+    verdict["bytes"] = os.path.getsize(target)
+    log.info(
+        "int8 graph served: validation accuracy %.4f (eager %.4f), top-1 agreement %.4f",
+        verdict["graph_accuracy"],
+        verdict["eager_accuracy"],
+        verdict["top1_agreement"],
+    )
+    return verdict
 
 
 def _export_and_verify(
@@ -149,9 +247,9 @@ def _export_and_verify(
     return verdict
 
 
-def _refused(verdict: dict, path: str, reason: str) -> dict:
+def _refused(verdict: dict, path: str, reason: str, instead: str = EAGER_SERVES) -> dict:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
     verdict.update(served=False, reason=reason)
-    log.warning("optimised graph not served, the artifact serves the eager model: %s", reason)
+    log.warning("%s not served, %s: %s", verdict["file"], instead, reason)
     return verdict
