@@ -15,7 +15,6 @@ import os
 import sys
 import tarfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,10 +47,7 @@ class ModelWorker:
 
     Each request is one ``handle([request], context)`` call, as a TorchServe worker makes
     it: the real stack never batches requests together, so neither does this. Requests
-    run concurrently, at most as many as TorchServe would start workers (one per CPU), on
-    that many long-lived threads, as TorchServe's workers are long-lived: torch keeps an
-    OpenMP thread team per calling thread, and starting one for every connection's new
-    thread cost an eager model ~10 ms a request (``bench/local_serving.py``).
+    run concurrently, at most as many as TorchServe would start workers (one per CPU).
     """
 
     def __init__(self, model_dir: Path, environment: dict[str, str]):
@@ -61,20 +57,15 @@ class ModelWorker:
                 f"{self.model_dir / 'code' / 'inference.py'} is missing: the artifact cannot serve"
             )
         self.service = start_handler_service(self.model_dir, environment)
-        self._workers = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="model")
+        self._workers = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None):
         """(status, content type, body) as the container would answer."""
-        request = (self.service, self.model_dir, body, content_type, accept)
-        try:
-            future = self._workers.submit(invoke, *request)
-        except RuntimeError:  # swapped out and closed since this request picked it
-            return invoke(*request)
-        return future.result()
+        with self._workers:
+            return invoke(self.service, self.model_dir, body, content_type, accept)
 
     def close(self) -> None:
-        """Requests already given to this worker finish on it; then its threads end."""
-        self._workers.shutdown(wait=True)
+        """Nothing to stop: requests already holding this worker finish on it."""
 
 
 class EndpointServer:
@@ -139,7 +130,7 @@ class EndpointServer:
     def swap(self, worker: ModelWorker) -> None:
         old, self.worker = self.worker, worker
         if old is not None:
-            # Requests already holding the old worker finish on it; then its threads end.
+            # Requests already holding the old worker finish on it; then its batcher ends.
             threading.Timer(5.0, old.close).start()
 
     def close(self) -> None:
