@@ -133,9 +133,9 @@ def keep_alive_clients(port: int, body: bytes) -> tuple[float, list[float]]:
     return len(latencies) / (time.perf_counter() - start), latencies
 
 
-def train_artifact(work: Path) -> Path:
+def train_artifact(work: Path, *extra: str) -> Path:
     data = pack_dataset(write_sample_dataset(work, per_class=8, classes=3), work / "d.zip")
-    model_dir = work / "model"
+    model_dir = work / ("model" + "".join(extra).replace("-", ""))
     subprocess.run(
         [
             sys.executable,
@@ -154,6 +154,7 @@ def train_artifact(work: Path) -> Path:
             "false",
             "--batch-size",
             "8",
+            *extra,
         ],
         check=True,
         capture_output=True,
@@ -248,13 +249,21 @@ def held_out_parity(code, eager, graph, folder: Path) -> tuple[float, float, int
     return agree / count, worst, count
 
 
-def deploy(cloud: LocalCloud, name: str, environment: dict) -> None:
+def tar_gz(model_dir: Path) -> bytes:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for path in sorted(model_dir.rglob("*")):
+            tar.add(path, arcname=path.relative_to(model_dir).as_posix(), recursive=False)
+    return archive.getvalue()
+
+
+def deploy(cloud: LocalCloud, name: str, environment: dict, key: str = "model") -> None:
     sm = cloud.sagemaker
     sm.create_model(
         ModelName=f"{name}-model",
         PrimaryContainer={
             "Image": "local",
-            "ModelDataUrl": f"s3://{DATA_BUCKET}/bench/model.tar.gz",
+            "ModelDataUrl": f"s3://{DATA_BUCKET}/bench/{key}.tar.gz",
             "Environment": {"SAGEDROP_MODEL_NAME": name, **environment},
         },
         ExecutionRoleArn="arn:aws:iam::000000000000:role/x",
@@ -274,11 +283,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         model_dir = train_artifact(work)
+        int8_dir = train_artifact(work, "--quantise", "int8")  # the optional int8 graph
         verdict = json.loads((model_dir / "config.json").read_text())["optimised_graph"]
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            for path in sorted(model_dir.rglob("*")):
-                tar.add(path, arcname=path.relative_to(model_dir).as_posix(), recursive=False)
+        int8_verdict = json.loads((int8_dir / "config.json").read_text())["optimised_graph"]
         body = jpeg_224()
 
         os.environ["SAGEDROP_SERVE_GRAPH"] = "false"
@@ -306,14 +313,19 @@ def main() -> None:
         cloud.start(watch=False)
         results: dict[str, dict] = {}
         try:
-            cloud.s3.put_object(Bucket=DATA_BUCKET, Key="bench/model.tar.gz",
-                                Body=archive.getvalue())  # fmt: skip
+            for key, folder in (("model", model_dir), ("int8", int8_dir)):
+                cloud.s3.put_object(Bucket=DATA_BUCKET, Key=f"bench/{key}.tar.gz",
+                                    Body=tar_gz(folder))  # fmt: skip
             runtime = cloud.runtime
             rss: dict[str, float] = {}
-            for name, environment in (("eager", {"SAGEDROP_SERVE_GRAPH": "false"}),
-                                      ("graph", {})):  # fmt: skip
+            endpoints = (
+                ("eager", {"SAGEDROP_SERVE_GRAPH": "false"}, "model"),
+                ("graph", {}, "model"),
+                ("int8", {}, "int8"),
+            )
+            for name, environment, key in endpoints:
                 rss_before = process.memory_info().rss / 2**20
-                deploy(cloud, name, environment)
+                deploy(cloud, name, environment, key)
                 rss[name] = process.memory_info().rss / 2**20 - rss_before
 
             def invoker(name: str):
@@ -327,8 +339,8 @@ def main() -> None:
             # Alternated rounds: raw forward, eager endpoint, graph endpoint, and again.
             raw_one: list[float] = []
             raw_rates: list[float] = []
-            served: dict[str, list[float]] = {"eager": [], "graph": []}
-            rates: dict[str, list[float]] = {"eager": [], "graph": []}
+            served: dict[str, list[float]] = {"eager": [], "graph": [], "int8": []}
+            rates: dict[str, list[float]] = {"eager": [], "graph": [], "int8": []}
             for _ in range(3):
                 raw = raw_eager(model_dir, image, REPEATS // 3)
                 raw_one.append(raw["one"])
@@ -364,13 +376,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print(f"raw eager batch-1 forward p50:       {p50(raw_one) * 1000:8.2f} ms  (own process)")
     print(f"raw eager batch-8 forward:           {raw_rate:8.1f} img/s")
-    for name in ("eager", "graph"):
+    runtimes = {"eager": "PyTorch", "graph": "ONNX Runtime", "int8": "ONNX Runtime, int8"}
+    for name, title in runtimes.items():
         result = results[name]
-        print(f"\n{name} serving ({'ONNX Runtime' if name == 'graph' else 'PyTorch'}):")
+        print(f"\n{name} serving ({title}):")
         print(f"  endpoint (HTTP) p50, one JPEG:     {p50(result['served']) * 1000:8.2f} ms")
-        print(f"  in-process input_fn→output_fn p50: {p50(chains[name]) * 1000:8.2f} ms")
-        server = p50(result["served"]) - p50(chains[name])
-        print(f"  the server's own path (difference):{server * 1000:8.2f} ms")
+        if name in chains:
+            print(f"  in-process input_fn→output_fn p50: {p50(chains[name]) * 1000:8.2f} ms")
+            server = p50(result["served"]) - p50(chains[name])
+            print(f"  the server's own path (difference):{server * 1000:8.2f} ms")
         print(f"  {CLIENTS} concurrent clients:              {result['rate']:8.1f} img/s")
         print(f"  endpoint resident memory:          {result['rss']:8.0f} MiB")
     graph, eager = results["graph"], results["eager"]
@@ -384,6 +398,13 @@ def main() -> None:
     print(f"parity_held_out_images={held_out}")
     print(f"endpoint_rss_mib_eager={eager['rss']:.0f}")
     print(f"endpoint_rss_mib_graph={graph['rss']:.0f}")
+    int8 = results["int8"]
+    print(f"int8_endpoint_p50_over_raw_eager={p50(int8['served']) / p50(raw_one):.3f}")
+    print(f"int8_endpoint_8_clients_over_raw_eager_batch8={int8['rate'] / raw_rate:.3f}")
+    print(f"endpoint_rss_mib_int8={int8['rss']:.0f}")
+    cost = int8_verdict.get("int8", {})
+    print(f"int8_validation: served={cost.get('served')}, top-1 agreement "
+          f"{cost.get('top1_agreement')}, accuracy drop {cost.get('accuracy_drop')}")  # fmt: skip
     figures = (verdict.get(k) for k in ("images", "top1_agreement", "max_abs_dprob"))
     print("export_parity_on_validation={} images, top-1 {}, max |dp| {}".format(*figures))
     print(f"\nimage dropped → JSON written p50:    {p50(dropped) * 1000:8.2f} ms")
