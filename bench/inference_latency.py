@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "chalice_app"), str(ROOT / "training_code"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from timing import timed  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from sagedrop.artifacts import load_inference_code  # noqa: E402
@@ -60,17 +60,6 @@ def _p50_p95(values: list[float]) -> str:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
-
-
-def timed(fn, runs: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:

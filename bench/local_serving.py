@@ -41,6 +41,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import timed
+
 import sagedrop  # noqa: F401 - import paths
 from sagedrop.artifacts import load_inference_code
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
@@ -167,17 +169,6 @@ def jpeg_224() -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
-
-
-def timed(fn, runs: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def concurrent_rate(invoke) -> float:
