@@ -41,10 +41,8 @@ from chalicelib.outcome import Outcome, RetryLater, concluded, logger, metrics
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings, SettingsError
 
-__all__ = ["is_transient", "logger", "metrics"]
 TERMINAL = ("Completed", "Failed", "Stopped")
 MAX_CONFIG_BYTES = 64 * 1024
-is_transient = aws_errors.is_transient
 
 
 @contextlib.contextmanager
