@@ -6,6 +6,8 @@ what ``chalice deploy`` creates on AWS and what the local cloud routes by.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from urllib.parse import unquote_plus
 
@@ -34,11 +36,18 @@ def _detail(event) -> dict:
     return EventBridgeEvent(event.to_dict()).detail
 
 
+def delivery_of(event) -> str:
+    """A digest of the event's payload: Lambda re-delivers an event unchanged, so its
+    notices get the same ids again (``notify.notice_id``)."""
+    payload = json.dumps(event.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
 def _dataset(event):
     bucket, key, etag = _s3(event)
     return flow.handle(
         event.context, "dataset", flow.dataset_uploaded, bucket, key, etag,
-        dataset=f"s3://{bucket}/{key}",
+        delivery=delivery_of(event), dataset=f"s3://{bucket}/{key}",
     )  # fmt: skip
 
 
@@ -61,7 +70,9 @@ def on_upper_dataset_uploaded(event):
     },
 })  # fmt: skip
 def on_tuning_finished(event):
-    return flow.handle(event.context, "tuning", flow.tuning_finished, _detail(event))
+    return flow.handle(
+        event.context, "tuning", flow.tuning_finished, _detail(event), delivery=delivery_of(event)
+    )
 
 
 @app.on_cw_event({
@@ -73,7 +84,9 @@ def on_tuning_finished(event):
     },
 })  # fmt: skip
 def on_training_finished(event):
-    return flow.handle(event.context, "gate", flow.training_finished, _detail(event))
+    return flow.handle(
+        event.context, "gate", flow.training_finished, _detail(event), delivery=delivery_of(event)
+    )
 
 
 @app.on_cw_event({
@@ -85,7 +98,13 @@ def on_training_finished(event):
     },
 })  # fmt: skip
 def on_endpoint_changed(event):
-    return flow.handle(event.context, "endpoint", flow.endpoint_changed, _detail(event))
+    return flow.handle(
+        event.context,
+        "endpoint",
+        flow.endpoint_changed,
+        _detail(event),
+        delivery=delivery_of(event),
+    )
 
 
 @app.on_cw_event({
@@ -97,44 +116,24 @@ def on_endpoint_changed(event):
     },
 })  # fmt: skip
 def on_model_package_changed(event):
-    return flow.handle(event.context, "deploy", flow.model_package_changed, _detail(event))
+    return flow.handle(
+        event.context,
+        "deploy",
+        flow.model_package_changed,
+        _detail(event),
+        delivery=delivery_of(event),
+    )
 
 
-# S3 (and so Chalice) allows one suffix per notification rule, matched case-sensitively:
-# one handler per image type and spelling (cameras write IMG_0001.JPG).
-def _predict(event):
+# One rule for everything under images/, the type decided in the handler
+# (``predictions.content_type_of``): S3 matches a suffix case-sensitively, one per rule,
+# so rules per suffix could never cover every spelling a camera or a person writes
+# (IMG_1.JPG, x.Jpeg, scan.TIF). The answers the handler writes end in ``.json``, which it
+# ignores at once: one extra, empty invocation per answer, and no loop.
+@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix=naming.IMAGES_PREFIX)
+def on_image_uploaded(event):
     bucket, key, _ = _s3(event)
     return flow.handle(
         event.context, "prediction", flow.image_uploaded, bucket, key,
-        image=f"s3://{bucket}/{key}",
+        delivery=delivery_of(event), image=f"s3://{bucket}/{key}",
     )  # fmt: skip
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".jpg")
-def on_jpg_uploaded(event):
-    return _predict(event)
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".jpeg")
-def on_jpeg_uploaded(event):
-    return _predict(event)
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".png")
-def on_png_uploaded(event):
-    return _predict(event)
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".JPG")
-def on_upper_jpg_uploaded(event):
-    return _predict(event)
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".JPEG")
-def on_upper_jpeg_uploaded(event):
-    return _predict(event)
-
-
-@app.on_s3_event(bucket=INFERENCE_BUCKET, events=[CREATED], prefix="images/", suffix=".PNG")
-def on_upper_png_uploaded(event):
-    return _predict(event)

@@ -94,6 +94,9 @@ class Cloud:
                     {
                         "subject": envelope["Subject"],
                         "text": envelope["Message"],
+                        "notice_id": envelope.get("MessageAttributes", {})
+                        .get(notify.NOTICE_ID_ATTRIBUTE, {})
+                        .get("Value"),
                         **notify.parse_message(envelope["Message"]),
                     }
                 )

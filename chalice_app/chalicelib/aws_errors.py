@@ -50,6 +50,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code(error) in TRANSIENT_CODES or status >= 500
+    if getattr(error, "transient", False) is True:  # a step's own "try again later"
+        return True
     return isinstance(error, BotoCoreError | ConnectionError | TimeoutError)
 
 

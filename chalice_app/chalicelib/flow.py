@@ -36,7 +36,7 @@ from chalicelib import (
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, inspect_zip
 from chalicelib.deploying import deploy_latest
-from chalicelib.notify import Notice, publish
+from chalicelib.notify import DELIVERY, Notice, publish
 from chalicelib.outcome import Outcome, RetryLater, concluded, logger, metrics
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings, SettingsError
@@ -68,13 +68,25 @@ def handling(context, **correlation: str):
         metrics.flush_metrics(raise_on_empty_metrics=False)
 
 
-def handle(context, stage: str, step: Callable[..., str], *args, **correlation: str) -> str:
+def handle(
+    context, stage: str, step: Callable[..., str], *args, delivery: str = "", **correlation: str
+) -> str:
     """Run one pipeline step for a handler, so that no failure ends only in a log.
 
     A transient error is raised again, for Lambda's retries; any other failure (a bug,
     a hostile input no check foresaw) is published as an ``error`` notice, since a retry
-    would fail the same way, and the handler returns ``"failed"``.
+    would fail the same way, and the handler returns ``"failed"``. ``delivery`` names the
+    event (``app.delivery_of``): the notices it causes carry ids made from it, so a
+    re-delivered event's notices are known as the same ones.
     """
+    token = DELIVERY.set(delivery)
+    try:
+        return _handle(context, stage, step, args, correlation)
+    finally:
+        DELIVERY.reset(token)
+
+
+def _handle(context, stage: str, step: Callable[..., str], args, correlation) -> str:
     with handling(context, **correlation):
         try:
             return step(*args)
@@ -388,50 +400,60 @@ def endpoint_changed(detail: dict, settings: Settings) -> Outcome:
 def image_uploaded(bucket: str, key: str, settings: Settings) -> Outcome:
     """Invoke the endpoint; write ``<key>.json`` (or ``<key>.error.json``) next to the image.
 
-    The outputs end in ``.json``, which no image trigger's suffix matches: no recursion.
+    Every image ends with exactly one final answer file. A failure that a retry may cure
+    (throttling, an endpoint still coming into service) writes an error file that says it
+    is retried and raises for Lambda's retries; the last attempt writes a final one that
+    promises nothing (``predictions.Attempts``). The answers end in ``.json``, which this
+    step ignores: the one ``images/`` rule that triggers it also sees them.
     """
+    if predictions.is_answer(key):
+        return Outcome("ignored")
     logger.append_keys(image=f"s3://{bucket}/{key}")
     s3 = client("s3")
     suffix, content_type = predictions.content_type_of(key)
     pipeline = naming.image_pipeline(key)
     endpoint = settings.endpoint_for(pipeline) if pipeline else None
     started = time.perf_counter()
+    attempts: predictions.Attempts | None = None
     try:
         if content_type is None:
-            raise ValueError(f"'{suffix}' is not an image type this pipeline serves")
+            raise ValueError(
+                f"'{suffix}' is not an image type this pipeline serves (it serves "
+                f"{', '.join(predictions.CONTENT_TYPES)}, in any case)"
+            )
         if endpoint is None:
             raise ValueError(
                 f"images go under {naming.IMAGES_PREFIX}<dataset>/ to reach that dataset's model"
             )
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        response = client("sagemaker-runtime").invoke_endpoint(
-            EndpointName=endpoint,
-            ContentType=content_type,
-            Accept="application/json",
-            Body=body,
-        )
-        result = json.loads(response["Body"].read())
+        image = s3.get_object(Bucket=bucket, Key=key)
+        attempts = predictions.Attempts.of_image(s3, bucket, key, image, settings.image_attempts)
+        predictions.check_size(image["ContentLength"])
+        body = image["Body"].read()
+        result = predictions.invoke(endpoint, content_type, body, predictions.ENDPOINT_WAIT_SECONDS)
     except (ClientError, ValueError) as exc:
-        if aws_errors.is_throttled(exc):
-            # Lambda retries (the image gets its answer then, and this file goes); until
-            # then the image says why it has none.
-            reason = predictions.throttling_reason(exc, endpoint)
-            predictions.put_error(s3, bucket, key, pipeline, endpoint, reason)
+        waiting = predictions.worth_waiting_for(exc, endpoint)
+        if waiting and attempts is not None and not attempts.last:
+            # Lambda retries; until then the image says why it has no answer yet.
+            predictions.put_error(s3, bucket, key, pipeline, endpoint,
+                                  f"{waiting}; this image is retried (attempt "
+                                  f"{attempts.number} of {attempts.limit}), and this file is "
+                                  "replaced by its prediction when a retry succeeds",
+                                  attempts)  # fmt: skip
             raise RetryLater(exc, Outcome("throttled", counts=["PredictionsThrottled"])) from exc
-        if aws_errors.is_transient(exc):
+        if not waiting and aws_errors.is_transient(exc):
             raise  # Lambda retries; the image gets its answer then
         if predictions.exists(s3, bucket, f"{key}.json"):
             # A re-delivered event after a success: the image already has its answer.
             logger.info("prediction already written; not replacing it with an error")
             return Outcome("duplicate")
-        reason = aws_errors.reason(exc)
-        if endpoint is None and content_type is not None:
-            reason = f"{reason}; {predictions.serving_now(settings)}"
-        if endpoint and predictions.endpoint_missing(exc):
+        if waiting and attempts is not None:
             reason = (
-                f"no dataset named {pipeline!r} is serving; {predictions.serving_now(settings)}"
+                f"{waiting}; no answer after {attempts.limit} attempts, and it is not "
+                "retried again: upload the image again to ask once more"
             )
-        predictions.put_error(s3, bucket, key, pipeline, endpoint, reason)
+        else:
+            reason = predictions.failure_reason(exc, settings, pipeline, endpoint, content_type)
+        predictions.put_error(s3, bucket, key, pipeline, endpoint, reason, attempts)
         logger.warning("prediction failed", extra={"reason": reason})
         return Outcome("error", counts=["PredictionFailures"])
     latency_ms = (time.perf_counter() - started) * 1000

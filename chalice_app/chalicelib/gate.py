@@ -31,15 +31,20 @@ def quality_gate(
     tolerance: float,
     min_test_accuracy: float = 0.0,
     artifact_problems: list[str] | None = None,
-    expected_rules: tuple[str, ...] = (),
+    expected_rules: tuple[str, ...] | None = None,
 ) -> GateDecision:
     """``artifact_problems`` are the reasons the model artifact cannot serve its dataset
     (``artifact_check``); any one of them blocks, whatever the accuracy.
 
     ``expected_rules`` are the rules the job ran (``job_contract.expected_rules``). A job
     that ran rules and reported none, or none of a blocking one, has lost its verdicts
-    (a changed log format, a crashed session): the model is not deployed unchecked.
+    (a changed log format, a crashed session): the model is not deployed unchecked. A
+    blocking rule the job did not run at all blocks too. ``None``: the rules reported are
+    the rules that ran (a caller without the job's request).
     """
+    ran_known = expected_rules is not None
+    if expected_rules is None:
+        expected_rules = tuple(r["RuleConfigurationName"] for r in rules or [])
     blocked: list[str] = list(artifact_problems or [])
     passed: list[str] = []
     reported = {r["RuleConfigurationName"] for r in rules or []}
@@ -47,6 +52,12 @@ def quality_gate(
         blocked.append(
             f"the debug job ran {len(expected_rules)} rule(s) and reported no verdict (no "
             "rule_<Name> metric line): nothing was checked, so the model is not deployed"
+        )
+    skipped = [n for n in blocking_rules if n not in expected_rules] if ran_known else []
+    if skipped:
+        blocked.append(
+            f"blocking rule(s) did not run: {', '.join(skipped)} (the job's rules setting "
+            "turned them off), so the model is not deployed unchecked"
         )
     missing = [name for name in expected_rules if name in blocking_rules and name not in reported]
     if rules is not None and missing:
@@ -64,7 +75,8 @@ def quality_gate(
                 detail = rule.get("StatusDetails") or "issues found"
                 blocked.append(f"blocking rule {name} found issues: {detail}")
         if not blocked:
-            checked = ", ".join(blocking_rules) or "none configured"
+            ran = [name for name in blocking_rules if name in reported]
+            checked = ", ".join(ran) or "none configured"
             passed.append(f"no blocking rule found issues ({checked})")
             other = [
                 r["RuleConfigurationName"]

@@ -6,6 +6,8 @@ read the JSON after the ``---`` line (the same keys for every stage).
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
@@ -16,6 +18,11 @@ MESSAGE_LIMIT = 262_144
 MESSAGE_BUDGET = 200_000
 TEXT_FIELD_LIMIT = 4_000  # a summary or failure reason longer than this is cut
 JSON_MARKER = "--- sagedrop event (JSON) ---"
+# The event being handled, as ``flow.handle`` names it (a digest of its payload): Lambda
+# hands a retried or re-delivered event over unchanged, so a notice it causes again gets
+# the same id, and a subscriber (the local SNS among them) keeps it once.
+DELIVERY: contextvars.ContextVar[str] = contextvars.ContextVar("delivery", default="")
+NOTICE_ID_ATTRIBUTE = "sagedrop.notice_id"
 
 
 @dataclass
@@ -76,9 +83,28 @@ def _cut(text: str) -> str:
     return text[:TEXT_FIELD_LIMIT] + f"... ({len(text) - TEXT_FIELD_LIMIT} more characters)"
 
 
+def notice_id(notice: Notice, delivery: str) -> str:
+    """Deterministic: the same notice caused by the same delivery has the same id."""
+    what = json.dumps([delivery, notice.stage, notice.status, notice.summary], sort_keys=True)
+    return hashlib.sha256(what.encode()).hexdigest()[:32]
+
+
 def publish(sns, topic_arn: str, notice: Notice) -> None:
+    """Publish with the notice's id as a message attribute (standard SNS topics deliver
+    at least once and never deduplicate: subscribers that must see a notice once keep
+    the first of each id, as the local SNS does)."""
     fitted = notice.fitted()
-    sns.publish(TopicArn=topic_arn, Subject=fitted.subject(), Message=fitted.body())
+    sns.publish(
+        TopicArn=topic_arn,
+        Subject=fitted.subject(),
+        Message=fitted.body(),
+        MessageAttributes={
+            NOTICE_ID_ATTRIBUTE: {
+                "DataType": "String",
+                "StringValue": notice_id(notice, DELIVERY.get()),
+            }
+        },
+    )
 
 
 def parse_message(message: str) -> dict:

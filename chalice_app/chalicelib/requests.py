@@ -230,10 +230,10 @@ def debug_training_job_request(
         "debug-save-interval",
         hyperparameters.sdk_encoded("debug-save-interval", str(settings.debug_save_interval)),
     )
-    if settings.debug_rules:
-        # A dataset's own "rules" (its sagedrop.json hyperparameters) wins over the stage's.
-        rules = json.dumps(settings.debug_rules, separators=(",", ":"))
-        values.setdefault("rules", hyperparameters.sdk_encoded("rules", rules))
+    rules = merged_rules(settings, values.pop("rules", None))
+    if rules:
+        text = json.dumps(rules, separators=(",", ":"))
+        values["rules"] = hyperparameters.sdk_encoded("rules", text)
     output_path = f"s3://{settings.data_bucket}/jobs/{name}"
     return {
         "TrainingJobName": name,
@@ -255,6 +255,24 @@ def debug_training_job_request(
         "TensorBoardOutputConfig": {"S3OutputPath": f"{output_path}/tensorboard"},
         "Tags": _tags(upload, tuning_job, **{TAG_SERVING: serving or serving_tag(settings)}),
     }
+
+
+def merged_rules(settings: Settings, dataset_rules: str | None) -> dict:
+    """The debug job's rules: the stage's ``DEBUG_RULES``, then the dataset's own, except
+    for the blocking rules, which keep the operator's configuration whatever the dataset's
+    says (refused at upload already; this holds for a request built any other way)."""
+    rules = dict(settings.debug_rules)
+    if dataset_rules:
+        try:
+            text = json.loads(dataset_rules)  # SDK-encoded: a JSON string holding JSON
+            given = json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            given = {}
+        if isinstance(given, dict):
+            for name, value in given.items():
+                if name not in settings.gate_blocking_rules:
+                    rules[name] = value
+    return rules
 
 
 def classes_digest(classes: list[str]) -> str:

@@ -97,6 +97,10 @@ class Settings:
     serverless_memory_mb: int = 0
     serverless_max_concurrency: int = 0
     serverless_concurrency_limit: int = 20
+    # How many times Lambda runs the image handler for one image: 1 + the function's
+    # MaximumRetryAttempts (2 by default, as the local bus retries). The last attempt at a
+    # throttled image writes a final answer instead of promising a retry.
+    image_attempts: int = 3
 
     def __post_init__(self) -> None:
         problem = naming.check_endpoint_prefix(self.endpoint_prefix)
@@ -121,6 +125,12 @@ class Settings:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
         _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
         _check_rule_names("DEBUG_RULES", tuple(self.debug_rules))
+        off = [n for n in self.gate_blocking_rules if self.debug_rules.get(n, True) is False]
+        if off:
+            raise SettingsError(
+                f"DEBUG_RULES turns off {', '.join(off)}, which GATE_BLOCKING_RULES makes "
+                "blocking: a blocking rule must run"
+            )
         try:
             hyperparameters.sdk_encoded(
                 "rules", json.dumps(self.debug_rules, separators=(",", ":"))
@@ -130,6 +140,11 @@ class Settings:
         if self.debug_save_interval < 1:
             raise SettingsError("DEBUG_SAVE_INTERVAL must be at least 1")
         _check_choice("MODEL_APPROVAL", self.model_approval, APPROVALS)
+        if not 1 <= self.image_attempts <= 3:
+            raise SettingsError(
+                "IMAGE_ATTEMPTS must be between 1 and 3 (Lambda retries an asynchronous "
+                f"invocation at most twice), not {self.image_attempts}"
+            )
         self._check_serverless()
 
     def _check_serverless(self) -> None:
@@ -223,7 +238,7 @@ class Settings:
             except HyperparameterError as exc:
                 raise SettingsError(f"sagedrop.json: hyperparameters: {exc}") from None
             if "rules" in given:
-                _check_rules_hyperparameter(given["rules"])
+                _check_rules_hyperparameter(given["rules"], self.gate_blocking_rules)
             changes["static_hyperparameters"] = {**self.static_hyperparameters, **given}
         try:
             return replace(self, **changes)
@@ -282,8 +297,13 @@ def validate_ranges(ranges: Mapping) -> None:
             raise SettingsError(f"range '{name}' is log-scaled, so min must be > 0")
 
 
-def _check_rules_hyperparameter(text: str) -> None:
-    """A dataset's own debug rule parameters, checked at upload rather than in the job."""
+def _check_rules_hyperparameter(text: str, blocking: tuple[str, ...]) -> None:
+    """A dataset's own debug rule parameters, checked at upload rather than in the job.
+
+    The rules the operator made blocking (``GATE_BLOCKING_RULES``) are the operator's: a
+    dataset may tune or turn off the others, never those (whoever uploads could otherwise
+    switch off the very checks meant to stop a broken model).
+    """
     try:
         rules = json.loads(text)
     except ValueError:
@@ -291,6 +311,13 @@ def _check_rules_hyperparameter(text: str) -> None:
     if not isinstance(rules, dict):
         raise SettingsError("sagedrop.json: hyperparameters.rules must be a JSON object")
     _check_rule_names("sagedrop.json: hyperparameters.rules", tuple(rules))
+    named = [name for name in rules if name in blocking]
+    if named:
+        raise SettingsError(
+            f"sagedrop.json: hyperparameters.rules may not change {', '.join(named)}: the "
+            "operator made them blocking (GATE_BLOCKING_RULES), so a dataset can neither "
+            "turn them off nor change their parameters"
+        )
 
 
 def _check_rule_names(what: str, names: tuple[str, ...]) -> None:
@@ -355,4 +382,5 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "SERVERLESS_MEMORY_MB": ("serverless_memory_mb", int),
     "SERVERLESS_MAX_CONCURRENCY": ("serverless_max_concurrency", int),
     "SERVERLESS_CONCURRENCY_LIMIT": ("serverless_concurrency_limit", int),
+    "IMAGE_ATTEMPTS": ("image_attempts", int),
 }

@@ -138,9 +138,15 @@ def _converted(value, timestamp, key: str = ""):
     return value
 
 
+def _own_fields_dropped(record: dict) -> dict:
+    """A record without the local cloud's own top-level fields (``_change``, ``_local``...:
+    a leading underscore), which no AWS response has."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
 def public(record: dict) -> dict:
     """A stored record as boto3 returns it: timestamps as datetimes."""
-    return {**_converted(record, lambda moment: moment), **metadata()}
+    return {**_converted(_own_fields_dropped(record), lambda moment: moment), **metadata()}
 
 
 def event_detail(record: dict) -> dict:

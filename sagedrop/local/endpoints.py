@@ -25,6 +25,9 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit for real-time endp
 # Connections the kernel queues before the server accepts them: a burst of new clients
 # waits here instead of being reset (the standard library's default is 5).
 LISTEN_BACKLOG = 1024
+# An oversized body is read and dropped up to this much before the 413 goes back (a
+# client that sends more than that meets a closed connection).
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 IDLE_SECONDS = 60  # a keep-alive connection silent this long is closed
 
 
@@ -97,6 +100,10 @@ class EndpointServer:
                 length, problem = _content_length(self.headers)
                 if problem is not None:
                     status, message = problem
+                    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+                        # Read (and drop) what the client sends, boundedly, so that it
+                        # reads this answer instead of a broken pipe.
+                        _drain(self.rfile, int(self.headers["Content-Length"]))
                     self.close_connection = True  # the body's end is unknown: do not reuse
                     return self._reply(status, "text/plain", message.encode())
                 body = self.rfile.read(length)
@@ -160,6 +167,15 @@ def _content_length(headers) -> tuple[int, tuple[int, str] | None]:
             f"the body is {length} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
     return length, None
+
+
+def _drain(stream, length: int, limit: int = DRAIN_LIMIT_BYTES) -> None:
+    left = min(length, limit)
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 16))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def unpack_model(model_tar_gz: bytes, destination: Path) -> Path:

@@ -18,6 +18,7 @@ and two artifacts in one process never share module state.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -29,6 +30,7 @@ from sagemaker_pytorch_serving_container.handler_service import HandlerService
 # Module names an artifact's code/ brings (inference.py imports its helpers by these names).
 ARTIFACT_MODULES = ("inference", "image_io", "model_def", "graph_runtime")
 _IMPORT_LOCK = threading.Lock()
+log = logging.getLogger("sagedrop.local.endpoint")
 
 
 class _RequestProcessor:
@@ -103,4 +105,10 @@ def invoke(
     [response] = service.handle([{"body": body}], context)
     data = response.encode() if isinstance(response, str) else bytes(response)
     returned = context.content_type or ("text/plain" if context.status >= 400 else "")
+    if context.status >= 400:
+        # The toolkit answers an error with its message and then the Python traceback;
+        # the client gets the one-line reason, the traceback stays in the server's log.
+        text = data.decode(errors="replace")
+        log.warning("model answered %s: %s", context.status, text)
+        data = (text.strip().splitlines() or [context.phrase or "error"])[0].encode()
     return context.status, returned, data

@@ -14,6 +14,7 @@ import threading
 from botocore.response import StreamingBody
 
 from sagedrop.local.aws_shapes import ACCOUNT, client_error, metadata, validate
+from sagedrop.local.endpoints import MAX_PAYLOAD_BYTES
 from sagedrop.local.sagemaker import LocalSageMaker
 
 
@@ -35,6 +36,15 @@ class LocalSageMakerRuntime:
             )
         body = params["Body"]
         data = body if isinstance(body, bytes | bytearray) else body.read()
+        if len(data) > MAX_PAYLOAD_BYTES:
+            # SageMaker's front end refuses it before any container sees it (a plain 413,
+            # which botocore names by its status).
+            raise client_error(
+                "InvokeEndpoint",
+                "413",
+                f"HTTP content length exceeded {MAX_PAYLOAD_BYTES} bytes.",
+                413,
+            )
         headers = {"Content-Type": params.get("ContentType", "application/octet-stream")}
         if params.get("Accept"):
             headers["Accept"] = params["Accept"]

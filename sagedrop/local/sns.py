@@ -2,6 +2,9 @@
 
 The console line is what a person watching ``sagedrop up`` reads; the file
 (``<root>/notifications/<topic>.jsonl``) is what ``sagedrop status`` and the tests read.
+A message whose ``sagedrop.notice_id`` attribute the topic has already had is not written
+again: a handler re-run after a crash announces each notice once (a subscriber of a real,
+standard SNS topic does the same with that attribute).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from chalicelib.notify import MESSAGE_LIMIT, parse_message
+from chalicelib.notify import MESSAGE_LIMIT, NOTICE_ID_ATTRIBUTE, parse_message
 from sagedrop.local.aws_shapes import client_error, iso, metadata, validate
 
 
@@ -23,6 +26,7 @@ class LocalSNS:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.say = say or (lambda line: print(line, file=sys.stdout, flush=True))
         self._lock = threading.Lock()
+        self._seen: dict[str, dict[str, str]] = {}  # topic file -> notice id -> MessageId
 
     def topic_file(self, topic_arn: str) -> Path:
         return self.folder / f"{topic_arn.rsplit(':', 1)[-1]}.jsonl"
@@ -39,19 +43,45 @@ class LocalSNS:
                 "Invalid parameter: Message too long",
             )
         message_id = str(uuid.uuid4())
+        attributes = params.get("MessageAttributes", {})
+        notice = attributes.get(NOTICE_ID_ATTRIBUTE, {}).get("StringValue")
         record = {
             "MessageId": message_id,
             "Timestamp": iso(),
             "TopicArn": topic,
             "Subject": params.get("Subject", ""),
             "Message": params["Message"],
+            "MessageAttributes": attributes,
             "event": _event_part(params["Message"]),
         }
-        with self._lock, open(self.topic_file(topic), "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.topic_file(topic)
+        with self._lock:
+            seen = self._seen_in(path)
+            if notice and notice in seen:
+                return {**metadata(), "MessageId": seen[notice]}
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if notice:
+                seen[notice] = message_id
         first_line = (params["Message"].splitlines() or [""])[0]
         self.say(f"[sns] {record['Subject']} | {first_line}" if record["Subject"] else first_line)
         return {**metadata(), "MessageId": message_id}
+
+    def _seen_in(self, path: Path) -> dict[str, str]:
+        """The notice ids this topic's file holds, read once per process (the file is the
+        record; ``sagedrop up`` is its only writer)."""
+        if str(path) not in self._seen:
+            self._seen[str(path)] = {
+                notice: record["MessageId"]
+                for record in read_notifications(path)
+                if (notice := _notice_id(record))
+            }
+        return self._seen[str(path)]
+
+
+def _notice_id(record: dict) -> str | None:
+    attribute = record.get("MessageAttributes", {}).get(NOTICE_ID_ATTRIBUTE, {})
+    return attribute.get("StringValue")
 
 
 def _event_part(message: str) -> dict:
@@ -64,4 +94,10 @@ def _event_part(message: str) -> dict:
 def read_notifications(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill -9 mid-write: that notice never went out
+    return records

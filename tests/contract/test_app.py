@@ -53,17 +53,38 @@ def test_sagemaker_events_reach_the_flow(env):
 
 
 def test_event_sources_never_match_the_pipeline_outputs():
-    """Predictions end in .json: no image rule's suffix matches them, so no recursion."""
+    """One rule for everything under images/ (issue 19: a rule per suffix left .gif,
+    .webp, .tif and .Jpg unanswered); the answers it also sees are ignored by the handler."""
     sources = {s.name: s for s in chalice_app.app.event_sources}
     image_rules = [s for s in sources.values() if getattr(s, "bucket", None) == INFERENCE]
-    assert sorted(s.suffix for s in image_rules) == [
-        ".JPEG", ".JPG", ".PNG", ".jpeg", ".jpg", ".png"
-    ]  # fmt: skip
-    for output in ("images/x.jpg.json", "images/x.png.error.json"):
-        assert not any(
-            output.startswith(r.prefix) and output.endswith(r.suffix) for r in image_rules
-        )
+    assert [(r.name, r.prefix, r.suffix) for r in image_rules] == [
+        ("on_image_uploaded", "images/", None)
+    ]
     dataset = sources["on_dataset_uploaded"]
     assert (dataset.bucket, dataset.prefix, dataset.suffix) == (DATA, "datasets/", ".zip")
     training = sources["on_training_finished"].event_pattern["detail"]
     assert training["TrainingJobName"] == [{"prefix": "sdd-"}]
+
+
+def test_an_answer_written_next_to_an_image_triggers_nothing_but_an_ignore(env):
+    with Client(chalice_app.app) as client:
+        for key in ("images/pets/x.jpg.json", "images/pets/x.jpg.error.json"):
+            event = s3_event(client, INFERENCE, key, "abc")
+            assert client.lambda_.invoke("on_image_uploaded", event).payload == "ignored"
+    assert env.messages() == []
+
+
+def test_a_redelivered_event_names_its_notices_the_same(env):
+    """Issue 19: after a kill -9 the same event ran again and its notice went out twice.
+    Its notices carry an id made from the event, the same on every delivery."""
+    key = "datasets/evil.zip"
+    etag = env.put_zip(key, {**layout(), "../escape.jpg": b"x"})
+    with Client(chalice_app.app) as client:
+        event = s3_event(client, DATA, key, etag)
+        for _ in range(2):
+            client.lambda_.invoke("on_dataset_uploaded", event)
+        other = s3_event(client, DATA, key, etag)
+        other["Records"][0]["eventTime"] = "2026-12-01T00:00:00.000Z"
+        client.lambda_.invoke("on_dataset_uploaded", other)
+    ids = [m["notice_id"] for m in env.messages()]
+    assert len(ids) == 3 and ids[0] == ids[1] != ids[2]

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY
 
-from chalicelib import flow, job_contract, naming, registry, requests
+from chalicelib import flow, job_contract, naming, predictions, registry, requests
 from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
@@ -160,19 +160,21 @@ def test_unrelated_training_events_are_ignored(cloud, detail):
     assert cloud.messages() == []
 
 
+def endpoint_description(status: str = "InService") -> dict:
+    """DescribeEndpoint of sagedrop-pets with the config 'old-config', in ``status``."""
+    return {
+        "EndpointName": "sagedrop-pets",
+        "EndpointArn": f"{ARN}:endpoint/sagedrop-pets",
+        "EndpointConfigName": "old-config",
+        "EndpointStatus": status,
+        "CreationTime": "2026-11-20T10:00:00Z",
+        "LastModifiedTime": "2026-11-20T10:00:00Z",
+    }
+
+
 def stub_serving_endpoint(cloud):
     """DescribeEndpoint: the endpoint exists and serves the config 'old-config'."""
-    cloud.stub.add_response(
-        "describe_endpoint",
-        {
-            "EndpointName": "sagedrop-pets",
-            "EndpointArn": f"{ARN}:endpoint/sagedrop-pets",
-            "EndpointConfigName": "old-config",
-            "EndpointStatus": "InService",
-            "CreationTime": "2026-11-20T10:00:00Z",
-            "LastModifiedTime": "2026-11-20T10:00:00Z",
-        },
-    )
+    cloud.stub.add_response("describe_endpoint", endpoint_description())
 
 
 def serving_model(cloud, package_version: int | None, tags=()):
@@ -486,9 +488,23 @@ def test_gate_refuses_when_a_blocking_rule_reported_nothing(cloud):
     )
 
 
-def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud):
+@pytest.mark.parametrize(
+    ("blocking", "result", "reason"),
+    [
+        ((), "approved", "no rules ran (the job's rules setting turned them all off)"),
+        (
+            ("VanishingGradient", "ExplodingTensor"),
+            "blocked",
+            "blocking rule(s) did not run: VanishingGradient, ExplodingTensor (the job's "
+            "rules setting turned them off), so the model is not deployed unchecked",
+        ),
+    ],
+)
+def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud, blocking, result, reason):
     """The job's own rules setting (SDK-encoded, as requests sends it) says which rules
-    ran: all turned off, none is expected, and the minimum accuracy alone decides."""
+    ran: all turned off, none is expected. With no blocking rules the minimum accuracy
+    alone decides; a blocking rule that did not run blocks (issue 19: an uploader's
+    settings switched off the operator's rules and a model at test loss 1e25 deployed)."""
     off = json.dumps(dict.fromkeys(job_contract.RULE_NAMES, False))
     hyperparameters = {"debug": '"true"', "rules": json.dumps(off)}
     name, described = debug_job(
@@ -497,11 +513,8 @@ def test_gate_expects_no_verdict_from_rules_the_job_turned_off(cloud):
     cloud.stub.add_response("describe_training_job", described)
     missing_endpoint(cloud)
     training_tags(cloud)
-    assert gate(cloud, name) == "approved"
-    assert (
-        "no rules ran (the job's rules setting turned them all off)"
-        in (cloud.messages()[0]["reasons"])
-    )
+    assert gate(cloud, name, replace(cloud.settings, gate_blocking_rules=blocking)) == result
+    assert reason in cloud.messages()[0]["reasons"]
 
 
 def test_gate_does_not_mistake_access_denied_for_no_endpoint(cloud):
@@ -647,6 +660,8 @@ def test_an_image_outside_a_dataset_folder_is_told_which_datasets_serve(cloud):
 
 def test_an_image_for_a_dataset_that_serves_nothing_says_so(cloud):
     message = "Endpoint sagedrop-cars of account 123456789012 not found."
+    missing = {**MISSING_ENDPOINT, "service_message": 'Could not find endpoint "sagedrop-cars".'}
+    cloud.stub.add_client_error("describe_endpoint", **missing)
     error = failed_prediction(
         cloud, "images/cars/a.jpg", jpeg_bytes(), "ValidationError", message, 400
     )
@@ -664,3 +679,145 @@ def test_an_unlistable_data_bucket_still_leaves_the_image_its_error_file(cloud):
         cloud.s3.get_object(Bucket=INFERENCE, Key="images/cat.jpg.error.json")["Body"].read()
     )
     assert "the serving datasets cannot be listed (NoSuchBucket" in error["error"]
+
+
+def _answer(cloud) -> None:
+    answer = json.dumps({"predictions": [], "model": {"version": 1}}).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+    )
+
+
+def _files(cloud, key: str) -> list[str]:
+    listed = cloud.s3.list_objects_v2(Bucket=INFERENCE, Prefix=f"{key}.")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def _error_file(cloud, key: str) -> dict:
+    return json.loads(cloud.s3.get_object(Bucket=INFERENCE, Key=f"{key}.error.json")["Body"].read())
+
+
+def test_a_throttled_image_last_attempt_writes_a_final_answer(cloud):
+    """Issue 19: after the last of Lambda's attempts the error file promised a retry that
+    never came. Each attempt is counted in the file; the last one says it is final."""
+    key = "images/pets/a.jpg"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes())
+    for attempt in (1, 2, 3):
+        cloud.runtime_stub.add_client_error(
+            "invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400
+        )
+        if attempt < 3:
+            with pytest.raises(ClientError, match="ThrottlingException"):
+                flow.image_uploaded(INFERENCE, key, cloud.settings)
+            error = _error_file(cloud, key)
+            assert f"attempt {attempt} of 3" in error["error"] and "retried" in error["error"]
+        else:
+            assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "error"
+    final = _error_file(cloud, key)["error"]
+    assert "no answer after 3 attempts, and it is not retried again" in final
+    assert "this image is retried" not in final
+
+
+def test_an_image_written_again_counts_its_attempts_afresh(cloud):
+    key = "images/pets/a.jpg"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes())
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400
+    )
+    with pytest.raises(ClientError):
+        flow.image_uploaded(INFERENCE, key, replace(cloud.settings, image_attempts=2))
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes((1, 2, 3)))
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400
+    )
+    with pytest.raises(ClientError):  # attempt 1 of the new image, not 2 of the old one
+        flow.image_uploaded(INFERENCE, key, replace(cloud.settings, image_attempts=2))
+    assert _error_file(cloud, key)["attempt"]["number"] == 1
+
+
+def test_an_image_waits_for_an_endpoint_coming_into_service(cloud, monkeypatch):
+    """Issue 19: images queued while an endpoint was updating got a permanent error.
+    An endpoint that is Creating or Updating is waited for, and the image answered."""
+    monkeypatch.setattr(predictions, "POLL_SECONDS", 0)
+    key = "images/pets/a.jpg"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes())
+    cloud.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        service_error_code="ValidationError",
+        service_message="Endpoint sagedrop-pets of account 123456789012 not found.",
+        http_status_code=400,
+    )
+    for status in ("Creating", "InService"):
+        cloud.stub.add_response("describe_endpoint", endpoint_description(status))
+    _answer(cloud)
+    assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "predicted"
+    assert _files(cloud, key) == [f"{key}.json"]
+
+
+def test_an_endpoint_that_stays_creating_leaves_a_retried_then_final_answer(cloud, monkeypatch):
+    monkeypatch.setattr(predictions, "ENDPOINT_WAIT_SECONDS", 0)  # the wait is over at once
+    key = "images/pets/a.jpg"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes())
+    settings = replace(cloud.settings, image_attempts=2)
+    for attempt in (1, 2):
+        cloud.runtime_stub.add_client_error(
+            "invoke_endpoint",
+            service_error_code="ValidationError",
+            service_message="Endpoint sagedrop-pets of account 123456789012 not found.",
+            http_status_code=400,
+        )
+        cloud.stub.add_response("describe_endpoint", endpoint_description("Creating"))
+        if attempt == 1:
+            with pytest.raises(predictions.EndpointNotServing):
+                flow.image_uploaded(INFERENCE, key, settings)
+            assert "sagedrop-pets is Creating" in _error_file(cloud, key)["error"]
+        else:
+            assert flow.image_uploaded(INFERENCE, key, settings) == "error"
+    final = _error_file(cloud, key)["error"]
+    assert final.startswith("sagedrop-pets is Creating, not yet in service; no answer after 2")
+
+
+def test_an_image_over_the_payload_limit_gets_a_final_answer_without_a_call(cloud):
+    """Issue 19: a 7 MB image was sent, met a broken pipe, was retried as transient and
+    never answered. It is refused with a sentence before InvokeEndpoint."""
+    key = "images/pets/big.png"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=b"\0" * (predictions.MAX_INVOKE_BYTES + 1))
+    assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "error"
+    assert "an endpoint takes at most 6,291,456 bytes" in _error_file(cloud, key)["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [("a.gif", "image/gif"), ("a.webp", "image/webp"), ("a.tif", "image/tiff"),
+     ("a.TIFF", "image/tiff"), ("a.Jpg", "image/jpeg"), ("a.bmp", "image/bmp")],
+)  # fmt: skip
+def test_every_image_type_training_reads_is_answered_in_any_case(cloud, name, content_type):
+    key = f"images/pets/{name}"
+    cloud.s3.put_object(Bucket=INFERENCE, Key=key, Body=jpeg_bytes())
+    answer = json.dumps({"predictions": [], "model": {}}).encode()
+    cloud.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(answer), len(answer)), "ContentType": "application/json"},
+        {"EndpointName": "sagedrop-pets", "ContentType": content_type,
+         "Accept": "application/json", "Body": ANY},
+    )  # fmt: skip
+    assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "predicted"
+
+
+def test_the_answers_themselves_are_ignored(cloud):
+    for key in ("images/pets/a.jpg.json", "images/pets/a.jpg.error.json", "images/pets/x.JSON"):
+        assert flow.image_uploaded(INFERENCE, key, cloud.settings) == "ignored"
+    assert not cloud.s3.list_objects_v2(Bucket=INFERENCE).get("Contents")
+
+
+def test_a_model_error_reaches_the_answer_file_as_one_line(cloud):
+    """Issue 19: the toolkit's 4xx body carries a traceback with host paths."""
+    message = (
+        'Received client error (400) from primary with message "cannot decode the image: '
+        "not a recognised image format\nTraceback (most recent call last):\n  File "
+        '"/opt/ml/model/code/inference.py", line 1\n". See the logs.'
+    )
+    error = failed_prediction(cloud, "images/pets/bad.png", b"x", "ModelError", message, 424)
+    assert "\n" not in error["error"] and "Traceback" not in error["error"]
+    assert "not a recognised image format" in error["error"]

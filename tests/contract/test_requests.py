@@ -144,13 +144,41 @@ def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload
         "Overfit": {"patience": 3},
         "StepOutlier": False,
     }
-    own = staged.with_dataset_overrides(
-        {"hyperparameters": {"rules": {"VanishingGradient": {"stop": True}}}}
-    )
-    assert own.static_hyperparameters["rules"] == '{"VanishingGradient":{"stop":true}}'
+    own = staged.with_dataset_overrides({"hyperparameters": {"rules": {"Overfit": {"stop": True}}}})
+    assert own.static_hyperparameters["rules"] == '{"Overfit":{"stop":true}}'
     request = requests.debug_training_job_request(own, upload, describe_tuning(own, upload))
     rules = json.loads(json.loads(request["HyperParameters"]["rules"]))
-    assert rules == {"VanishingGradient": {"stop": True}}
+    assert rules == {"Overfit": {"stop": True}, "StepOutlier": False}
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"ExplodingTensor": False, "VanishingGradient": False},  # issue 19's exploit
+        {"VanishingGradient": {"threshold": 1e-30}},  # weakened, not turned off
+    ],
+)
+def test_a_dataset_cannot_turn_off_or_weaken_the_operators_blocking_rules(settings, rules):
+    with pytest.raises(SettingsError, match="the operator made them blocking"):
+        settings.with_dataset_overrides({"hyperparameters": {"rules": rules}})
+
+
+def test_a_request_built_around_the_upload_check_still_keeps_the_blocking_rules(settings, upload):
+    """Defence in depth: static hyperparameters that turn a blocking rule off (a request
+    built some other way) do not reach the debug job."""
+    turned_off = replace(settings, static_hyperparameters={"rules": '{"ExplodingTensor":false}'})
+    request = requests.debug_training_job_request(
+        turned_off, upload, describe_tuning(turned_off, upload)
+    )
+    assert "rules" not in request["HyperParameters"]  # every rule runs, as by default
+
+
+def test_the_operator_cannot_turn_off_a_rule_it_made_blocking():
+    with pytest.raises(SettingsError, match="a blocking rule must run"):
+        Settings.from_env({"DEBUG_RULES": '{"ExplodingTensor": false}'})
+    Settings.from_env(
+        {"DEBUG_RULES": '{"ExplodingTensor": false}', "GATE_BLOCKING_RULES": "Overfit"}
+    )
 
 
 def test_rule_settings_are_checked_where_they_are_given(settings):

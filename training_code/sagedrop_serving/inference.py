@@ -32,13 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from graph_runtime import GRAPH_FILE, GraphModel, import_runtime, softmax
-from image_io import ImageDecodeError, Preprocessing, decode_image, eval_transform
+from image_io import (
+    FORMATS_OF_CONTENT_TYPE,
+    ImageDecodeError,
+    Preprocessing,
+    decode_image,
+    eval_transform,
+)
 from model_def import build_classifier
 
 log = logging.getLogger("sagedrop.serving")
 
 JSON = "application/json"
-ACCEPTED_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+# Each type must carry the format it names (``image_io`` checks the bytes); application/x-image
+# takes any format training reads.
+ACCEPTED_CONTENT_TYPES = tuple(FORMATS_OF_CONTENT_TYPE)
 MAX_PIXELS = int(os.environ.get("SAGEDROP_MAX_IMAGE_PIXELS", "64000000"))
 
 
@@ -185,7 +193,10 @@ def input_fn(input_data: bytes, content_type: str | None):
         raise RuntimeError("model_fn must run before input_fn")
     try:
         image = decode_image(
-            bytes(request_body), max_pixels=MAX_PIXELS, draft_size=loaded.draft_size
+            bytes(request_body),
+            max_pixels=MAX_PIXELS,
+            draft_size=loaded.draft_size,
+            content_type=kind,
         )
     except ImageDecodeError as exc:
         raise InvalidImage(f"cannot decode the image: {exc}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from urllib.parse import urlparse
 
 from chalicelib import aws_limits
@@ -106,6 +107,10 @@ class Hosting:
             "EndpointStatus": "Creating",
             "CreationTime": stamp(),
             "LastModifiedTime": stamp(),
+            # The config being deployed, and which change this is: a restart finishes
+            # this very change, and its events carry ids made from it (sent once).
+            "_desired_config": config,
+            "_change": uuid.uuid4().hex,
         }
         if not self.state.insert(ENDPOINT, name, record):
             raise errors.already_existing("CreateEndpoint", "endpoint", endpoint_arn)
@@ -124,7 +129,12 @@ class Hosting:
                 "UpdateEndpoint", f'Cannot update in-progress endpoint "{record["EndpointArn"]}".'
             )
         record = self.state.update(
-            ENDPOINT, name, EndpointStatus="Updating", LastModifiedTime=stamp()
+            ENDPOINT,
+            name,
+            EndpointStatus="Updating",
+            LastModifiedTime=stamp(),
+            _desired_config=config,
+            _change=uuid.uuid4().hex,
         )
         self.emit(record, "UPDATING")
         self.context.background(self.deploy, name, config)
@@ -169,14 +179,27 @@ class Hosting:
             limit.release()
 
     def resume(self) -> None:
-        """Endpoints that were serving serve again before the bus delivers a single image
-        event (on AWS the endpoint never went away), without announcing themselves."""
+        """After a restart, before the bus delivers a single event: every endpoint serves
+        what the state says it should, so no image meets an endpoint that is not back yet.
+
+        In service: serves again, announced only if its "in service" event was never
+        queued (a crash between the two). Creating or Updating: the change the crash
+        interrupted is finished now, to the config it was deploying (not the one it was
+        replacing, which a rollback may just have Rejected), and announced; an update that
+        cannot finish leaves the previous config serving, as on AWS.
+        """
         for endpoint in self.state.all(ENDPOINT):
-            name, config = endpoint["EndpointName"], endpoint["EndpointConfigName"]
-            if endpoint["EndpointStatus"] == "InService":
-                self.deploy(name, config, announce=False)
-            elif endpoint["EndpointStatus"] in ("Creating", "Updating"):
-                self.context.background(self.deploy, name, config)
+            name, current = endpoint["EndpointName"], endpoint["EndpointConfigName"]
+            status = endpoint["EndpointStatus"]
+            if status == "InService":
+                announced = endpoint.get("_announced") == endpoint.get("_change")
+                self.deploy(name, current, announce=not announced)
+            elif status in ("Creating", "Updating"):
+                desired = endpoint.get("_desired_config") or current
+                self.deploy(name, desired)
+                failed = self.state.record(ENDPOINT, name)["EndpointStatus"] == "Failed"
+                if failed and status == "Updating" and desired != current:
+                    self.deploy(name, current, announce=False)
 
     def shutdown(self) -> None:
         shutdown_all(self.servers)
@@ -216,14 +239,15 @@ class Hosting:
                 EndpointConfigName=config_name,
                 ProductionVariants=[_variant_summary(variant)],
                 LastModifiedTime=stamp(),
+                _desired_config=None,
                 _local={"port": server.port, "model_dir": str(folder)},
             )
-            record.pop("FailureReason", None)
             self.context.say(
                 f"[endpoint] {name} in service on 127.0.0.1:{server.port} ({config_name})"
             )
             if announce:
                 self.emit(record, "IN_SERVICE")
+                self.state.update(ENDPOINT, name, _announced=record.get("_change"))
 
     def _failed(self, name: str, reason: str) -> None:
         """An update that failed leaves the old model serving (InService), as on AWS."""
@@ -249,7 +273,11 @@ class Hosting:
         }
         if status == "FAILED" and record.get("FailureReason"):
             detail["FailureReason"] = record["FailureReason"]
-        self.context.emit(ENDPOINT_EVENT, event_detail(detail), [record["EndpointArn"]])
+        # One event per change and status, whoever sends it (a restart finishing the
+        # change sends the same id, which the outbox keeps once).
+        change = record.get("_change") or uuid.uuid4().hex
+        event_id = f"endpoint:{record['EndpointName']}:{change}:{status}"
+        self.context.emit(ENDPOINT_EVENT, event_detail(detail), [record["EndpointArn"]], event_id)
 
     def _get(self, kind: str, name: str, operation: str) -> dict:
         record = self.state.get(kind, name)
