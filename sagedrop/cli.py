@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--version", type=int, required=True)
     approve.add_argument("--reject", action="store_true", help="reject it instead")
     approve.add_argument("--why", default=None, help="recorded as the ApprovalDescription")
+    approve.add_argument(
+        "--override",
+        action="store_true",
+        help="approve a version the quality gate Rejected (its reasons go into the notice)",
+    )
     _where(approve)
     approve.set_defaults(handler=_approve)
     rollback = commands.add_parser(
@@ -102,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("name", help="the dataset")
     rollback.add_argument(
         "--version", type=int, default=None, help="default: the approved one before the serving"
+    )
+    rollback.add_argument(
+        "--override", action="store_true", help="roll back to a version the quality gate Rejected"
     )
     _where(rollback)
     rollback.set_defaults(handler=_rollback)
@@ -322,7 +330,11 @@ def _approve(args) -> int:
     def action(models, target) -> int:
         verb = "rejected" if args.reject else "approved"
         why = args.why or f"{verb} by hand with sagedrop approve"
-        print(models.approve(target, args.name, args.version, why, reject=args.reject))
+        print(
+            models.approve(
+                target, args.name, args.version, why, reject=args.reject, override=args.override
+            )
+        )
         return 0
 
     return _registry_command("approve", args, action)
@@ -330,7 +342,7 @@ def _approve(args) -> int:
 
 def _rollback(args) -> int:
     def action(models, target) -> int:
-        print(models.rollback(target, args.name, args.version))
+        print(models.rollback(target, args.name, args.version, override=args.override))
         return 0
 
     return _registry_command("rollback", args, action)

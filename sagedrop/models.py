@@ -145,29 +145,55 @@ def _version(target: Target, name: str, number: int) -> dict:
     return package
 
 
-def approve(target: Target, name: str, number: int, why: str, reject: bool = False) -> str:
+def _over_the_gate(name: str, number: int, package: dict, why: str, override: bool) -> str:
+    """The approval's reason; a version the gate Rejected is approved only with
+    ``--override``, and its reason then quotes the gate's, for the deploy notice."""
+    gate = registry.gate_rejection(package)
+    if gate is None:
+        return why
+    if not override:
+        raise ModelsError(
+            f"{name} version {number} was Rejected by the quality gate: {gate}. To serve it "
+            f"anyway, say so: sagedrop approve {name} --version {number} --override"
+        )
+    return f"{why}, over the quality gate's rejection ({gate})"
+
+
+def approve(
+    target: Target, name: str, number: int, why: str, reject: bool = False, override: bool = False
+) -> str:
     """Approve (or reject) one version; the pipeline deploys the newest approved one."""
     package = _version(target, name, number)
     wanted = registry.REJECTED if reject else registry.APPROVED
     if package.get("ModelApprovalStatus") == wanted:
         return f"{name} version {number} is already {wanted}; nothing changed"
+    if not reject:
+        why = _over_the_gate(name, number, package, why, override)
+    serving = registry.serving_version(target.sagemaker, _described_endpoint(target, name))
     registry.set_approval(target.sagemaker, package, wanted, why)
     newest = registry.latest_approved(target.sagemaker, target.group(name))
+    warning = "" if reject or why.find("quality gate's rejection") < 0 else " (over the gate)"
     if wanted == registry.APPROVED and newest and newest["ModelPackageVersion"] > number:
         return (
-            f"{name} version {number} is Approved; version {newest['ModelPackageVersion']} is "
-            f"newer and approved, so it keeps serving (to serve {number}: sagedrop rollback "
-            f"{name} --version {number})"
+            f"{name} version {number} is Approved{warning}; version "
+            f"{newest['ModelPackageVersion']} is newer and approved, so it keeps serving (to "
+            f"serve {number}: sagedrop rollback {name} --version {number})"
         )
     if newest is None:
+        if reject and serving == number:
+            return (
+                f"{name} version {number} is Rejected, but no approved version is left, so "
+                f"{target.endpoint(name)} keeps serving it: approve another version, or "
+                "delete the endpoint to stop serving it (the pipeline sends a notice)"
+            )
         return f"{name} version {number} is {wanted}; no approved version is left to serve"
     return (
-        f"{name} version {number} is {wanted}; {target.endpoint(name)} is brought to "
+        f"{name} version {number} is {wanted}{warning}; {target.endpoint(name)} is brought to "
         f"version {newest['ModelPackageVersion']} (the pipeline sends a notice)"
     )
 
 
-def rollback(target: Target, name: str, number: int | None = None) -> str:
+def rollback(target: Target, name: str, number: int | None = None, override: bool = False) -> str:
     """Serve an earlier version again: it is approved (if it was not), and every approved
     version newer than it is rejected, oldest first, with the reason recorded."""
     group = target.group(name)
@@ -192,6 +218,7 @@ def rollback(target: Target, name: str, number: int | None = None) -> str:
     target_package = _version(target, name, number)
     why = f"rolled back from version {serving} to version {number} by sagedrop rollback"
     if target_package.get("ModelApprovalStatus") != registry.APPROVED:
+        why = _over_the_gate(name, number, target_package, why, override)
         registry.set_approval(target.sagemaker, target_package, registry.APPROVED, why)
     newer = sorted(
         (v for v in versions if v.number > number and v.approval == registry.APPROVED),

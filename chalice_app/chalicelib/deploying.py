@@ -37,7 +37,7 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
     package = registry.latest_approved(sagemaker, group)
     if package is None:
         logger.info("no approved version in %s: %s is left as it is", group, endpoint)
-        return Outcome("none-approved")
+        return _kept_serving(sagemaker, pipeline, group, endpoint, because)
     properties = package.get("CustomerMetadataProperties", {})
     version = package["ModelPackageVersion"]
     if requests.META_DEBUG_JOB not in properties:
@@ -68,6 +68,7 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
     action = _create_or_update_endpoint(endpoint, config_name, described)
     rollback = previous is not None and previous > version
     description = package.get("ModelPackageDescription", "")
+    overridden = registry.gate_rejection(package)  # approved by hand over the gate
     change = "" if previous is None else f", replacing version {previous}"
     if rollback:
         change = f": a rollback from version {previous}"
@@ -81,10 +82,37 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
             "endpoint": endpoint,
         },
         decision=f"serve version {version} ({action} endpoint)",
-        reasons=[because or package.get("ApprovalDescription") or description],
-        summary=f"Endpoint {endpoint} {action} to serve version {version} of {pipeline}{change}.",
+        reasons=[because or package.get("ApprovalDescription") or description]
+        + ([f"the quality gate had Rejected this version: {overridden}"] if overridden else []),
+        summary=f"Endpoint {endpoint} {action} to serve version {version} of {pipeline}{change}"
+        + (", approved by hand over the quality gate's rejection." if overridden else "."),
     )
     return Outcome(action, [notice], ["Rollbacks" if rollback else "Deployments"])
+
+
+def _kept_serving(sagemaker, pipeline: str, group: str, endpoint: str, because: str) -> Outcome:
+    """No approved version is left. Where the endpoint still serves a version that was
+    just Rejected (the only one there was), it keeps serving it (AWS has nothing else to
+    serve, and deleting the endpoint is the operator's call): a notice says so."""
+    described = describe_endpoint(endpoint)
+    serving = registry.serving_version(sagemaker, described)
+    package = None if serving is None else registry.find(sagemaker, group, serving)
+    if not because or package is None or package.get("ModelApprovalStatus") != registry.REJECTED:
+        return Outcome("none-approved")
+    notice = Notice(
+        stage="deploy",
+        status="kept-serving",
+        dataset=pipeline,
+        jobs={"model package": package["ModelPackageArn"], "endpoint": endpoint},
+        decision=f"keep serving version {serving}",
+        reasons=[because],
+        summary=(
+            f"Version {serving} of {pipeline} is Rejected, but no approved version is left, so "
+            f"{endpoint} keeps serving it: approve another version (sagedrop approve "
+            f"{pipeline} --version N) or delete the endpoint to stop serving it."
+        ),
+    )
+    return Outcome("kept-serving", [notice], ["RejectedStillServing"])
 
 
 def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: dict | None) -> str:

@@ -287,7 +287,7 @@ def _register(
         training,
         group,
         approval,
-        f"{approval} by the quality gate for {name}: " + "; ".join(decision.reasons),
+        registry.gate_description(approval, name, decision.reasons),
         judgement.test_accuracy,
         judgement.rules,
         judgement.classes,

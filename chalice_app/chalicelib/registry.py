@@ -176,6 +176,24 @@ def serving_model(sagemaker, endpoint: dict) -> tuple[str, dict[str, str]]:
     return model["ModelName"], {t["Key"]: t["Value"] for t in tags}
 
 
+GATE_WORDS = " by the quality gate for "
+
+
+def gate_description(approval: str, debug_job: str, reasons: list[str]) -> str:
+    """A version's description as the gate writes it: its approval and every reason."""
+    return f"{approval}{GATE_WORDS}{debug_job}: " + "; ".join(reasons)
+
+
+def gate_rejection(package: dict) -> str | None:
+    """The gate's reasons where the gate Rejected this version (whatever its approval is
+    now), else None."""
+    description = package.get("ModelPackageDescription") or ""
+    head, found, reasons = description.partition(GATE_WORDS)
+    if not found or head != REJECTED:
+        return None
+    return reasons.partition(": ")[2] or "no reason recorded"
+
+
 def set_approval(sagemaker, package: dict, approval: str, why: str) -> None:
     """Approve or reject one version (a ``DescribeModelPackage`` response).
 

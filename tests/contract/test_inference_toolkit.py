@@ -8,15 +8,23 @@ the toolkit derives from inference.py's errors, with the reason in the body.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from sagedrop.local.handler_service import invoke, start_handler_service
 from tests.helpers import jpeg_bytes, png_bytes
 
 ENVIRONMENT = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEDROP_MODEL_NAME": "contract"}
+
+
+def _encoded(kind: str, size: tuple[int, int] = (40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 140, 200)).save(buffer, kind)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +56,31 @@ def test_an_image_gets_200_and_the_documented_json(served, body, content_type):
         (b"1,2,3", "text/csv", None, 415, "content type 'text/csv' is not supported"),
         (jpeg_bytes(), "application/octet-stream", None, 415, "is not supported"),
         (jpeg_bytes(), "image/jpeg", "text/csv", 406, "accept 'text/csv' is not supported"),
+        (_encoded("WEBP"), "image/jpeg", None, 400, "a WEBP image, not the image/jpeg"),
+        (_encoded("PNG", (20_001, 1)), "image/png", None, 400, "a side over 20,000 pixels"),
+        (_encoded("ICO"), "application/x-image", None, 400, "ICO images are not accepted"),
     ],
 )
 def test_client_mistakes_get_the_4xx_the_toolkit_derives(
     served, body, content_type, accept, status, reason
 ):
+    """With a one-line reason: the toolkit's body carries the Python traceback after the
+    message (issue 19: 2.5 KB with host paths), which stays in the server's log."""
     service, model_dir = served
     got, _, data = invoke(service, model_dir, body, content_type, accept)
     assert got == status
     assert reason in data.decode()
+    assert "\n" not in data.decode() and "Traceback" not in data.decode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type"),
+    [("WEBP", "image/webp"), ("GIF", "image/gif"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")],
+)
+def test_every_format_training_reads_is_served(served, kind, content_type):
+    service, model_dir = served
+    status, _, data = invoke(service, model_dir, _encoded(kind), content_type, None)
+    assert status == 200 and json.loads(data)["predictions"]
 
 
 def test_two_artifacts_in_one_process_keep_their_own_code_and_model(served, tmp_path):

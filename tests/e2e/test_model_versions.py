@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import requests
+from chalicelib import registry, requests
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
 from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT
@@ -28,7 +28,14 @@ from tests.helpers import LETTERS, jpeg_bytes, relabelled
 GROUP = ENDPOINT = "sagedrop-digits"
 
 
-def register(cloud: LocalCloud, number: int, model_dir: Path, serving: str, approval="Approved"):
+def register(
+    cloud: LocalCloud,
+    number: int,
+    model_dir: Path,
+    serving: str,
+    approval="Approved",
+    reasons: tuple[str, ...] = ("no blocking rule found issues",),
+):
     """Version ``number`` of digits, as the gate registers a debug job's model."""
     job = f"sdd-digits-0000000{number}"
     key = f"jobs/{job}/{job}/output/model.tar.gz"
@@ -37,7 +44,7 @@ def register(cloud: LocalCloud, number: int, model_dir: Path, serving: str, appr
                  "Environment": {"SAGEMAKER_PROGRAM": "inference.py"}}  # fmt: skip
     cloud.sagemaker.create_model_package(
         ModelPackageGroupName=GROUP,
-        ModelPackageDescription=f"{approval} by the quality gate for {job}",
+        ModelPackageDescription=registry.gate_description(approval, job, list(reasons)),
         InferenceSpecification={
             "Containers": [container],
             "SupportedContentTypes": requests.IMAGE_CONTENT_TYPES,
@@ -208,3 +215,40 @@ def test_a_version_whose_event_was_lost_to_a_crash_still_deploys(tmp_path, train
     cloud.stop()
     sent = [e for e in cloud_events(root) if e["detail-type"] == PACKAGE_EVENT]
     assert len(sent) == 1
+
+
+def test_rejecting_the_only_serving_version_says_that_it_keeps_serving(cloud, trained_job):
+    """Issue 19: rejecting the one serving version left it serving without a word."""
+    first = register(cloud, 1, trained_job["model_dir"], "instance:ml.m5.large:1")
+    assert cloud.wait_until(lambda: serving_config(cloud, first), 120)
+    root = str(cloud.root)
+    code, out, _ = run_cli("approve", "digits", "--version", "1", "--reject", "--root", root)
+    assert code == 0 and "no approved version is left, so sagedrop-digits keeps serving it" in out
+    assert cloud.wait_until(lambda: any(n["status"] == "kept-serving" for n in notices(cloud)), 60)
+    [kept] = [n for n in notices(cloud) if n["status"] == "kept-serving"]
+    assert "Version 1 of digits is Rejected, but no approved version is left" in kept["summary"]
+    assert "rejected by hand" in kept["reasons"][0]
+    assert serving_config(cloud, first)
+
+
+def test_approving_a_version_the_gate_rejected_needs_override_and_says_why(
+    cloud, trained_job, tmp_path
+):
+    """Issue 19: a version the gate Rejected (accuracy 0.104 against 0.974) deployed on a
+    plain approve, with no warning in the CLI or the notice."""
+    first = register(cloud, 1, trained_job["model_dir"], "instance:ml.m5.large:1")
+    assert cloud.wait_until(lambda: serving_config(cloud, first), 120)
+    letters = relabelled(trained_job["model_dir"], tmp_path / "letters", LETTERS)
+    why = "test accuracy 0.1040 is worse than the serving model's 0.9740"
+    second = register(cloud, 2, letters, "instance:ml.m5.large:1", "Rejected", (why,))
+    root = str(cloud.root)
+    code, _, err = run_cli("approve", "digits", "--version", "2", "--root", root)
+    assert code == 1 and "was Rejected by the quality gate: " + why in err and "--override" in err
+    assert registry.find(cloud.sagemaker, GROUP, 2)["ModelApprovalStatus"] == "Rejected"
+    code, out, _ = run_cli("approve", "digits", "--version", "2", "--override", "--root", root)
+    assert code == 0 and "Approved (over the gate)" in out
+    assert cloud.wait_until(lambda: serving_config(cloud, second), 120)
+    assert cloud.wait_until(lambda: any(n["status"] == "deploying" for n in notices(cloud)), 30)
+    deploying = [n for n in notices(cloud) if n["status"] == "deploying"][-1]
+    assert "approved by hand over the quality gate's rejection" in deploying["summary"]
+    assert f"the quality gate had Rejected this version: {why}" in deploying["reasons"]
