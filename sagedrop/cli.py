@@ -163,6 +163,10 @@ def _where(command: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "root", None):
+        # One absolute root for every command: reports link files by file:// URIs, which
+        # a relative path cannot be (`--root .sagedrop`, as the README writes it).
+        args.root = str(Path(args.root).expanduser().resolve())
     return int(args.handler(args) or 0)
 
 

@@ -94,10 +94,11 @@ def _kept_serving(sagemaker, pipeline: str, group: str, endpoint: str, because: 
     """No approved version is left. Where the endpoint still serves a version that was
     just Rejected (the only one there was), it keeps serving it (AWS has nothing else to
     serve, and deleting the endpoint is the operator's call): a notice says so."""
-    described = describe_endpoint(endpoint)
-    serving = registry.serving_version(sagemaker, described)
+    if not because:  # not a rejection: nothing changed in what may serve
+        return Outcome("none-approved")
+    serving = registry.serving_version(sagemaker, describe_endpoint(endpoint))
     package = None if serving is None else registry.find(sagemaker, group, serving)
-    if not because or package is None or package.get("ModelApprovalStatus") != registry.REJECTED:
+    if package is None or package.get("ModelApprovalStatus") != registry.REJECTED:
         return Outcome("none-approved")
     notice = Notice(
         stage="deploy",

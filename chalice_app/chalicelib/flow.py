@@ -191,6 +191,9 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         reason = tuning.get("FailureReason") or (
             "no training job completed" if not best else f"status {status}"
         )
+        trial = _failed_trial_reason(sagemaker, name) if not best else None
+        if trial:  # "All training jobs failed" says nothing of why: the first trial does
+            reason = f"{reason}; the first failed trial: {trial}"
         failed = Notice(
             stage="tuning",
             status="failed",
@@ -221,6 +224,25 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         ),
     )
     return Outcome("started", [started], ["JobsStarted"])
+
+
+def _failed_trial_reason(sagemaker, tuning_job: str) -> str | None:
+    """Why the tuning job's first failed trial failed (its ``FailureReason``, summarised),
+    or None when none failed or the listing cannot be read (the notice still goes)."""
+    try:
+        listed = sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning_job,
+            StatusEquals="Failed",
+            SortBy="CreationTime",
+            SortOrder="Ascending",
+            MaxResults=1,
+        )
+    except ClientError as exc:
+        logger.warning("cannot list the trials of %s: %s", tuning_job, exc)
+        return None
+    summaries = listed.get("TrainingJobSummaries", [])
+    reason = summaries[0].get("FailureReason") if summaries else None
+    return training_failure.summary(reason) if reason else None
 
 
 def _upload_of(definition: dict) -> requests.Upload:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import threading
 import time
 import traceback
@@ -30,6 +31,24 @@ from sagedrop.local.state import State
 
 log = logging.getLogger("sagedrop.local.bus")
 RETRY_DELAYS = (0.5, 2.0)  # Lambda retries a failed asynchronous invocation twice
+# Delivered events are kept this long (``SAGEDROP_EVENT_RETENTION_DAYS``; status and the
+# tests read them), then pruned, at start and hourly, so the state does not grow without
+# end with every image.
+RETENTION_DAYS = 7.0
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+def retention_seconds() -> float:
+    text = os.environ.get("SAGEDROP_EVENT_RETENTION_DAYS", "")
+    try:
+        days = float(text) if text else RETENTION_DAYS
+    except ValueError:
+        raise ValueError(
+            f"SAGEDROP_EVENT_RETENTION_DAYS must be a number of days, not {text!r}"
+        ) from None
+    if not days >= 0:
+        raise ValueError("SAGEDROP_EVENT_RETENTION_DAYS must be 0 or more")
+    return days * 86400
 
 
 # EventBridge pattern matching -------------------------------------------------------------
@@ -194,6 +213,7 @@ class EventBus:
         self.say = say
         self.on_failure = on_failure
         self.retry_delays = retry_delays
+        self.retention = retention_seconds()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,12 +267,23 @@ class EventBus:
         if done:
             self.state.finish_event(event_id, "; ".join(entry[1]))
 
+    def prune(self) -> int:
+        """Forget the events delivered longer ago than the retention."""
+        removed = self.state.prune_events(self.retention)
+        if removed:
+            log.info("pruned %d delivered event(s) older than the retention", removed)
+        return removed
+
     def _loop(self) -> None:
+        pruned = time.monotonic()
         while not self._stop.is_set():
             self.state.new_event.wait(timeout=0.1)
             self.state.new_event.clear()
             try:
                 self.deliver_pending()
+                if time.monotonic() - pruned >= PRUNE_EVERY_SECONDS:
+                    pruned = time.monotonic()
+                    self.prune()
             except Exception:  # the bus must outlive a bad event
                 log.exception("event delivery failed")
 

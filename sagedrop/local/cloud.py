@@ -120,6 +120,7 @@ class LocalCloud:
         self._log_to_file(flow)
         app_module = _import_app()
         self.bus = EventBus(self.state, app_module, self.say, on_failure=self._handler_failed)
+        self.bus.prune()
         unfinished = self.state.release_claims()
         if unfinished:
             self.say(f"[bus] {unfinished} event(s) whose handlers did not finish: delivering again")

@@ -113,7 +113,7 @@ def render(pipeline: dict) -> str:
                 )
             )
         if debug.get("report"):
-            link = Path(debug["report"]).as_uri()
+            link = Path(debug["report"]).resolve().as_uri()
             parts.append(f'<p><a href="{html.escape(link)}">Debug and profiler report</a></p>')
     gate = pipeline["gate"]
     parts.append("<h2>Quality gate</h2>")
@@ -179,7 +179,7 @@ def render_dataset(dataset: dict, root: Path) -> str:
         report = root / "jobs" / v["debug_job"] / "output" / "data" / "report.html"
         if v["debug_job"] and report.exists():
             links.append(
-                f'<li><a href="{html.escape(report.as_uri())}">v{v["number"]}: '
+                f'<li><a href="{html.escape(report.resolve().as_uri())}">v{v["number"]}: '
                 f"{html.escape(v['debug_job'])}</a></li>"
             )
     if links:

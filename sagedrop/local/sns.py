@@ -71,6 +71,11 @@ class LocalSNS:
         """The notice ids this topic's file holds, read once per process (the file is the
         record; ``sagedrop up`` is its only writer)."""
         if str(path) not in self._seen:
+            if path.exists() and path.stat().st_size:
+                with open(path, "rb+") as handle:
+                    handle.seek(-1, 2)
+                    if handle.read(1) != b"\n":  # a line cut short by a kill: end it
+                        handle.write(b"\n")
             self._seen[str(path)] = {
                 notice: record["MessageId"]
                 for record in read_notifications(path)

@@ -224,6 +224,25 @@ class State:
             self.new_event.set()
         return count
 
+    def prune_events(self, older_than: float, batch: int = 1000, now: float | None = None) -> int:
+        """Forget delivered events whose delivery is more than ``older_than`` seconds old,
+        at most ``batch`` per transaction (a long prune never holds the writers up), so
+        the file stops growing with every image. Pending and claimed events are never
+        touched: only what is done is forgotten. Returns how many went."""
+        cutoff = (time.time() if now is None else now) - older_than
+        removed = 0
+        while True:
+            with self.transaction() as db:
+                cursor = db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE delivered "
+                    "IS NOT NULL AND delivered < ? ORDER BY seq LIMIT ?)",
+                    (cutoff, batch),
+                )
+                count = cursor.rowcount
+            removed += count
+            if count < batch:
+                return removed
+
     def unfinished_events(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT COUNT(*) FROM events WHERE delivered IS NULL").fetchone()

@@ -143,8 +143,35 @@ def test_failed_tuning_notifies_with_the_reason(cloud):
         "HyperParameterTuningJobName": described["HyperParameterTuningJobName"],
         "HyperParameterTuningJobStatus": "Failed",
     }
+    cloud.stub.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {
+            "TrainingJobSummaries": [
+                {
+                    "TrainingJobName": "sdt-pets-17c1cf2d-001-0a1b2c3d",
+                    "TrainingJobArn": f"{ARN}:training-job/sdt-pets-17c1cf2d-001-0a1b2c3d",
+                    "CreationTime": "2026-11-20T10:00:00Z",
+                    "TrainingJobStatus": "Failed",
+                    "TunedHyperParameters": {"lr": "0.01"},
+                    "FailureReason": "ValueError: no readable image in 'train': 24 of 24 "
+                    "files could not be decoded",
+                }
+            ]
+        },
+        {
+            "HyperParameterTuningJobName": described["HyperParameterTuningJobName"],
+            "StatusEquals": "Failed",
+            "SortBy": "CreationTime",
+            "SortOrder": "Ascending",
+            "MaxResults": 1,
+        },
+    )
     assert flow.tuning_finished(detail, cloud.settings) == "failed"
-    assert cloud.messages()[0]["failure_reason"] == "All training jobs failed"
+    # issue 19: a dataset whose every image is unreadable was told only "no job succeeded"
+    assert cloud.messages()[0]["failure_reason"] == (
+        "All training jobs failed; the first failed trial: ValueError: no readable image in "
+        "'train': 24 of 24 files could not be decoded"
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,7 +287,8 @@ def test_gate_registers_a_worse_model_as_rejected(cloud):
     assert "worse than the serving model's 0.9000" in version.description
     assert version.test_accuracy == 0.8
     assert version.rules.startswith("VanishingGradient=NoIssuesFound ExplodingTensor=")
-    # a Rejected version deploys nothing
+    # a Rejected version deploys nothing (and nothing serves it, so nothing is kept)
+    missing_endpoint(cloud)
     assert approval_event(cloud, 1, "Rejected") == "none-approved"
 
 

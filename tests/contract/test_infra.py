@@ -19,6 +19,7 @@ LAMBDA_ACTIONS = {
     "sns:Publish",
     "sagemaker:CreateHyperParameterTuningJob",
     "sagemaker:DescribeHyperParameterTuningJob",
+    "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
     "sagemaker:CreateTrainingJob",
     "sagemaker:DescribeTrainingJob",
     "sagemaker:CreateModel",

@@ -138,3 +138,40 @@ def test_state_delivers_each_event_once(tmp_path):
     state.close()
     other.close()
     time.sleep(0)
+
+
+def test_sns_keeps_one_message_per_notice_id_across_a_restart(tmp_path):
+    """Issue 19: a handler re-run after a crash sent "rollback" and "ready" twice. The
+    notice id (the same on every delivery of one event) is kept once, also by a new
+    process reading the same topic file, and a line cut short by a kill is skipped."""
+    from chalicelib.notify import Notice, publish
+
+    topic = "arn:aws:sns:local:000000000000:t"
+    notice = Notice(stage="deploy", status="rollback", summary="back to version 1")
+    sns = LocalSNS(tmp_path, say=lambda _: None)
+    publish(sns, topic, notice)
+    publish(sns, topic, notice)
+    with open(sns.topic_file(topic), "a") as handle:
+        handle.write('{"MessageId": "cut sho')  # killed mid-line
+    again = LocalSNS(tmp_path, say=lambda _: None)
+    publish(again, topic, notice)
+    publish(again, topic, Notice(stage="deploy", status="rollback", summary="to version 2"))
+    summaries = [r["event"]["summary"] for r in read_notifications(sns.topic_file(topic))]
+    assert summaries == ["back to version 1", "to version 2"]
+
+
+def test_delivered_events_are_pruned_after_the_retention_and_nothing_else(tmp_path):
+    """Issue 19: the state grew ~5.8 KB per image, never pruned."""
+    state = State(tmp_path / "state.sqlite")
+    for i in range(25):
+        state.add_event("s3", {"n": i}, f"e{i}")
+    for i in range(20):
+        assert state.claim_event(f"e{i}")
+        if i < 15:
+            state.finish_event(f"e{i}", "done")
+    old = time.time() + 3600  # an hour from now, everything delivered is an hour old
+    assert state.prune_events(older_than=7200, now=old) == 0  # within the retention
+    assert state.prune_events(older_than=1800, batch=4, now=old) == 15  # in batches of 4
+    left = {e["id"]: e for e in state.event_outcomes()}
+    assert sorted(left, key=lambda k: int(k[1:])) == [f"e{i}" for i in range(15, 25)]
+    assert all(e["delivered"] is None for e in left.values())  # claimed and pending stay

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from chalicelib import registry, requests
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
+from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT
 from sagedrop.local.state import State
 from sagedrop.local.status import status_object
@@ -217,10 +218,20 @@ def test_a_version_whose_event_was_lost_to_a_crash_still_deploys(tmp_path, train
     assert len(sent) == 1
 
 
-def test_rejecting_the_only_serving_version_says_that_it_keeps_serving(cloud, trained_job):
+def test_rejecting_the_only_serving_version_says_that_it_keeps_serving(
+    cloud, trained_job, monkeypatch
+):
     """Issue 19: rejecting the one serving version left it serving without a word."""
     first = register(cloud, 1, trained_job["model_dir"], "instance:ml.m5.large:1")
     assert cloud.wait_until(lambda: serving_config(cloud, first), 120)
+    # the report of a relative --root, as the README writes it, links its versions' pages
+    page = cloud.root / "jobs" / "sdd-digits-00000001" / "output" / "data" / "report.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    monkeypatch.chdir(cloud.root.parent)
+    code, _, err = run_cli("report", "digits", "--root", cloud.root.name)
+    assert code == 0, err
+    assert page.as_uri() in (cloud.root / "reports" / "digits.html").read_text()
     root = str(cloud.root)
     code, out, _ = run_cli("approve", "digits", "--version", "1", "--reject", "--root", root)
     assert code == 0 and "no approved version is left, so sagedrop-digits keeps serving it" in out
@@ -252,3 +263,57 @@ def test_approving_a_version_the_gate_rejected_needs_override_and_says_why(
     deploying = [n for n in notices(cloud) if n["status"] == "deploying"][-1]
     assert "approved by hand over the quality gate's rejection" in deploying["summary"]
     assert f"the quality gate had Rejected this version: {why}" in deploying["reasons"]
+
+
+def test_a_crash_during_an_endpoint_update_finishes_the_update_before_any_image(
+    tmp_path, trained_job
+):
+    """Issue 19: killed while the endpoint was updating to a new version, the next start
+    delivered the queued images before the endpoint was back (20 of 20 got a permanent
+    error) and then served the old configuration. Now the interrupted update is finished,
+    to the new version, before the bus delivers anything, and announced once."""
+    root = tmp_path / "root"
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start(watch=False)
+    try:
+        cloud.sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+        first = register(cloud, 1, trained_job["model_dir"], "instance:ml.m5.large:1")
+        assert cloud.wait_until(lambda: serving_config(cloud, first), 120)
+
+        def killed(*_):
+            raise KeyboardInterrupt("killed while the model of the update was loading")
+
+        cloud.sagemaker.hosting.deploy = killed  # the moment: Updating, the new model not up
+        second = register(cloud, 2, trained_job["model_dir"], "instance:ml.m5.large:1")
+        assert cloud.wait_until(
+            lambda: cloud.state.get("endpoint", ENDPOINT)["EndpointStatus"] == "Updating", 60
+        )
+        assert cloud.wait_until(lambda: cloud.state.unfinished_events() == 0, 60)
+    finally:
+        cloud.stop()
+    state = State(root / "state.sqlite")
+    s3 = LocalS3(root, state)  # images dropped while `sagedrop up` is down
+    keys = [f"images/digits/queued_{i:02d}.jpg" for i in range(20)]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=INFERENCE_BUCKET, Key=key, Body=jpeg_bytes((i * 10, 80, 160)))
+    state.close()
+    cloud = LocalCloud(root, say=lambda _: None)
+    cloud.start(watch=False)
+    try:
+        assert serving_config(cloud, second)  # before the bus delivered a single image
+        bucket = cloud.root / "buckets" / INFERENCE_BUCKET
+        assert cloud.wait_until(
+            lambda: (
+                all((bucket / f"{k}.json").exists() for k in keys)
+                and cloud.state.unfinished_events() == 0
+            ),
+            120,
+        )
+        assert not list(bucket.rglob("*.error.json"))
+        versions = {json.loads((bucket / f"{k}.json").read_text())["model_version"] for k in keys}
+        assert versions == {2}
+    finally:
+        cloud.stop()
+    ready = [n for n in notices(cloud) if n["status"] == "ready"]
+    assert [n["summary"].count(second) for n in ready].count(1) == 1  # v2 announced once
+    assert len([n for n in notices(cloud) if n["stage"] == "deploy"]) == 2  # v1, then v2
