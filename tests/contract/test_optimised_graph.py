@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,7 +115,9 @@ def test_no_package_index_means_eager_serving_not_a_failed_endpoint(
     model_dir = tmp_path / "model"
     shutil.copytree(trained_job["model_dir"], model_dir)
     # A runtime this machine does not have, so pip must reach the index for it.
-    (model_dir / "code" / "runtime-requirements.txt").write_text("sagedrop-absent-runtime==1.0\n")
+    (model_dir / "code" / "runtime-requirements.txt").write_text(
+        "sagedrop-absent-runtime==1.0 --hash=sha256:" + "0" * 64 + "\n"
+    )
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
@@ -150,3 +153,60 @@ def test_int8_is_served_only_within_its_accuracy_allowance(tmp_path, monkeypatch
     assert verdict["int8"]["served"] is False
     assert verdict["int8"]["reason"].startswith("int8 costs")
     assert (strict / GRAPH_FILE).exists() and not (strict / graph_export.INT8_FILE).exists()
+
+
+def _hostile_sdist(folder, marker) -> str:
+    """``sagedrop-absent-runtime-1.0.tar.gz`` whose in-tree build backend writes
+    ``marker`` the moment pip imports it: what a malicious index would serve. Returns
+    its sha256 (an attacker can publish the hash of their own file)."""
+    import hashlib
+    import io
+    import tarfile
+
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
+        'backend-path = ["."]\n',
+        "backend.py": f"open({str(marker)!r}, 'w').write('build hook ran')\n",
+        "PKG-INFO": "Metadata-Version: 2.1\nName: sagedrop-absent-runtime\nVersion: 1.0\n",
+    }
+    path = folder / "sagedrop_absent_runtime-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"sagedrop_absent_runtime-1.0/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_runtime_install_never_builds_a_source_distribution(tmp_path, monkeypatch):
+    """Issue 19: a malicious index's build-backend hooks ran at model load. Wheels only,
+    every one pinned with its hash, nothing resolved beyond the list."""
+    index, code, marker = tmp_path / "index", tmp_path / "code", tmp_path / "pwned"
+    index.mkdir()
+    code.mkdir()
+    digest = _hostile_sdist(index, marker)
+    (code / "runtime-requirements.txt").write_text(
+        f"sagedrop-absent-runtime==1.0 --hash=sha256:{digest}\n"
+    )
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    runtime, why = import_runtime(str(code))
+    assert runtime is None and "installing it failed" in why
+    assert not marker.exists()
+
+
+def test_the_shipped_runtime_requirements_pin_every_wheel_with_its_hash():
+    from sagedrop_serving import graph_runtime
+
+    text = (Path(graph_runtime.__file__).parent / "runtime-requirements.txt").read_text()
+    logical = text.replace("\\\n", " ").splitlines()
+    requirements = [line for line in logical if line.strip() and not line.startswith("#")]
+    assert requirements and all(
+        "==" in line and "--hash=sha256:" in line for line in requirements
+    ), requirements
+    assert {"--only-binary", ":all:", "--require-hashes", "--no-deps"} <= set(
+        graph_runtime.INSTALL_COMMAND
+    )

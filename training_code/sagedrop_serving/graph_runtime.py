@@ -6,8 +6,9 @@ a 2-core host (eager PyTorch, a frozen TorchScript graph, ONNX Runtime:
 ``bench/inference_latency.py`` measures all three in one run, the README quotes them),
 and it needs no torch at all.
 
-The runtime is optional. An endpoint whose container lacks it installs the pinned version
-from ``code/runtime-requirements.txt`` once, within a bounded time, and otherwise serves
+The runtime is optional. An endpoint whose container lacks it installs the pinned wheels
+(hashes checked, no source distribution, no dependency beyond the list) from
+``code/runtime-requirements.txt`` once, within a bounded time, and otherwise serves
 the eager model: a container that cannot reach a package index (a VPC without egress)
 still starts and answers the same JSON. The file is deliberately not ``requirements.txt``:
 SageMaker's inference toolkit installs that one at container start and exits the
@@ -29,6 +30,11 @@ import numpy as np
 GRAPH_FILE = "model.onnx"
 RUNTIME_REQUIREMENTS = "runtime-requirements.txt"
 INSTALL_SECONDS = 120
+# Wheels only (a source distribution's build hooks would run code from the index at model
+# load), each pinned with its hash, and no dependency resolved beyond the pinned list.
+INSTALL_COMMAND = ("-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                   "--only-binary", ":all:", "--require-hashes", "--no-deps",
+                   "--timeout", "10", "--retries", "0")  # fmt: skip
 log = logging.getLogger("sagedrop.serving")
 
 
@@ -55,8 +61,7 @@ def import_runtime(code_dir: str | None = None) -> tuple[Any | None, str]:
         return None, missing
     if os.environ.get("SAGEDROP_RUNTIME_INSTALL", "").lower() == "never":
         return None, f"{missing}; SAGEDROP_RUNTIME_INSTALL=never forbids installing it"
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    command += ["--timeout", "10", "--retries", "0", "-r", requirements]
+    command = [sys.executable, *INSTALL_COMMAND, "-r", requirements]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_SECONDS)
     except subprocess.TimeoutExpired:
