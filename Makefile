@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/inference_latency.py
 	$(BIN)/python bench/local_serving.py
 	$(BIN)/python bench/debug_overhead.py
+	$(BIN)/python bench/job_startup.py
+	$(BIN)/python bench/hostile_images.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache
