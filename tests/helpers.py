@@ -105,3 +105,53 @@ def relabelled(model_dir: Path, folder: Path, labels: list[str]) -> Path:
         entry["label"] = entry["folder"] = labels[entry["index"]]
     (folder / "classes.json").write_text(json.dumps(classes))
     return folder
+
+
+def evaluation_document(
+    accuracy: float, labels=("cat", "dog"), n: int = 200, paired: dict | None = None
+) -> dict:
+    """``evaluation.json`` as the job writes it (its own code computes it), for ``n``
+    balanced test images of which ``accuracy`` are right (the wrong ones go to the next
+    class), and the paired comparison ``paired`` (default: none was handed over)."""
+    import numpy as np
+
+    from sagedrop_training.evaluation import TestOutcomes, evaluate
+
+    true = np.arange(n) % len(labels)
+    predicted = true.copy()
+    wrong = n - round(accuracy * n)
+    predicted[:wrong] = (predicted[:wrong] + 1) % len(labels)
+    probabilities = np.eye(len(labels))[predicted] * 0.9 + 0.1 / len(labels)
+    files = [f"test/{labels[t]}/img_{i}.jpg" for i, t in enumerate(true)]
+    document = evaluate(list(labels), TestOutcomes(files, true, probabilities))
+    document["paired"] = paired or {
+        "status": "not-compared",
+        "reason": "no serving version was handed over",
+    }
+    return document
+
+
+COLOURS = {"zero": (220, 40, 40), "one": (40, 200, 40), "two": (40, 60, 220)}
+
+
+def colour_dataset(out_dir: Path, config: dict | None = None, per_split=None, seed: int = 0):
+    """A dataset a tiny model learns in two epochs (each class one colour, with noise),
+    laid out as the sample digits are (``digits/{split}/NNN.name``), so that a pipeline
+    test's model passes a gate that blocks what a constant answer does as well as."""
+    import numpy as np
+    from PIL import Image
+
+    per_split = per_split or {"train": 16, "valid": 6, "test": 8}
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir) / "digits"
+    for split, count in per_split.items():
+        for n, (name, rgb) in enumerate(COLOURS.items()):
+            folder = root / split / f"{n + 1:03d}.{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                noise = rng.normal(0, 20, (32, 32, 3))
+                pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{split}_{i:03d}.jpg", quality=95)
+    if config is not None:
+        (root / "sagedrop.json").write_text(json.dumps(config))
+    return root

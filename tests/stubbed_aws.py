@@ -14,7 +14,7 @@ from botocore.stub import Stubber
 
 from chalicelib import job_contract, notify
 from chalicelib.settings import Settings
-from tests.helpers import layout
+from tests.helpers import evaluation_document, layout
 
 REGION = "eu-west-1"
 DATA, INFERENCE = "sagedrop-data", "sagedrop-inference"
@@ -156,6 +156,8 @@ def debug_job(
     name="sdd-pets-1234abcd",
     reported_only=False,
     hyperparameters=None,
+    evaluation=None,
+    channels=(),
 ):
     """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
     and, when ``archive``, rules.json with the details in its output.tar.gz; its dataset
@@ -182,11 +184,17 @@ def debug_job(
     )
     if archive:
         buffer = io.BytesIO()
+        if evaluation is None:
+            evaluation = evaluation_document(test_accuracy if test_accuracy is not None else 0.0)
+        members = {"rules.json": rules}
+        if evaluation is not False:
+            members["evaluation.json"] = evaluation
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            data = json.dumps(rules).encode()
-            info = tarfile.TarInfo("rules.json")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            for member, document in members.items():
+                data = json.dumps(document).encode()
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
         cloud.s3.put_object(
             Bucket=DATA, Key=f"{prefix}/{name}/output/output.tar.gz", Body=buffer.getvalue()
         )
@@ -215,7 +223,8 @@ def debug_job(
                         "S3Uri": f"s3://{DATA}/datasets/pets.zip",
                     }
                 },
-            }
+            },
+            *channels,
         ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{DATA}/{prefix}"},
         "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 30, "InstanceType": "ml.m5.large"},

@@ -41,7 +41,7 @@ from sagedrop_serving.model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
-from sagedrop_training import ddp_runtime, fit_loop, graph_export
+from sagedrop_training import ddp_runtime, fit_loop, graph_export, held_out
 from sagedrop_training.data_pipeline import (
     DatasetError,
     ImageFileDataset,
@@ -300,9 +300,12 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
         session.finish(os.environ.get("TRAINING_JOB_NAME", "local run"))
     history = fitted.history
     unreadable |= fitted.unreadable
-    test = fit_loop.evaluate(plan.evaluated, test_batches(), runtime)
+    outputs: list | None = [] if _served_later(args) else None
+    test = fit_loop.evaluate(plan.evaluated, test_batches(), runtime, outputs=outputs)
     unreadable.update(test.unreadable)
     _log_final(runtime, fitted.best, test, unreadable)
+    if outputs is not None:
+        _write_evaluation(args, runtime, data, unreadable, outputs)
 
     untested = _classes_without_test_images(runtime, data, unreadable)
     if untested and runtime.is_main:
@@ -474,10 +477,46 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
     return x, y, unreadable
 
 
+def _served_later(args) -> bool:
+    """A run whose model can be deployed: the debug job, or a run by hand; not a trial."""
+    return bool(args.debug) or "SM_HPS" not in os.environ
+
+
+def _write_evaluation(args, runtime, data: PreparedDataset, unreadable: set[str], outputs) -> None:
+    """``evaluation.json``: what the model gets right and wrong on the test split, and the
+    serving version on the same images when the pipeline handed it over."""
+    shard = ddp_runtime.shard(data.splits["test"], runtime)
+    parts = ddp_runtime.gather(runtime, held_out.outcomes_of(shard, unreadable, outputs, data.root))
+    if not runtime.is_main:
+        return
+    outcomes = held_out.merged(parts)
+    serving = held_out.serving_outcomes(data.splits["test"], data.labels, data.root, runtime.device)
+    document = held_out.write(args.output_data_dir, data.labels, outcomes, args.seed, serving)
+    overall, worst, paired = (
+        document.get("overall"),
+        document.get("worst_class"),
+        document["paired"],
+    )
+    if overall and worst:
+        low, high = (document["intervals"]["macro_f1"][k] for k in ("low", "high"))
+        log.info("evaluation: macro-F1 %.4f (95%% CI %.4f-%.4f), worst class %s (recall %.4f), "
+                 "ECE %.4f", overall["macro_f1"], low, high, worst["label"], worst["recall"],
+                 document["calibration"]["ece"])  # fmt: skip
+    if paired["status"] == "compared":
+        log.info(
+            "serving version on the same %d test images: accuracy %.4f vs this model's %.4f",
+            paired["images"],
+            paired["serving_accuracy"],
+            paired["new_accuracy"],
+        )
+    else:
+        log.info("serving version not compared: %s", paired.get("reason"))
+
+
 def _optimised_graph(args, data: PreparedDataset, model: nn.Module, pre: Preprocessing) -> dict:
     """Export the ONNX graph into the model directory and judge it on the validation
     split (``graph_export``); the verdict for ``config.json``."""
-    served_later = args.debug or "SM_HPS" not in os.environ  # not a tuning trial
+    served_later = _served_later(args)
     if args.export_graph == "none" or (args.export_graph == "auto" and not served_later):
         return {"served": False, "reason": f"not exported (export-graph={args.export_graph})"}
     os.makedirs(args.model_dir, exist_ok=True)

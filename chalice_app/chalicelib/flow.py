@@ -203,8 +203,16 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
             failure_reason=reason,
         )
         return Outcome("failed", [failed], ["JobsFailed"])
-    serving = _tag(sagemaker, tuning.get("HyperParameterTuningJobArn"), requests.TAG_SERVING)
-    request = requests.debug_training_job_request(settings, upload, tuning, serving)
+    tags = _tags_of(sagemaker, tuning.get("HyperParameterTuningJobArn"))
+    endpoint = settings.endpoint_for(naming.pipeline_name(upload.key))
+    request = requests.debug_training_job_request(
+        settings,
+        upload,
+        tuning,
+        tags.get(requests.TAG_SERVING),
+        judging.comparable_serving_artifact(endpoint, upload),
+        tags.get(requests.TAG_MIN_CLASS_RECALL),
+    )
     if not aws_errors.create_unless_exists(sagemaker.create_training_job, request):
         return Outcome("duplicate")
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
@@ -302,7 +310,7 @@ def _register(
     name = training["TrainingJobName"]
     sagemaker = client("sagemaker")
     decision, approval = judgement.decision, judgement.approval
-    serving = _tag(sagemaker, training.get("TrainingJobArn"), requests.TAG_SERVING)
+    serving = judgement.tags.get(requests.TAG_SERVING)
     request = requests.model_package_request(
         settings,
         upload,
@@ -315,6 +323,7 @@ def _register(
         judgement.classes,
         judgement.reports.uris,
         serving or requests.serving_tag(settings),
+        judgement.evaluation,
     )
     arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
     version = arn.rsplit("/", 1)[-1]
@@ -344,21 +353,45 @@ def _register(
         dataset=upload.uri,
         jobs={"debug job": name, "model package": arn, "endpoint": endpoint},
         metrics={
-            k: v for k, v in judgement.final_metrics.items() if k.startswith(("test_", "valid_"))
+            **{
+                k: v
+                for k, v in judgement.final_metrics.items()
+                if k.startswith(("test_", "valid_"))
+            },
+            **_evaluation_metrics(judgement.evaluation),
         },
         decision=decision.verdict,
-        reasons=decision.reasons + [f"report: {p}" for p in judgement.reports.problems],
+        reasons=decision.reasons
+        + _worst_class_line(judgement.evaluation)
+        + [f"report: {p}" for p in judgement.reports.problems],
         summary=summary,
     )
     return Outcome(status, [notice], [f"ModelVersions{approval}"])
 
 
-def _tag(sagemaker, arn: str | None, key: str) -> str | None:
-    """One tag of a SageMaker resource, or None (no ARN, or no such tag)."""
+def _evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    overall = evaluation.get("overall") or {}
+    names = {"macro_f1": "test_macro_f1", "balanced_accuracy": "test_balanced_accuracy",
+             "top5_accuracy": "test_top5_accuracy"}  # fmt: skip
+    metrics = {label: float(overall[key]) for key, label in names.items() if key in overall}
+    if evaluation.get("calibration"):
+        metrics["test_ece"] = float(evaluation["calibration"]["ece"])
+    return metrics
+
+
+def _worst_class_line(evaluation: dict) -> list[str]:
+    worst = evaluation.get("worst_class")
+    if not worst:
+        return []
+    return [f"worst class: {worst['label']} (recall {worst['recall']:.4f} on "
+            f"{worst['support']} test images)"]  # fmt: skip
+
+
+def _tags_of(sagemaker, arn: str | None) -> dict[str, str]:
+    """A SageMaker resource's tags ({} without an ARN)."""
     if not arn:
-        return None
-    tags = sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
-    return next((t["Value"] for t in tags if t["Key"] == key), None)
+        return {}
+    return {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=arn).get("Tags", [])}
 
 
 # --- 4. a version was approved or rejected: serve the newest approved one ---------------------

@@ -6,6 +6,7 @@ and returns the decision with every reason, so the notification can say exactly 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from chalicelib.job_contract import ERROR, ISSUES
@@ -17,6 +18,7 @@ ISSUES_FOUND = ISSUES
 class GateDecision:
     deploy: bool
     reasons: list[str] = field(default_factory=list)
+    rule: str = ""  # what decided the comparison with the serving version
 
     @property
     def verdict(self) -> str:
@@ -32,6 +34,7 @@ def quality_gate(
     min_test_accuracy: float = 0.0,
     artifact_problems: list[str] | None = None,
     expected_rules: tuple[str, ...] | None = None,
+    evidence: Evidence | None = None,
 ) -> GateDecision:
     """``artifact_problems`` are the reasons the model artifact cannot serve its dataset
     (``artifact_check``); any one of them blocks, whatever the accuracy.
@@ -41,12 +44,18 @@ def quality_gate(
     (a changed log format, a crashed session): the model is not deployed unchecked. A
     blocking rule the job did not run at all blocks too. ``None``: the rules reported are
     the rules that ran (a caller without the job's request).
+
+    ``evidence`` is what ``judge_evaluation`` concluded from the job's ``evaluation.json``.
+    Where it compared the new version with the serving one on the same images, that
+    comparison decides; otherwise the tolerance rule on the two test accuracies does (each
+    measured on its own test set), and the reasons say which rule decided.
     """
     ran_known = expected_rules is not None
     if expected_rules is None:
         expected_rules = tuple(r["RuleConfigurationName"] for r in rules or [])
     blocked: list[str] = list(artifact_problems or [])
     passed: list[str] = []
+    decided_by = ""
     reported = {r["RuleConfigurationName"] for r in rules or []}
     if rules is None and expected_rules:
         blocked.append(
@@ -108,16 +117,168 @@ def quality_gate(
             blocked.append(
                 f"test accuracy {test_accuracy:.4f} is below the minimum {min_test_accuracy:.4f}"
             )
-        if serving_accuracy is None:
+        if evidence is not None and evidence.compared:
+            decided_by = evidence.rule
+        elif serving_accuracy is None:
             passed.append("no model is serving yet")
+            decided_by = "first version (nothing to compare with)"
         elif test_accuracy < serving_accuracy - tolerance:
             blocked.append(
                 f"test accuracy {test_accuracy:.4f} is worse than the serving model's "
-                f"{serving_accuracy:.4f} by more than the tolerance {tolerance:.4f}"
+                f"{serving_accuracy:.4f} by more than the tolerance {tolerance:.4f} (the "
+                "tolerance rule: the two were measured on different test sets)"
             )
+            decided_by = "tolerance"
         else:
             passed.append(
                 f"test accuracy {test_accuracy:.4f} vs serving {serving_accuracy:.4f} "
-                f"(tolerance {tolerance:.4f})"
+                f"(tolerance {tolerance:.4f}; the tolerance rule: measured on different test "
+                "sets)"
             )
-    return GateDecision(deploy=not blocked, reasons=blocked or passed)
+            decided_by = "tolerance"
+    if evidence is not None:
+        blocked += evidence.blocked
+        passed += evidence.passed
+    decided = f"decided by: {decided_by}" if decided_by else ""
+    reasons = (blocked or passed) + (evidence.notes if evidence is not None else [])
+    return GateDecision(deploy=not blocked, reasons=reasons, rule=decided)
+
+
+# --- what the evaluation says (evaluation.json, written by the job) --------------------------
+SIGNIFICANCE = 0.05  # McNemar's exact test, one-sided: is the new version worse?
+
+
+def mcnemar_worse_p(new_only_right: int, serving_only_right: int) -> float:
+    """One-sided exact McNemar p-value for "the new version is worse": the chance of at
+    least ``serving_only_right`` of the discordant images going the serving version's way
+    if both were equally good (a fair coin per discordant image)."""
+    n = new_only_right + serving_only_right
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(serving_only_right, n + 1))
+    return tail / 2**n
+
+
+@dataclass
+class Evidence:
+    """What the gate concludes from ``evaluation.json``: reasons that block, reasons that
+    pass, and the rule that decided the comparison with the serving version."""
+
+    blocked: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said whatever the decision
+    compared: bool = False  # a paired comparison decided (the tolerance rule is not used)
+    rule: str = ""
+
+
+def judge_evaluation(
+    evaluation: dict | None, min_class_recall: float, stale_comparison: str = ""
+) -> Evidence:
+    """No version that a constant answer beats, none below the per-class floor, and none
+    significantly worse than the serving version on the same images. ``stale_comparison``:
+    why the version the job was compared with is not the one serving now ("" when it is)."""
+    evidence = Evidence()
+    if not evaluation or not evaluation.get("overall"):
+        why = (evaluation or {}).get("problem") or "the job wrote no readable evaluation.json"
+        evidence.blocked.append(
+            f"{why}: what the model gets right and wrong per class is unknown, so it is not "
+            "deployed unchecked"
+        )
+        return evidence
+    _against_constant_answers(evaluation, evidence)
+    _against_the_class_floor(evaluation, min_class_recall, evidence)
+    _against_the_serving_version(evaluation, stale_comparison, evidence)
+    return evidence
+
+
+def _against_constant_answers(evaluation: dict, evidence: Evidence) -> None:
+    overall, intervals = evaluation["overall"], evaluation.get("intervals", {})
+    accuracy, constant = overall["accuracy"], overall["accuracy_best_constant_classifier"]
+    low = intervals.get("accuracy", {}).get("low", accuracy)
+    high = intervals.get("accuracy", {}).get("high", accuracy)
+    if not low > constant:
+        evidence.blocked.append(
+            f"test accuracy {accuracy:.4f} (95% interval {low:.4f}-{high:.4f}) is not above "
+            f"{constant:.4f}, what answering '{overall['best_constant_class']}' for every "
+            "image scores: a constant answer does as well as this model"
+        )
+    balanced = overall["balanced_accuracy"]
+    chance = overall["chance_balanced_accuracy"]
+    balanced_low = intervals.get("balanced_accuracy", {}).get("low", balanced)
+    if not balanced_low > chance:
+        evidence.blocked.append(
+            f"balanced accuracy {balanced:.4f} (95% interval from {balanced_low:.4f}) is not "
+            f"above chance ({chance:.4f} for {round(1 / chance)} tested classes)"
+        )
+    if low > constant and balanced_low > chance:
+        evidence.passed.append(
+            f"test accuracy {accuracy:.4f} (95% interval {low:.4f}-{high:.4f}) beats the best "
+            f"constant answer ({constant:.4f}); balanced accuracy {balanced:.4f} is above "
+            f"chance ({chance:.4f})"
+        )
+
+
+def _against_the_class_floor(evaluation: dict, floor: float, evidence: Evidence) -> None:
+    worst = evaluation.get("worst_class") or {}
+    if floor <= 0:
+        if worst:
+            evidence.passed.append(
+                f"worst class {worst['label']} (recall {worst['recall']:.4f}; no per-class "
+                "floor set)"
+            )
+        return
+    below = [
+        c
+        for c in evaluation.get("per_class", [])
+        if c["recall"] is not None and c["recall"] < floor
+    ]
+    if below:
+        below.sort(key=lambda c: c["recall"])
+        taken_for = {}
+        for pair in evaluation.get("most_confused", []):  # most confused first
+            taken_for.setdefault(pair["true"], pair["predicted"])
+
+        def named_class(c: dict) -> str:
+            confused = taken_for.get(c["label"])
+            also = f", most often taken for {confused}" if confused else ""
+            return f"{c['label']} ({c['recall']:.4f}{also})"
+
+        named = ", ".join(named_class(c) for c in below[:10])
+        more = f" and {len(below) - 10} more" if len(below) > 10 else ""
+        evidence.blocked.append(
+            f"{len(below)} class(es) have test recall below the floor {floor:.4f} "
+            f"(GATE_MIN_CLASS_RECALL): {named}{more}"
+        )
+    else:
+        evidence.passed.append(
+            f"every tested class has recall of at least {floor:.4f} (worst: {worst['label']}, "
+            f"{worst['recall']:.4f})"
+        )
+
+
+def _against_the_serving_version(evaluation: dict, stale: str, evidence: Evidence) -> None:
+    paired = evaluation.get("paired") or {}
+    if paired.get("status") != "compared":
+        evidence.rule = "tolerance"
+        if paired.get("reason") and paired["reason"] != "no serving version was handed over":
+            evidence.notes.append(f"no paired comparison: {paired['reason']}")
+        return
+    if stale:
+        evidence.rule = "tolerance"
+        evidence.notes.append(f"no paired comparison: {stale}")
+        return
+    new_only, old_only = paired["new_only_right"], paired["serving_only_right"]
+    p = mcnemar_worse_p(new_only, old_only)
+    evidence.compared, evidence.rule = True, "paired (McNemar's exact test)"
+    said = (
+        f"on the same {paired['images']} test images, accuracy {paired['new_accuracy']:.4f} "
+        f"vs the serving version's {paired['serving_accuracy']:.4f}; {new_only} image(s) "
+        f"only the new version gets right, {old_only} only the serving one; one-sided "
+        f"McNemar exact p = {p:.4g}"
+    )
+    if p < SIGNIFICANCE:
+        evidence.blocked.append(f"significantly worse than the serving version: {said}")
+    elif new_only > old_only and mcnemar_worse_p(old_only, new_only) < SIGNIFICANCE:
+        evidence.passed.append(f"significantly better than the serving version: {said}")
+    else:
+        evidence.passed.append(f"no significant difference from the serving version: {said}")

@@ -1,11 +1,12 @@
 """The debug job's reports as S3 objects a model version can point at.
 
-The job leaves ``rules.json`` and ``report.html`` inside ``output.tar.gz``; Model
-Registry's ``ModelMetrics`` name single objects. So the gate streams the archive once,
-copies those two members (bounded in size) next to it under ``reports/``, and writes
-``metrics.json``: the test metrics in Model Monitor's multiclass statistics layout,
-which SageMaker Studio shows on the version's page. The rules' ``StatusDetails`` come
-back too, so the gate can say *why* a rule found issues.
+The job leaves ``rules.json``, ``report.html`` and ``evaluation.json`` inside
+``output.tar.gz``; Model Registry's ``ModelMetrics`` name single objects. So the gate
+streams the archive once, copies those members (bounded in size) next to it under
+``reports/``, and writes ``metrics.json``: the version's model-quality statistics in
+Model Monitor's multiclass layout (``model_quality``), which SageMaker Studio shows on the
+version's page. The rules' ``StatusDetails`` and the evaluation come back too, so the gate
+can say *why* a rule found issues and what the model gets wrong.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-RULES, REPORT = "rules.json", "report.html"
+from chalicelib import bounded_json
+from chalicelib.model_quality import statistics_document
+
+RULES, REPORT, EVALUATION = "rules.json", "report.html", "evaluation.json"
 MAX_MEMBER_BYTES = 16 * 1024 * 1024
-CONTENT_TYPES = {RULES: "application/json", REPORT: "text/html", "metrics.json": "application/json"}
+CONTENT_TYPES = {RULES: "application/json", REPORT: "text/html", EVALUATION: "application/json",
+                 "metrics.json": "application/json"}  # fmt: skip
+KINDS = {RULES: "rules", REPORT: "report", EVALUATION: "evaluation", "metrics.json": "metrics"}
 
 
 @dataclass
@@ -30,6 +36,7 @@ class JobReports:
     uris: dict[str, str] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    evaluation: dict | None = None
 
 
 def output_archive(training: dict) -> str:
@@ -49,9 +56,12 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         with tarfile.open(fileobj=body, mode="r|gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
-                if member.isfile() and name in (RULES, REPORT):
+                if member.isfile() and name in (RULES, REPORT, EVALUATION):
                     if member.size > MAX_MEMBER_BYTES:
-                        reports.problems.append(f"{name} is over {MAX_MEMBER_BYTES} bytes")
+                        reports.problems.append(
+                            f"{name} is {member.size:,} bytes, over the gate's bound of "
+                            f"{MAX_MEMBER_BYTES:,}: refused"
+                        )
                         continue
                     handle = archive.extractfile(member)
                     members[name] = handle.read() if handle else b""
@@ -64,13 +74,42 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         except (ValueError, KeyError, TypeError) as exc:
             reports.problems.append(f"{RULES} is not the list of rule statuses: {exc}")
             del members[RULES]
-    members["metrics.json"] = json.dumps(model_quality_statistics(metrics), indent=2).encode()
+    if EVALUATION in members:
+        try:
+            reports.evaluation = _checked_evaluation(members[EVALUATION])
+        except ValueError as exc:
+            reports.problems.append(f"{EVALUATION} is not an evaluation: {exc}")
+            del members[EVALUATION]
+    statistics = (
+        statistics_document(reports.evaluation)
+        if reports.evaluation and reports.evaluation.get("overall")
+        else model_quality_statistics(metrics)
+    )
+    members["metrics.json"] = json.dumps(statistics, indent=2).encode()
     for name, data in members.items():
         key = f"{base}/{name}"
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[name])
-        kind = {RULES: "rules", REPORT: "report", "metrics.json": "metrics"}[name]
-        reports.uris[kind] = f"s3://{bucket}/{key}"
+        reports.uris[KINDS[name]] = f"s3://{bucket}/{key}"
     return reports
+
+
+def _checked_evaluation(data: bytes) -> dict:
+    """The evaluation's JSON, with the fields the gate and the statistics read checked:
+    the job wrote it, but a broken job must not break the gate."""
+    document = bounded_json.loads(data, EVALUATION)
+    if not isinstance(document, dict) or not isinstance(document.get("classes"), list):
+        raise ValueError("no list of classes")
+    classes = len(document["classes"])
+    for image in document.get("images") or []:
+        if not all(isinstance(image.get(k), int) and 0 <= image[k] < classes
+                   for k in ("true", "predicted")):  # fmt: skip
+            raise ValueError("an image's class index is out of range")
+    matrix = document.get("confusion_matrix")
+    if matrix is not None and (
+        len(matrix) != classes or any(len(row) != classes for row in matrix)
+    ):
+        raise ValueError("the confusion matrix is not classes x classes")
+    return document
 
 
 def model_quality_statistics(metrics: dict[str, float]) -> dict:

@@ -19,7 +19,7 @@ from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import inspect_zip
 from chalicelib.deploying import describe_endpoint
-from chalicelib.gate import ISSUES_FOUND, GateDecision, quality_gate
+from chalicelib.gate import ISSUES_FOUND, GateDecision, judge_evaluation, quality_gate
 from chalicelib.outcome import logger
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
@@ -34,6 +34,11 @@ class Judgement:
     rules: list[dict] | None
     classes: list[str] | None
     reports: job_reports.JobReports
+    tags: dict[str, str]  # the debug job's own (its serving choice, its recall floor)
+
+    @property
+    def evaluation(self) -> dict:
+        return self.reports.evaluation or {}
 
 
 def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint: str) -> Judgement:
@@ -49,7 +54,13 @@ def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint:
             fallback = f"see rules.json and report.html in {job_reports.output_archive(training)}"
             rule["StatusDetails"] = reports.details.get(rule["RuleConfigurationName"]) or fallback
     problems, classes = unservable(training, upload)
-    serving_accuracy, not_compared = serving_accuracy_of(endpoint, classes)
+    serving_accuracy, not_compared, serving_artifact = serving_accuracy_of(endpoint, classes)
+    tags = job_tags(training)
+    evidence = judge_evaluation(
+        reports.evaluation,
+        class_recall_floor(settings, tags),
+        stale_comparison(training, serving_artifact),
+    )
     decision = quality_gate(
         rules,
         test_accuracy,
@@ -59,16 +70,50 @@ def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint:
         settings.gate_min_test_accuracy,
         artifact_problems=problems,
         expected_rules=job_contract.expected_rules(rules_config_of(training)),
+        evidence=evidence,
     )
     if not_compared:
         decision.reasons.append(not_compared)
+    if decision.rule:
+        decision.reasons.append(decision.rule)
     if not decision.deploy:
         approval = registry.REJECTED
     elif settings.model_approval == "manual":
         approval = registry.PENDING
     else:
         approval = registry.APPROVED
-    return Judgement(decision, approval, final, test_accuracy, rules, classes, reports)
+    return Judgement(decision, approval, final, test_accuracy, rules, classes, reports, tags)
+
+
+def job_tags(training: dict) -> dict[str, str]:
+    arn = training.get("TrainingJobArn")
+    if not arn:
+        return {}
+    listed = client("sagemaker").list_tags(ResourceArn=arn).get("Tags", [])
+    return {t["Key"]: t["Value"] for t in listed}
+
+
+def class_recall_floor(settings: Settings, tags: dict[str, str]) -> float:
+    """The operator's GATE_MIN_CLASS_RECALL, or the dataset's own when it raised it (its
+    tag); never lower than the operator's, whatever a tag says."""
+    try:
+        raised = float(tags.get(requests.TAG_MIN_CLASS_RECALL, "") or 0.0)
+    except ValueError:
+        raised = 0.0
+    return max(settings.gate_min_class_recall, min(raised, 1.0))
+
+
+def comparable_serving_artifact(endpoint: str, upload: requests.Upload) -> str | None:
+    """The ``model.tar.gz`` the dataset's endpoint serves, when it has the dataset's classes
+    (read from the zip's central directory): what the debug job compares itself with."""
+    try:
+        report = inspect_zip(S3RangedFile(client("s3"), upload.bucket, upload.key))
+    except ClientError as exc:
+        logger.warning("cannot read %s for its classes: %s", upload.uri, exc)
+        return None
+    if not report.usable:
+        return None
+    return serving_accuracy_of(endpoint, list(report.classes))[2]
 
 
 def rules_config_of(training: dict) -> dict:
@@ -111,23 +156,48 @@ def unservable(training: dict, upload: requests.Upload) -> tuple[list[str], list
     return artifact_problems(sizes, documents, report.classes), list(report.classes)
 
 
-def serving_accuracy_of(endpoint: str, classes: list[str] | None) -> tuple[float | None, str]:
+def serving_accuracy_of(
+    endpoint: str, classes: list[str] | None
+) -> tuple[float | None, str, str | None]:
     """Test accuracy of the model the dataset's endpoint serves now (from its sagedrop
-    tag), and why it was not compared ("" when it was, or when nothing serves).
+    tag), why it was not compared ("" when it was, or when nothing serves), and its
+    artifact's S3 URI (None when nothing comparable serves).
 
     A model of other classes answers another question: its accuracy says nothing about
     the new one, so the gate applies its minimum alone and says so.
     """
     described = describe_endpoint(endpoint)
     if described is None:
-        return None, ""
-    model_name, tags = registry.serving_model(client("sagemaker"), described)
+        return None, "", None
+    model_name, tags, artifact = registry.serving_model_artifact(client("sagemaker"), described)
     if classes is None or tags.get(requests.TAG_CLASSES) != requests.classes_digest(classes):
         why = "differ" if requests.TAG_CLASSES in tags else "are not recorded on it"
-        return None, (
-            f"not compared with the model serving {endpoint} ({model_name}): its "
-            f"classes {why}, so only the minimum test accuracy applies"
+        return (
+            None,
+            (
+                f"not compared with the model serving {endpoint} ({model_name}): its "
+                f"classes {why}, so only the minimum test accuracy applies"
+            ),
+            None,
         )
     if requests.TAG_TEST_ACCURACY in tags:
-        return float(tags[requests.TAG_TEST_ACCURACY]), ""
-    return None, ""
+        return float(tags[requests.TAG_TEST_ACCURACY]), "", artifact
+    return None, "", artifact
+
+
+def stale_comparison(training: dict, serving_artifact: str | None) -> str:
+    """Why the artifact the job was compared with (its ``serving`` channel) is not the
+    one serving now ("" when it is, or when none was handed over)."""
+    handed = next(
+        (
+            c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in training.get("InputDataConfig", [])
+            if c.get("ChannelName") == requests.SERVING_CHANNEL
+        ),
+        None,
+    )
+    if handed is None or handed == serving_artifact:
+        return ""
+    if serving_artifact is None:
+        return "the version it was compared with no longer serves a comparable model"
+    return "the version it was compared with no longer serves (another was deployed since)"

@@ -35,11 +35,16 @@ class Version:
     serving: str
     description: str
     approval_description: str
+    macro_f1: float | None = None
+    worst_class: str = ""
+    statistics: str = ""  # S3 URI of its model-quality statistics (ModelMetrics)
+    evaluation: str = ""  # S3 URI of its evaluation.json
 
     @classmethod
     def of(cls, package: dict) -> Version:
         properties = package.get("CustomerMetadataProperties", {})
         accuracy = properties.get(requests.META_TEST_ACCURACY)
+        macro_f1 = properties.get(requests.META_MACRO_F1)
         created = package.get("CreationTime")
         return cls(
             number=int(package["ModelPackageVersion"]),
@@ -52,6 +57,13 @@ class Version:
             serving=properties.get(requests.META_SERVING, ""),
             description=package.get("ModelPackageDescription", ""),
             approval_description=package.get("ApprovalDescription", ""),
+            macro_f1=None if macro_f1 is None else float(macro_f1),
+            worst_class=properties.get(requests.META_WORST_CLASS, ""),
+            statistics=package.get("ModelMetrics", {})
+            .get("ModelQuality", {})
+            .get("Statistics", {})
+            .get("S3Uri", ""),
+            evaluation=properties.get(requests.META_EVALUATION, ""),
         )
 
 
@@ -170,10 +182,17 @@ def serving_version(sagemaker, endpoint: dict | None) -> int | None:
 
 def serving_model(sagemaker, endpoint: dict) -> tuple[str, dict[str, str]]:
     """The name and tags of the model an endpoint (a ``DescribeEndpoint`` response) serves."""
+    name, tags, _ = serving_model_artifact(sagemaker, endpoint)
+    return name, tags
+
+
+def serving_model_artifact(sagemaker, endpoint: dict) -> tuple[str, dict[str, str], str | None]:
+    """The name, tags and ``model.tar.gz`` URI of the model an endpoint serves."""
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     tags = sagemaker.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])
-    return model["ModelName"], {t["Key"]: t["Value"] for t in tags}
+    artifact = model.get("PrimaryContainer", {}).get("ModelDataUrl")
+    return model["ModelName"], {t["Key"]: t["Value"] for t in tags}, artifact
 
 
 GATE_WORDS = " by the quality gate for "

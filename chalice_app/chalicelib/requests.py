@@ -30,6 +30,12 @@ TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
 TAG_CLASSES = "sagedrop:classes"
 TAG_SERVING = "sagedrop:serving"
 TAG_MODEL_PACKAGE = "sagedrop:model-package"
+# The per-class recall floor this dataset's versions must meet (its sagedrop.json may raise
+# the operator's GATE_MIN_CLASS_RECALL): it travels with the jobs to the gate.
+TAG_MIN_CLASS_RECALL = "sagedrop:min-class-recall"
+# The debug job's input channel holding the serving version's model.tar.gz, evaluated on
+# the job's own test split for the gate's paired comparison (SM_CHANNEL_SERVING).
+SERVING_CHANNEL = "serving"
 # CustomerMetadataProperties of a registered version: what `sagedrop models` lists and
 # what deploying it needs, long after the job's dataset zip may have been replaced.
 META_DATASET = "sagedrop:dataset"
@@ -39,6 +45,9 @@ META_CLASSES = "sagedrop:classes"
 META_RULES = "sagedrop:rules"
 META_SERVING = "sagedrop:serving"
 META_REPORT = "sagedrop:report"
+META_EVALUATION = "sagedrop:evaluation"
+META_MACRO_F1 = "sagedrop:macro-f1"
+META_WORST_CLASS = "sagedrop:worst-class"
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png"]
 # Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
 # sends them); the tuner adds its own ``_tuning_*`` ones.
@@ -201,18 +210,33 @@ def tuning_job_request(settings: Settings, upload: Upload) -> dict:
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": config,
         "TrainingJobDefinition": definition,
-        "Tags": _tags(upload, name, **{TAG_SERVING: serving_tag(settings)}),
+        "Tags": _tags(
+            upload,
+            name,
+            **{
+                TAG_SERVING: serving_tag(settings),
+                TAG_MIN_CLASS_RECALL: f"{settings.gate_min_class_recall:g}",
+            },
+        ),
     }
 
 
 def debug_training_job_request(
-    settings: Settings, upload: Upload, tuning: dict, serving: str | None = None
+    settings: Settings,
+    upload: Upload,
+    tuning: dict,
+    serving: str | None = None,
+    serving_artifact: str | None = None,
+    min_class_recall: str | None = None,
 ) -> dict:
     """``CreateTrainingJob``: the best trial's hyperparameters again, recorded and profiled.
 
     ``tuning`` is the ``DescribeHyperParameterTuningJob`` response: its definition's static
     hyperparameters plus ``BestTrainingJob.TunedHyperParameters``, and ``debug=true``.
-    ``serving`` is the tuning job's ``sagedrop:serving`` tag (the dataset's choice).
+    ``serving`` is the tuning job's ``sagedrop:serving`` tag (the dataset's choice), and
+    ``min_class_recall`` its floor tag. ``serving_artifact``: the ``model.tar.gz`` of the
+    version serving this dataset with the same classes, handed over as the ``serving``
+    channel so the job evaluates it on its own test split (the gate's paired comparison).
     """
     tuning_job = tuning["HyperParameterTuningJobName"]
     name = naming.debug_job_name(tuning_job)
@@ -244,7 +268,7 @@ def debug_training_job_request(
             "MetricDefinitions": DEBUG_METRIC_DEFINITIONS,
         },
         "RoleArn": definition["RoleArn"],
-        "InputDataConfig": definition["InputDataConfig"],
+        "InputDataConfig": [*definition["InputDataConfig"], *_serving_channel(serving_artifact)],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
             "InstanceType": settings.debug_instance_type,
@@ -253,8 +277,27 @@ def debug_training_job_request(
         },
         "StoppingCondition": definition["StoppingCondition"],
         "TensorBoardOutputConfig": {"S3OutputPath": f"{output_path}/tensorboard"},
-        "Tags": _tags(upload, tuning_job, **{TAG_SERVING: serving or serving_tag(settings)}),
+        "Tags": _tags(
+            upload,
+            tuning_job,
+            **{
+                TAG_SERVING: serving or serving_tag(settings),
+                TAG_MIN_CLASS_RECALL: min_class_recall or f"{settings.gate_min_class_recall:g}",
+            },
+        ),
     }
+
+
+def _serving_channel(artifact: str | None) -> list[dict]:
+    if not artifact:
+        return []
+    source = {
+        "S3DataType": "S3Prefix",
+        "S3Uri": artifact,
+        "S3DataDistributionType": "FullyReplicated",
+    }
+    return [{"ChannelName": SERVING_CHANNEL, "DataSource": {"S3DataSource": source},
+             "CompressionType": "None", "InputMode": "File"}]  # fmt: skip
 
 
 def merged_rules(settings: Settings, dataset_rules: str | None) -> dict:
@@ -303,6 +346,7 @@ def model_package_request(
     classes: list[str] | None,
     reports: dict[str, str],
     serving: str,
+    evaluation: dict | None = None,
 ) -> dict:
     """``CreateModelPackage``: the debug job's model as one version of its dataset's group.
 
@@ -330,6 +374,15 @@ def model_package_request(
         properties[META_RULES] = aws_limits.tag_value(verdicts)
     if reports.get("report"):
         properties[META_REPORT] = aws_limits.tag_value(reports["report"])
+    if reports.get("evaluation"):
+        properties[META_EVALUATION] = aws_limits.tag_value(reports["evaluation"])
+    overall, worst = (evaluation or {}).get("overall"), (evaluation or {}).get("worst_class")
+    if overall:
+        properties[META_MACRO_F1] = f"{overall['macro_f1']:.6f}"
+    if worst:
+        properties[META_WORST_CLASS] = aws_limits.tag_value(
+            f"{worst['label']}: recall {worst['recall']:.4f} on {worst['support']} test images"
+        )
     request = {
         "ModelPackageGroupName": group,
         "ModelPackageDescription": aws_limits.description(description),

@@ -41,6 +41,7 @@ DATASET_OVERRIDES: dict[str, Any] = {  # key -> the JSON type its value must hav
     "ranges": dict,
     "hyperparameters": dict,
     "serverless": (dict, bool),
+    "min_class_recall": (float, int),
 }
 APPROVALS = ("auto", "manual")
 SERVERLESS_KEYS = {
@@ -89,6 +90,9 @@ class Settings:
     debug_save_interval: int = 50
     gate_tolerance: float = 0.01
     gate_min_test_accuracy: float = 0.0
+    # A version whose worst tested class has recall below this is Rejected (0: off). A
+    # dataset may raise it for itself (sagedrop.json "min_class_recall"), never lower it.
+    gate_min_class_recall: float = 0.0
     # "manual": the gate registers passing models as PendingManualApproval; a person's
     # approval (console, API, `sagedrop approve`) deploys them.
     model_approval: str = "auto"
@@ -123,6 +127,8 @@ class Settings:
             raise SettingsError(f"hyperparameters: {exc}") from None
         if not 0 <= self.gate_tolerance <= 1:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
+        if not 0 <= self.gate_min_class_recall <= 1:
+            raise SettingsError("GATE_MIN_CLASS_RECALL must be between 0 and 1")
         _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
         _check_rule_names("DEBUG_RULES", tuple(self.debug_rules))
         off = [n for n in self.gate_blocking_rules if self.debug_rules.get(n, True) is False]
@@ -164,6 +170,20 @@ class Settings:
                 f"serverless endpoint: max_concurrency {self.serverless_max_concurrency} is "
                 f"above this stage's SERVERLESS_CONCURRENCY_LIMIT ({limit})"
             )
+
+    def _raised_floor(self, value) -> float:
+        """A dataset's own per-class recall floor: at least the operator's, at most 1."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(
+                f"sagedrop.json: 'min_class_recall' must be a number, not {value!r}"
+            )
+        if not self.gate_min_class_recall <= value <= 1:
+            raise SettingsError(
+                f"sagedrop.json: 'min_class_recall' must be between the operator's "
+                f"GATE_MIN_CLASS_RECALL ({self.gate_min_class_recall}) and 1, not {value}: a "
+                "dataset may raise the floor, never lower it"
+            )
+        return float(value)
 
     def serverless_config(self) -> dict | None:
         """``ServerlessConfig`` of the dataset's endpoint, or None for an instance one."""
@@ -219,6 +239,9 @@ class Settings:
         for key, value in overrides.items():
             if key == "serverless":
                 changes.update(_serverless_override(value))
+                continue
+            if key == "min_class_recall":
+                changes["gate_min_class_recall"] = self._raised_floor(value)
                 continue
             expected = DATASET_OVERRIDES[key]
             if not isinstance(value, expected) or isinstance(value, bool):
@@ -378,6 +401,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEBUG_SAVE_INTERVAL": ("debug_save_interval", int),
     "GATE_TOLERANCE": ("gate_tolerance", float),
     "GATE_MIN_TEST_ACCURACY": ("gate_min_test_accuracy", float),
+    "GATE_MIN_CLASS_RECALL": ("gate_min_class_recall", float),
     "MODEL_APPROVAL": ("model_approval", str),
     "SERVERLESS_MEMORY_MB": ("serverless_memory_mb", int),
     "SERVERLESS_MAX_CONCURRENCY": ("serverless_max_concurrency", int),

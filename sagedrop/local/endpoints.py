@@ -28,6 +28,7 @@ LISTEN_BACKLOG = 1024
 # An oversized body is read and dropped up to this much before the 413 goes back (a
 # client that sends more than that meets a closed connection).
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+DRAIN_IDLE_SECONDS = 1.0  # ... or until it has sent nothing for this long
 IDLE_SECONDS = 60  # a keep-alive connection silent this long is closed
 
 
@@ -103,6 +104,7 @@ class EndpointServer:
                     if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
                         # Read (and drop) what the client sends, boundedly, so that it
                         # reads this answer instead of a broken pipe.
+                        self.connection.settimeout(DRAIN_IDLE_SECONDS)
                         _drain(self.rfile, int(self.headers["Content-Length"]))
                     self.close_connection = True  # the body's end is unknown: do not reuse
                     return self._reply(status, "text/plain", message.encode())
@@ -170,12 +172,16 @@ def _content_length(headers) -> tuple[int, tuple[int, str] | None]:
 
 
 def _drain(stream, length: int, limit: int = DRAIN_LIMIT_BYTES) -> None:
+    """Read and drop up to ``length`` (at most ``limit``) bytes, until the client pauses."""
     left = min(length, limit)
-    while left > 0:
-        chunk = stream.read(min(left, 1 << 16))
-        if not chunk:
-            return
-        left -= len(chunk)
+    try:
+        while left > 0:
+            chunk = stream.read1(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except (TimeoutError, OSError):
+        return  # a client that declared more than it sends: answer it now
 
 
 def unpack_model(model_tar_gz: bytes, destination: Path) -> Path:

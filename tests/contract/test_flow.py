@@ -6,6 +6,7 @@ import io
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
@@ -15,7 +16,7 @@ from chalicelib import flow, job_contract, naming, predictions, registry, reques
 from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
-from tests.helpers import jpeg_bytes, layout
+from tests.helpers import evaluation_document, jpeg_bytes, layout
 from tests.stubbed_aws import ARN, DATA, INFERENCE, debug_job, in_use
 
 
@@ -187,6 +188,9 @@ def test_unrelated_training_events_are_ignored(cloud, detail):
     assert cloud.messages() == []
 
 
+SERVING_ARTIFACT = f"s3://{DATA}/jobs/sdd-pets-0000aaaa/sdd-pets-0000aaaa/output/model.tar.gz"
+
+
 def endpoint_description(status: str = "InService") -> dict:
     """DescribeEndpoint of sagedrop-pets with the config 'old-config', in ``status``."""
     return {
@@ -222,6 +226,7 @@ def serving_model(cloud, package_version: int | None, tags=()):
             "ModelName": "old-model",
             "ModelArn": f"{ARN}:model/old-model",
             "CreationTime": "2026-11-20T10:00:00Z",
+            "PrimaryContainer": {"Image": "img", "ModelDataUrl": SERVING_ARTIFACT},
         },
     )
     tags = list(tags)
@@ -849,3 +854,187 @@ def test_a_model_error_reaches_the_answer_file_as_one_line(cloud):
     error = failed_prediction(cloud, "images/pets/bad.png", b"x", "ModelError", message, 424)
     assert "\n" not in error["error"] and "Traceback" not in error["error"]
     assert "not a recognised image format" in error["error"]
+
+
+# --- issue 20: the evaluation decides what the gate lets through ------------------------------
+def _serving_channel(uri: str = SERVING_ARTIFACT) -> dict:
+    source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+    return {"ChannelName": requests.SERVING_CHANNEL, "DataSource": {"S3DataSource": source}}
+
+
+def _paired(new_only: int, serving_only: int, images: int = 200) -> dict:
+    both_right = images - 20 - new_only - serving_only
+    return {"status": "compared", "images": images, "both_right": both_right,
+            "new_only_right": new_only, "serving_only_right": serving_only, "both_wrong": 20,
+            "new_accuracy": (both_right + new_only) / images,
+            "serving_accuracy": (both_right + serving_only) / images}  # fmt: skip
+
+
+def _gate_with(cloud, evaluation, accuracy=0.9, serving_accuracy=None, channels=(), settings=None):
+    name, described = debug_job(cloud, accuracy, [], evaluation=evaluation, channels=channels)
+    cloud.stub.add_response("describe_training_job", described)
+    if serving_accuracy is None:
+        missing_endpoint(cloud)
+    else:
+        serving(cloud, serving_accuracy)
+    training_tags(cloud)
+    result = gate(cloud, name, settings)
+    return result, cloud.messages()[0]
+
+
+def test_tuning_hands_the_comparable_serving_version_to_the_debug_job(cloud):
+    """The debug job receives the serving version's artifact (same dataset, same classes)
+    as its ``serving`` channel, to evaluate it on its own test split."""
+    cloud.put_zip("datasets/pets.zip", layout())
+    described = tuning_description(cloud)
+    cloud.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    cloud.stub.add_response("list_tags", {"Tags": []})
+    serving(cloud, 0.9)
+    upload = requests.Upload(DATA, "datasets/pets.zip", "")
+    expected = requests.debug_training_job_request(
+        cloud.settings, upload, described, None, SERVING_ARTIFACT
+    )
+    assert expected["InputDataConfig"][-1]["ChannelName"] == "serving"
+    cloud.stub.add_response("create_training_job", {"TrainingJobArn": f"{ARN}:training-job/d"},
+                            expected)  # fmt: skip
+    detail = {"HyperParameterTuningJobName": described["HyperParameterTuningJobName"],
+              "HyperParameterTuningJobStatus": "Completed"}  # fmt: skip
+    assert flow.tuning_finished(detail, cloud.settings) == "started"
+
+
+def test_the_paired_gate_blocks_a_significantly_worse_version(cloud):
+    evaluation = evaluation_document(0.80, paired=_paired(new_only=3, serving_only=20))
+    result, message = _gate_with(cloud, evaluation, 0.80, 0.78, [_serving_channel()])
+    assert result == "blocked"
+    [reason] = [r for r in message["reasons"] if "significantly worse" in r]
+    assert "on the same 200 test images, accuracy 0.8000 vs the serving version's 0.8850" in reason
+    assert "3 image(s) only the new version gets right, 20 only the serving one" in reason
+    assert "one-sided McNemar exact p = 0.000" in reason
+    assert "decided by: paired (McNemar's exact test)" in message["reasons"]
+    # the tolerance rule (0.80 vs 0.78: it would pass) did not decide
+    assert not any("tolerance" in r for r in message["reasons"])
+
+
+def test_the_paired_gate_passes_two_equal_versions_and_says_so(cloud):
+    evaluation = evaluation_document(0.90, paired=_paired(new_only=6, serving_only=7))
+    result, message = _gate_with(cloud, evaluation, 0.90, 0.95, [_serving_channel()])
+    assert result == "approved"  # 0.90 vs 0.95 would fail the tolerance rule
+    assert any("no significant difference from the serving version" in r
+               for r in message["reasons"])  # fmt: skip
+    assert "decided by: paired (McNemar's exact test)" in message["reasons"]
+
+
+def test_a_comparison_with_a_version_no_longer_serving_falls_back_and_says_so(cloud):
+    evaluation = evaluation_document(0.90, paired=_paired(new_only=6, serving_only=7))
+    elsewhere = _serving_channel(f"s3://{DATA}/jobs/other/model.tar.gz")
+    result, message = _gate_with(cloud, evaluation, 0.90, 0.95, [elsewhere])
+    assert result == "blocked"
+    assert "decided by: tolerance" in message["reasons"]
+    assert any("no paired comparison: the version it was compared with no longer serves" in r
+               for r in message["reasons"])  # fmt: skip
+
+
+def test_an_unreadable_serving_artifact_falls_back_to_the_tolerance_rule(cloud):
+    paired = {"status": "not-compared", "reason": "its artifact cannot be read: truncated"}
+    result, message = _gate_with(cloud, evaluation_document(0.9, paired=paired), 0.9, 0.9)
+    assert result == "approved"
+    assert "no paired comparison: its artifact cannot be read: truncated" in message["reasons"]
+    assert "decided by: tolerance" in message["reasons"]
+
+
+def test_a_majority_class_model_on_imbalanced_data_is_blocked(cloud):
+    """Issue 20: on a 1:100 dataset a model answering the majority class scored 0.99."""
+    from sagedrop_training.evaluation import TestOutcomes, evaluate
+
+    true = np.array([0] * 198 + [1] * 2)
+    constant = np.tile([0.99, 0.01], (200, 1))
+    evaluation = evaluate(["common", "rare"], TestOutcomes([f"i{i}" for i in range(200)],
+                                                           true, constant))  # fmt: skip
+    evaluation["paired"] = {
+        "status": "not-compared",
+        "reason": "no serving version was handed over",
+    }
+    result, message = _gate_with(cloud, evaluation, 0.99)
+    assert result == "blocked"
+    assert any("what answering 'common' for every image scores: a constant answer does as well"
+               in r for r in message["reasons"])  # fmt: skip
+    assert any("balanced accuracy 0.5000" in r and "is not above chance (0.5000 for 2" in r
+               for r in message["reasons"])  # fmt: skip
+
+
+def test_a_chance_level_200_class_model_is_blocked(cloud):
+    labels = tuple(f"class{i:03d}" for i in range(200))
+    evaluation = evaluation_document(0.005, labels=labels, n=400)
+    result, message = _gate_with(cloud, evaluation, 0.005)
+    assert result == "blocked"
+    assert any("a constant answer does as well" in r for r in message["reasons"])
+
+
+def test_the_per_class_floor_names_the_classes_below_it(cloud):
+    from sagedrop_training.evaluation import TestOutcomes, evaluate
+
+    true = np.array([0] * 50 + [1] * 50 + [2] * 50)
+    predicted = true.copy()
+    predicted[50:80] = 2  # 30 of 50 "dog" images taken for "fox"
+    evaluation = evaluate(["cat", "dog", "fox"], TestOutcomes(
+        [f"i{i}" for i in range(150)], true, np.eye(3)[predicted]))  # fmt: skip
+    evaluation["paired"] = {
+        "status": "not-compared",
+        "reason": "no serving version was handed over",
+    }
+    floor = replace(cloud.settings, gate_min_class_recall=0.5)
+    result, message = _gate_with(cloud, evaluation, 0.8, settings=floor)
+    assert result == "blocked"
+    assert ("1 class(es) have test recall below the floor 0.5000 (GATE_MIN_CLASS_RECALL): dog "
+            "(0.4000, most often taken for fox)") in message["reasons"]  # fmt: skip
+    assert message["metrics"]["test_macro_f1"] == pytest.approx(evaluation["overall"]["macro_f1"])
+    assert "worst class: dog (recall 0.4000 on 50 test images)" in message["reasons"]
+
+
+def test_a_job_without_an_evaluation_is_not_deployed_unchecked(cloud):
+    result, message = _gate_with(cloud, False, 0.95)
+    assert result == "blocked"
+    assert any("the job wrote no readable evaluation.json" in r for r in message["reasons"])
+
+
+def test_an_evaluation_over_the_gates_size_bound_is_refused_by_name(cloud, monkeypatch):
+    from chalicelib import job_reports
+
+    monkeypatch.setattr(job_reports, "MAX_MEMBER_BYTES", 1000)
+    result, message = _gate_with(cloud, evaluation_document(0.95), 0.95)
+    assert result == "blocked"
+    assert any("evaluation.json is" in r and "over the gate's bound of 1,000: refused" in r
+               for r in message["reasons"])  # fmt: skip
+
+
+def test_the_versions_statistics_are_model_monitors_multiclass_layout(cloud):
+    evaluation = evaluation_document(0.85, labels=("cat", "dog", "fox"), n=300)
+    result, _ = _gate_with(cloud, evaluation, 0.85)
+    assert result == "approved"
+    [version] = versions(cloud)
+    assert version.macro_f1 == pytest.approx(evaluation["overall"]["macro_f1"], abs=1e-6)
+    assert version.worst_class.startswith(evaluation["worst_class"]["label"] + ": recall ")
+    bucket, key = version.statistics.removeprefix("s3://").split("/", 1)
+    statistics = json.loads(cloud.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    metrics = statistics["multiclass_classification_metrics"]
+    assert statistics["dataset"]["item_count"] == 300
+    matrix = metrics["confusion_matrix"]
+    assert set(matrix) == {"cat", "dog", "fox"}
+    assert sum(sum(row.values()) for row in matrix.values()) == 300
+    assert metrics["accuracy"]["value"] == pytest.approx(0.85)  # the job's test_accuracy
+    for name in ("accuracy", "weighted_recall", "weighted_precision", "weighted_f0_5",
+                 "weighted_f1", "weighted_f2"):  # fmt: skip
+        for key in (name, f"{name}_best_constant_classifier"):
+            assert set(metrics[key]) == {"value", "standard_deviation"}, key
+            assert isinstance(metrics[key]["standard_deviation"], float), key
+    assert metrics["accuracy_best_constant_classifier"]["value"] == pytest.approx(1 / 3)
+    assert version.evaluation.endswith("/reports/evaluation.json")
+
+
+def test_mcnemar_exact_one_sided_p_values():
+    from chalicelib.gate import mcnemar_worse_p
+
+    assert mcnemar_worse_p(0, 5) == pytest.approx(1 / 32)
+    assert mcnemar_worse_p(5, 5) == pytest.approx(638 / 1024)
+    assert mcnemar_worse_p(0, 0) == 1.0
+    assert mcnemar_worse_p(10, 0) == 1.0

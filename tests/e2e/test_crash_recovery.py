@@ -289,3 +289,16 @@ def test_5_status_shows_jobs_waiting_for_a_slot(capsys):
         }
     )
     assert "1 trial(s) waiting for a free local training slot" in capsys.readouterr().out
+
+
+def test_19_an_oversized_body_is_read_and_answered_413_not_a_broken_pipe(echo_server):
+    """Issue 19: the endpoint replied 413 without reading the body and closed; the client
+    saw a broken pipe, which the image Lambda took for a transient failure."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", echo_server.port, timeout=30)
+    body = b"\0" * (7 * 1024 * 1024)
+    connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/png"})
+    response = connection.getresponse()
+    assert response.status == 413 and b"the limit is 6291456" in response.read()
+    connection.close()

@@ -67,3 +67,12 @@ def sum_across(runtime: Runtime, *values: torch.Tensor | float) -> list[float]:
 def shard(items: list, runtime: Runtime) -> list:
     """This process's disjoint share, for evaluation without the padding a sampler adds."""
     return items[runtime.rank :: runtime.world_size]
+
+
+def gather(runtime: Runtime, value) -> list:
+    """Every process's ``value`` (any picklable object), in rank order, on every process."""
+    if not runtime.distributed:
+        return [value]
+    gathered: list = [None] * runtime.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -163,8 +163,12 @@ def evaluate(
     batches: Iterable[Batch],
     runtime: ddp_runtime.Runtime,
     probe: NoProbe = NO_PROBE,
+    outputs: list | None = None,
 ) -> EpochResult:
-    """Per-sample mean loss and accuracy over this process's shard, summed over all."""
+    """Per-sample mean loss and accuracy over this process's shard, summed over all.
+
+    ``outputs``, when given, receives each batch's (labels, probabilities) on the CPU, in
+    order: the per-image outcomes of ``evaluation.json`` come from this very pass."""
     model.eval()
     device = runtime.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -185,6 +189,8 @@ def evaluate(
             probe.eval_batch(batch_loss, labels.numel())
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
+            if outputs is not None:
+                outputs.append((labels.cpu(), logits.float().softmax(1).cpu()))
     totals = ddp_runtime.sum_across(runtime, loss_sum, correct, seen)
     return _result(totals, unreadable, start)
 
