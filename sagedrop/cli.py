@@ -283,7 +283,7 @@ def _report(args) -> int:
         return 1
     out = Path(args.out) if args.out else root / "reports" / f"{args.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(found[0]) if found else render_dataset(dataset[0], root))
+    out.write_text(render(found[0], root) if found else render_dataset(dataset[0], root))
     print(f"wrote {out}")
     return 0
 

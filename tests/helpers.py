@@ -115,7 +115,7 @@ def evaluation_document(
     class), and the paired comparison ``paired`` (default: none was handed over)."""
     import numpy as np
 
-    from sagedrop_training.evaluation import TestOutcomes, evaluate
+    from sagedrop_training.evaluation import SplitOutcomes, evaluate
 
     true = np.arange(n) % len(labels)
     predicted = true.copy()
@@ -123,7 +123,7 @@ def evaluation_document(
     predicted[:wrong] = (predicted[:wrong] + 1) % len(labels)
     probabilities = np.eye(len(labels))[predicted] * 0.9 + 0.1 / len(labels)
     files = [f"test/{labels[t]}/img_{i}.jpg" for i, t in enumerate(true)]
-    document = evaluate(list(labels), TestOutcomes(files, true, probabilities))
+    document = evaluate(list(labels), SplitOutcomes(files, true, probabilities))
     document["paired"] = paired or {
         "status": "not-compared",
         "reason": "no serving version was handed over",

@@ -12,12 +12,14 @@ from sagedrop_debugging.debug_trace import read_trace
 from sagedrop_debugging.rule_base import ISSUES, Verdict
 from sagedrop_debugging.rule_set import evaluate_records, parse_rules_config
 from sagedrop_reports.debug_report import render as render_debug_report
+from sagedrop_reports.evaluation_charts import evaluation_section
 from sagedrop_reports.svg_charts import line_chart, page, scatter, table
 
 __all__ = [
     "ISSUES",
     "Verdict",
     "evaluate_records",
+    "evaluation_section",
     "line_chart",
     "page",
     "parse_rules_config",

@@ -234,7 +234,7 @@ def _against_the_class_floor(evaluation: dict, floor: float, evidence: Evidence)
     ]
     if below:
         below.sort(key=lambda c: c["recall"])
-        taken_for = {}
+        taken_for: dict[str, str] = {}
         for pair in evaluation.get("most_confused", []):  # most confused first
             taken_for.setdefault(pair["true"], pair["predicted"])
 

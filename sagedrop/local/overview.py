@@ -130,6 +130,9 @@ def pipelines(root: Path, state: State) -> list[dict]:
                     "report": _existing(
                         root / "jobs" / debug_name / "output" / "data" / "report.html"
                     ),
+                    "evaluation": _existing(
+                        root / "jobs" / debug_name / "output" / "data" / "evaluation.json"
+                    ),
                     "log": _existing(root / "jobs" / debug_name / "logs.txt"),
                     "tensorboard": _existing(root / "jobs" / debug_name / "output" / "tensorboard"),
                     "series": debug.get("_local", {}).get("series", {}),
@@ -202,6 +205,7 @@ def datasets(root: Path, state: State, pipelines_seen: list[dict], prefix: str) 
 def _version_row(package: dict, serving: int | None) -> dict:
     properties = package.get("CustomerMetadataProperties", {})
     accuracy = properties.get(requests.META_TEST_ACCURACY)
+    macro_f1 = properties.get(requests.META_MACRO_F1)
     return {
         "number": package["ModelPackageVersion"],
         "approval": package["ModelApprovalStatus"],
@@ -212,6 +216,8 @@ def _version_row(package: dict, serving: int | None) -> dict:
         "created": package["CreationTime"],
         "why": package.get("ApprovalDescription") or package.get("ModelPackageDescription", ""),
         "serving": package["ModelPackageVersion"] == serving,
+        "macro_f1": None if macro_f1 is None else float(macro_f1),
+        "worst_class": properties.get(requests.META_WORST_CLASS, ""),
     }
 
 

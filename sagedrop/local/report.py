@@ -7,16 +7,32 @@ the debug job's own report.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import json
+import zipfile
 from pathlib import Path
+
+from PIL import Image
 
 from sagedrop.paths import ensure_training_code_importable
 
 ensure_training_code_importable()
-from offline_api import line_chart, page, scatter, table  # noqa: E402 - training_code/'s door
+from offline_api import (  # noqa: E402 - training_code/'s door
+    evaluation_section,
+    line_chart,
+    page,
+    scatter,
+    table,
+)
+
+THUMBNAIL = 96
+MAX_THUMBNAIL_SOURCE = 16 * 1024 * 1024  # bytes read of one image for its thumbnail
 
 
-def render(pipeline: dict) -> str:
+def render(pipeline: dict, root: Path | None = None) -> str:
+    """``root``: the local cloud's, where the dataset's zip is (its thumbnails)."""
     tuning = pipeline["tuning"]
     trials = pipeline["trials"]
     parts = [
@@ -115,6 +131,9 @@ def render(pipeline: dict) -> str:
         if debug.get("report"):
             link = Path(debug["report"]).resolve().as_uri()
             parts.append(f'<p><a href="{html.escape(link)}">Debug and profiler report</a></p>')
+        if debug.get("evaluation"):
+            zipped = _local_object(root, pipeline.get("dataset"))
+            parts.append(_evaluation_html(Path(debug["evaluation"]), zipped))
     gate = pipeline["gate"]
     parts.append("<h2>Quality gate</h2>")
     if gate is None:
@@ -146,6 +165,8 @@ def render_dataset(dataset: dict, root: Path) -> str:
             f"v{v['number']}" + (" (serving)" if v["serving"] else ""),
             v["approval"],
             _fmt(v["test_accuracy"]),
+            _fmt(v.get("macro_f1")),
+            v.get("worst_class") or "-",
             v["rules"].replace(" ", ", ") or "-",
             v["serving_kind"],
             v["debug_job"],
@@ -160,6 +181,8 @@ def render_dataset(dataset: dict, root: Path) -> str:
                 "version",
                 "approval",
                 "test accuracy",
+                "macro-F1",
+                "worst class",
                 "rules",
                 "serving",
                 "debug job",
@@ -184,7 +207,56 @@ def render_dataset(dataset: dict, root: Path) -> str:
             )
     if links:
         parts.append("<h2>Debug and profiler reports</h2><ul>" + "".join(links) + "</ul>")
+    shown = next((v for v in dataset["versions"] if v["serving"]), None) or next(
+        iter(dataset["versions"]), None
+    )
+    if shown and shown["debug_job"]:
+        evaluation = root / "jobs" / shown["debug_job"] / "output" / "data" / "evaluation.json"
+        if evaluation.exists():
+            upload = root / "buckets" / "sagedrop-data" / "datasets" / f"{dataset['name']}.zip"
+            parts.append(f"<h2>Version {shown['number']}</h2>")
+            parts.append(_evaluation_html(evaluation, upload))
     return page(f"sagedrop {dataset['name']}", parts)
+
+
+def _evaluation_html(path: Path, zipped: Path | None) -> str:
+    """The evaluation section, its confidently wrong images as thumbnails read from the
+    dataset's zip (the local bucket's copy)."""
+    evaluation = json.loads(path.read_text())
+    wanted = [item["file"] for item in evaluation.get("confidently_wrong", [])]
+    return evaluation_section(evaluation, _thumbnails(zipped, wanted))
+
+
+def _local_object(root: Path | None, uri: str | None) -> Path | None:
+    if root is None or not uri or not uri.startswith("s3://"):
+        return None
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return root / "buckets" / bucket / key
+
+
+def _thumbnails(zipped: Path | None, files: list[str]) -> dict[str, str]:
+    """Data URIs of ``files`` (as evaluation.json names them) from the dataset's zip; an
+    image that cannot be found or read simply has none."""
+    out: dict[str, str] = {}
+    if zipped is None or not files or not zipped.is_file():
+        return out
+    try:
+        with zipfile.ZipFile(zipped) as archive:
+            names = archive.namelist()
+            for file in files:
+                member = next((n for n in names if n == file or n.endswith("/" + file)), None)
+                if member is None:
+                    continue
+                with archive.open(member) as handle:
+                    opened = Image.open(io.BytesIO(handle.read(MAX_THUMBNAIL_SOURCE)))
+                    image = opened.convert("RGB")
+                image.thumbnail((THUMBNAIL, THUMBNAIL))
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                out[file] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return out
+    return out
 
 
 def _fmt(value) -> str:

@@ -944,11 +944,11 @@ def test_an_unreadable_serving_artifact_falls_back_to_the_tolerance_rule(cloud):
 
 def test_a_majority_class_model_on_imbalanced_data_is_blocked(cloud):
     """Issue 20: on a 1:100 dataset a model answering the majority class scored 0.99."""
-    from sagedrop_training.evaluation import TestOutcomes, evaluate
+    from sagedrop_training.evaluation import SplitOutcomes, evaluate
 
     true = np.array([0] * 198 + [1] * 2)
     constant = np.tile([0.99, 0.01], (200, 1))
-    evaluation = evaluate(["common", "rare"], TestOutcomes([f"i{i}" for i in range(200)],
+    evaluation = evaluate(["common", "rare"], SplitOutcomes([f"i{i}" for i in range(200)],
                                                            true, constant))  # fmt: skip
     evaluation["paired"] = {
         "status": "not-compared",
@@ -971,12 +971,12 @@ def test_a_chance_level_200_class_model_is_blocked(cloud):
 
 
 def test_the_per_class_floor_names_the_classes_below_it(cloud):
-    from sagedrop_training.evaluation import TestOutcomes, evaluate
+    from sagedrop_training.evaluation import SplitOutcomes, evaluate
 
     true = np.array([0] * 50 + [1] * 50 + [2] * 50)
     predicted = true.copy()
     predicted[50:80] = 2  # 30 of 50 "dog" images taken for "fox"
-    evaluation = evaluate(["cat", "dog", "fox"], TestOutcomes(
+    evaluation = evaluate(["cat", "dog", "fox"], SplitOutcomes(
         [f"i{i}" for i in range(150)], true, np.eye(3)[predicted]))  # fmt: skip
     evaluation["paired"] = {
         "status": "not-compared",

@@ -16,6 +16,10 @@ STYLE = (
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
     "vertical-align:top}.plots{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}"
     ".IssuesFound{color:#b00020;font-weight:bold}.Error{color:#a05a00;font-weight:bold}"
+    ".cards{display:flex;flex-wrap:wrap;gap:8px}.card{width:150px;font-size:12px;"
+    "border:1px solid #ddd;padding:4px}.card img{image-rendering:pixelated;display:block}"
+    ".missing{width:96px;height:96px;background:#eee;font-size:11px}"
+    ".scroll{max-height:420px;overflow-y:auto;display:inline-block}"
 )
 
 

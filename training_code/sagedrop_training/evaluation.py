@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import (
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -33,7 +32,7 @@ CONFIDENTLY_WRONG = 20
 
 
 @dataclass(frozen=True)
-class TestOutcomes:
+class SplitOutcomes:
     """Each readable test image once: its file, its true class and the model's
     probabilities (rows in the same order)."""
 
@@ -50,7 +49,7 @@ class TestOutcomes:
         return self.probabilities.max(axis=1)
 
 
-def evaluate(labels: Sequence[str], outcomes: TestOutcomes, seed: int = 0) -> dict:
+def evaluate(labels: Sequence[str], outcomes: SplitOutcomes, seed: int = 0) -> dict:
     """The whole evaluation document for ``labels`` (index order) and the outcomes."""
     classes = len(labels)
     true, predicted = outcomes.true.astype(int), outcomes.predicted.astype(int)
@@ -80,7 +79,8 @@ def evaluate(labels: Sequence[str], outcomes: TestOutcomes, seed: int = 0) -> di
         "macro_f1": float(
             f1_score(true, predicted, labels=tested, average="macro", zero_division=0)
         ),
-        "balanced_accuracy": float(balanced_accuracy_score(true, predicted)),
+        # balanced accuracy: mean recall over the tested classes (scikit-learn's definition)
+        "balanced_accuracy": float(np.mean(recall[tested])),
         "weighted_precision": float(weighted[0]),
         "weighted_recall": float(weighted[1]),
         "weighted_f1": float(weighted[2]),
@@ -187,7 +187,7 @@ def _calibration(confidence: np.ndarray, right: np.ndarray) -> dict:
     return {"ece": float(ece), "bins": bins}
 
 
-def _confidently_wrong(outcomes: TestOutcomes, labels: Sequence[str]) -> list[dict]:
+def _confidently_wrong(outcomes: SplitOutcomes, labels: Sequence[str]) -> list[dict]:
     predicted, confidence = outcomes.predicted, outcomes.confidence
     wrong = np.flatnonzero(predicted != outcomes.true)
     ranked = wrong[np.argsort(-confidence[wrong], kind="stable")][:CONFIDENTLY_WRONG]
@@ -202,7 +202,7 @@ def _confidently_wrong(outcomes: TestOutcomes, labels: Sequence[str]) -> list[di
     ]
 
 
-def paired(new: TestOutcomes, old: TestOutcomes) -> dict:
+def paired(new: SplitOutcomes, old: SplitOutcomes) -> dict:
     """Two models on the same test images, image by image: who gets what right.
 
     Rows are matched by file; the counts are McNemar's table (the gate computes the

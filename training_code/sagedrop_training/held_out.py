@@ -40,7 +40,7 @@ def display_name(path: str, root: str) -> str:
 
 def outcomes_of(
     items: Sequence[tuple[str, int]], unreadable: set[str], outputs: list, root: str
-) -> evaluation.TestOutcomes:
+) -> evaluation.SplitOutcomes:
     """Rows of ``outputs`` (``fit_loop.evaluate``'s (labels, probabilities) batches) are the
     readable ``items`` in order: the unreadable were skipped where they fell."""
     failed = {reason.split(": ", 1)[0] for reason in unreadable}
@@ -57,15 +57,15 @@ def outcomes_of(
         files = [f"image {i}" for i in range(len(true))]
     else:
         files = [display_name(path, root) for path, _ in readable]
-    return evaluation.TestOutcomes(files, true.astype(int), probabilities)
+    return evaluation.SplitOutcomes(files, true.astype(int), probabilities)
 
 
-def merged(parts: list[evaluation.TestOutcomes]) -> evaluation.TestOutcomes:
+def merged(parts: list[evaluation.SplitOutcomes]) -> evaluation.SplitOutcomes:
     """The shards of every process, as one test split."""
     nonempty = [p for p in parts if len(p.true)]
     if not nonempty:
         return parts[0]
-    return evaluation.TestOutcomes(
+    return evaluation.SplitOutcomes(
         [f for p in nonempty for f in p.files],
         np.concatenate([p.true for p in nonempty]),
         np.concatenate([p.probabilities for p in nonempty]),
@@ -74,7 +74,7 @@ def merged(parts: list[evaluation.TestOutcomes]) -> evaluation.TestOutcomes:
 
 def serving_outcomes(
     items: Sequence[tuple[str, int]], labels: Sequence[str], root: str, device: torch.device
-) -> tuple[evaluation.TestOutcomes | None, dict]:
+) -> tuple[evaluation.SplitOutcomes | None, dict]:
     """The serving version's outcomes on these test images, and what is known of it
     (``status``: ``compared`` or ``not-compared`` with the reason)."""
     channel = os.environ.get(SERVING_CHANNEL)
@@ -125,16 +125,16 @@ def _evaluate_artifact(archive: Path, folder: Path, items, labels, root, device)
             true += [y for _, _, y in good]
             names += [display_name(items[i][0], root) for i, _, _ in good]
     probabilities = np.concatenate(rows) if rows else np.zeros((0, len(theirs)))
-    outcomes = evaluation.TestOutcomes(names, np.array(true, dtype=int), probabilities)
+    outcomes = evaluation.SplitOutcomes(names, np.array(true, dtype=int), probabilities)
     return outcomes, {**about, "status": "compared"}
 
 
 def write(
     output_dir: str,
     labels: Sequence[str],
-    outcomes: evaluation.TestOutcomes,
+    outcomes: evaluation.SplitOutcomes,
     seed: int,
-    serving: tuple[evaluation.TestOutcomes | None, dict],
+    serving: tuple[evaluation.SplitOutcomes | None, dict],
 ) -> dict:
     """``evaluation.json`` in the job's output (it travels in ``output.tar.gz``)."""
     document = evaluation.evaluate(labels, outcomes, seed)
