@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/debug_overhead.py
 	$(BIN)/python bench/job_startup.py
 	$(BIN)/python bench/hostile_images.py
+	$(BIN)/python bench/evaluation_cost.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

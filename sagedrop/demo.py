@@ -94,7 +94,7 @@ def _run(cloud: LocalCloud, dataset_zip: Path, folder: Path, started: float, say
     report_path = cloud.root / "reports" / f"{pipeline['name']}.html"
     report_path.parent.mkdir(exist_ok=True)
     pipeline = overview.pipelines(cloud.root, cloud.state)[-1]
-    report_path.write_text(render(pipeline))
+    report_path.write_text(render(pipeline, cloud.root))
     return _summary(cloud, pipeline, expected, bucket, report_path, started, say)
 
 
@@ -160,6 +160,9 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
             serving = " (serving)" if version["serving"] else ""
             say(f"Model Registry:  {dataset['endpoint']} version {version['number']} "
                 f"{version['approval']}{serving}")  # fmt: skip
+            if version.get("macro_f1") is not None:
+                say(f"Evaluation:      macro-F1 {version['macro_f1']:.4f}; worst class "
+                    f"{version.get('worst_class') or '-'}")  # fmt: skip
     endpoint = overview.endpoints(cloud.state)[0]
     say(f"Endpoint:        {endpoint['name']} {endpoint['status']} (127.0.0.1:{endpoint['port']})")
     say("")

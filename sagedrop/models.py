@@ -131,6 +131,9 @@ def print_listing(entry: dict) -> None:
             f" {mark} v{v['number']:<3} {v['approval']:<21} test_accuracy {accuracy:<7} "
             f"{v['created'][:19]}  {v['debug_job']}"
         )
+        if v.get("macro_f1") is not None or v.get("worst_class"):
+            macro = "-" if v.get("macro_f1") is None else f"{v['macro_f1']:.4f}"
+            print(f"        macro-F1 {macro}; worst class {v.get('worst_class') or '-'}")
         if v["rules"]:
             print(f"        rules: {v['rules']}")
         why = v["approval_description"] or v["description"]
