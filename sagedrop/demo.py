@@ -52,6 +52,7 @@ def run_demo(
     say: Callable[[str], None] = print,
     config: dict | None = None,
     per_class: int | None = None,
+    classes: int = 10,
 ) -> int:
     root = Path(root).resolve()
     if root.exists():
@@ -60,7 +61,9 @@ def run_demo(
     config = json.loads(json.dumps(config or DEMO_CONFIG))
     if epochs:
         config["epochs"] = epochs
-    folder = write_sample_dataset(root / "sample", per_class=per_class, config=config)
+    folder = write_sample_dataset(
+        root / "sample", per_class=per_class, classes=classes, config=config
+    )
     dataset_zip = pack_dataset(folder, root / "sample" / "digits.zip")
     say(f"sagedrop demo in {root}: dataset {dataset_zip.name}, settings {json.dumps(config)}")
     cloud = LocalCloud(root, say=lambda line: say(f"  {line}"))

@@ -133,7 +133,7 @@ def test_2_the_gate_refuses_classes_that_differ_from_the_datasets(cloud):
     cloud.stub.add_response("list_tags", {"Tags": []})  # the debug job's: no serving choice
     detail = {"TrainingJobName": name, "TrainingJobStatus": "Completed"}
     assert flow.training_finished(detail, cloud.settings) == "blocked"
-    [reason] = cloud.messages()[0]["reasons"]
+    reason = cloud.messages()[0]["reasons"][0]
     assert "missing 002.dog" in reason and "not in the dataset 003.fish" in reason
 
 

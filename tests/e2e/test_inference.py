@@ -70,7 +70,9 @@ def test_serving_preprocessing_equals_training_evaluation(served, tmp_path):
 def test_unsupported_content_type_names_the_accepted_ones(served):
     inference, _ = served
     with pytest.raises(
-        inference.UnsupportedMediaType, match=r"image/jpeg, image/png, application/x-image"
+        inference.UnsupportedMediaType,
+        match=r"image/jpeg, image/png, image/gif, image/webp, image/bmp, image/tiff, "
+        r"application/x-image",
     ):
         inference.input_fn(b"{}", "application/json")
 
