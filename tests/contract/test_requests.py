@@ -375,3 +375,27 @@ def test_a_retired_setting_is_refused_by_name():
         Settings.from_env({"ENDPOINT_NAME": "sagedrop"})
     with pytest.raises(SettingsError, match="ENDPOINT_PREFIX: endpoint prefix"):
         Settings.from_env({"ENDPOINT_PREFIX": "x" * 45})
+
+
+def test_the_debug_job_takes_the_serving_version_as_its_serving_channel(settings, upload):
+    artifact = "s3://sagedrop-data/jobs/sdd-x/sdd-x/output/model.tar.gz"
+    request = requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload), None, artifact, "0.3"
+    )
+    assert_valid("CreateTrainingJob", request)
+    [channel] = [c for c in request["InputDataConfig"] if c["ChannelName"] == "serving"]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == artifact
+    assert {"Key": requests.TAG_MIN_CLASS_RECALL, "Value": "0.3"} in request["Tags"]
+    without = requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload)
+    )
+    assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["training"]
+
+
+def test_a_dataset_may_raise_the_class_floor_never_lower_it(settings):
+    floor = replace(settings, gate_min_class_recall=0.2)
+    assert floor.with_dataset_overrides({"min_class_recall": 0.5}).gate_min_class_recall == 0.5
+    with pytest.raises(SettingsError, match="may raise the floor, never lower it"):
+        floor.with_dataset_overrides({"min_class_recall": 0.1})
+    with pytest.raises(SettingsError, match="GATE_MIN_CLASS_RECALL must be between 0 and 1"):
+        Settings.from_env({"GATE_MIN_CLASS_RECALL": "1.5"})
