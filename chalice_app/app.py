@@ -36,6 +36,11 @@ def _detail(event) -> dict:
     return EventBridgeEvent(event.to_dict()).detail
 
 
+def _sagemaker_event(event, stage: str, step):
+    """An EventBridge event's detail to one flow step, with the event's delivery id."""
+    return flow.handle(event.context, stage, step, _detail(event), delivery=delivery_of(event))
+
+
 def delivery_of(event) -> str:
     """A digest of the event's payload: Lambda re-delivers an event unchanged, so its
     notices get the same ids again (``notify.notice_id``)."""
@@ -70,9 +75,7 @@ def on_upper_dataset_uploaded(event):
     },
 })  # fmt: skip
 def on_tuning_finished(event):
-    return flow.handle(
-        event.context, "tuning", flow.tuning_finished, _detail(event), delivery=delivery_of(event)
-    )
+    return _sagemaker_event(event, "tuning", flow.tuning_finished)
 
 
 @app.on_cw_event({
@@ -84,9 +87,7 @@ def on_tuning_finished(event):
     },
 })  # fmt: skip
 def on_training_finished(event):
-    return flow.handle(
-        event.context, "gate", flow.training_finished, _detail(event), delivery=delivery_of(event)
-    )
+    return _sagemaker_event(event, "gate", flow.training_finished)
 
 
 @app.on_cw_event({
@@ -98,13 +99,7 @@ def on_training_finished(event):
     },
 })  # fmt: skip
 def on_endpoint_changed(event):
-    return flow.handle(
-        event.context,
-        "endpoint",
-        flow.endpoint_changed,
-        _detail(event),
-        delivery=delivery_of(event),
-    )
+    return _sagemaker_event(event, "endpoint", flow.endpoint_changed)
 
 
 @app.on_cw_event({
@@ -116,13 +111,7 @@ def on_endpoint_changed(event):
     },
 })  # fmt: skip
 def on_model_package_changed(event):
-    return flow.handle(
-        event.context,
-        "deploy",
-        flow.model_package_changed,
-        _detail(event),
-        delivery=delivery_of(event),
-    )
+    return _sagemaker_event(event, "deploy", flow.model_package_changed)
 
 
 # One rule for everything under images/, the type decided in the handler
