@@ -192,7 +192,7 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
             "no training job completed" if not best else f"status {status}"
         )
         trial = _failed_trial_reason(sagemaker, name) if not best else None
-        if trial:  # "All training jobs failed" says nothing of why: the first trial does
+        if trial and trial not in reason:  # "All training jobs failed" says nothing of why
             reason = f"{reason}; the first failed trial: {trial}"
         failed = Notice(
             stage="tuning",
