@@ -265,6 +265,8 @@ def test_approving_a_version_the_gate_rejected_needs_override_and_says_why(
     assert f"the quality gate had Rejected this version: {why}" in deploying["reasons"]
 
 
+# The "kill" is an exception that ends the deploying thread, which pytest reports.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_crash_during_an_endpoint_update_finishes_the_update_before_any_image(
     tmp_path, trained_job
 ):
