@@ -469,7 +469,7 @@ def image_uploaded(bucket: str, key: str, settings: Settings) -> Outcome:
     pipeline = naming.image_pipeline(key)
     endpoint = settings.endpoint_for(pipeline) if pipeline else None
     started = time.perf_counter()
-    attempts: predictions.Attempts | None = None
+    image: dict | None = None
     try:
         if content_type is None:
             raise ValueError(
@@ -481,12 +481,16 @@ def image_uploaded(bucket: str, key: str, settings: Settings) -> Outcome:
                 f"images go under {naming.IMAGES_PREFIX}<dataset>/ to reach that dataset's model"
             )
         image = s3.get_object(Bucket=bucket, Key=key)
-        attempts = predictions.Attempts.of_image(s3, bucket, key, image, settings.image_attempts)
         predictions.check_size(image["ContentLength"])
         body = image["Body"].read()
         result = predictions.invoke(endpoint, content_type, body, predictions.ENDPOINT_WAIT_SECONDS)
     except (ClientError, ValueError) as exc:
         waiting = predictions.worth_waiting_for(exc, endpoint)
+        attempts = None  # counted only when a retry may help: no extra read on success
+        if waiting and image is not None:
+            attempts = predictions.Attempts.of_image(
+                s3, bucket, key, image, settings.image_attempts
+            )
         if waiting and attempts is not None and not attempts.last:
             # Lambda retries; until then the image says why it has no answer yet.
             predictions.put_error(s3, bucket, key, pipeline, endpoint,
