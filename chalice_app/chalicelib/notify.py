@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 
 SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no newlines
@@ -84,7 +85,11 @@ def _cut(text: str) -> str:
 
 
 def notice_id(notice: Notice, delivery: str) -> str:
-    """Deterministic: the same notice caused by the same delivery has the same id."""
+    """Deterministic: the same notice caused by the same delivery has the same id. A
+    notice outside any delivery (no event behind it) gets an id of its own, so two that
+    read alike are never taken for one."""
+    if not delivery:
+        return uuid.uuid4().hex
     what = json.dumps([delivery, notice.stage, notice.status, notice.summary], sort_keys=True)
     return hashlib.sha256(what.encode()).hexdigest()[:32]
 

@@ -28,7 +28,8 @@ from offline_api import (  # noqa: E402 - training_code/'s door
 )
 
 THUMBNAIL = 96
-MAX_THUMBNAIL_SOURCE = 16 * 1024 * 1024  # bytes read of one image for its thumbnail
+MAX_THUMBNAIL_SOURCE = 16 * 1024 * 1024  # the largest image file a thumbnail is made of
+MAX_THUMBNAIL_PIXELS = 64_000_000  # the serving limit (image_io.DEFAULT_MAX_PIXELS)
 
 
 def render(pipeline: dict, root: Path | None = None) -> str:
@@ -236,27 +237,40 @@ def _local_object(root: Path | None, uri: str | None) -> Path | None:
 
 def _thumbnails(zipped: Path | None, files: list[str]) -> dict[str, str]:
     """Data URIs of ``files`` (as evaluation.json names them) from the dataset's zip; an
-    image that cannot be found or read simply has none."""
+    image that cannot be found or read, or whose header declares a canvas too large to
+    draw a thumbnail of cheaply (the zip is the uploader's), simply has none."""
     out: dict[str, str] = {}
     if zipped is None or not files or not zipped.is_file():
         return out
     try:
-        with zipfile.ZipFile(zipped) as archive:
-            names = archive.namelist()
-            for file in files:
-                member = next((n for n in names if n == file or n.endswith("/" + file)), None)
-                if member is None:
-                    continue
-                with archive.open(member) as handle:
-                    opened = Image.open(io.BytesIO(handle.read(MAX_THUMBNAIL_SOURCE)))
-                    image = opened.convert("RGB")
-                image.thumbnail((THUMBNAIL, THUMBNAIL))
-                buffer = io.BytesIO()
-                image.save(buffer, "PNG")
-                out[file] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    except (OSError, zipfile.BadZipFile, ValueError):
+        archive = zipfile.ZipFile(zipped)
+    except (OSError, zipfile.BadZipFile):
         return out
+    with archive:
+        names = archive.namelist()
+        for file in files:
+            member = next((n for n in names if n == file or n.endswith("/" + file)), None)
+            if member is not None and archive.getinfo(member).file_size <= MAX_THUMBNAIL_SOURCE:
+                picture = _thumbnail(archive.read(member))
+                if picture:
+                    out[file] = picture
     return out
+
+
+def _thumbnail(data: bytes) -> str | None:
+    try:
+        opened = Image.open(io.BytesIO(data))
+        width, height = opened.size
+        if width * height > MAX_THUMBNAIL_PIXELS:
+            return None
+        opened.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG: decode at a reduced scale
+        image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _fmt(value) -> str:

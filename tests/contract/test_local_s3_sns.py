@@ -144,20 +144,28 @@ def test_sns_keeps_one_message_per_notice_id_across_a_restart(tmp_path):
     """Issue 19: a handler re-run after a crash sent "rollback" and "ready" twice. The
     notice id (the same on every delivery of one event) is kept once, also by a new
     process reading the same topic file, and a line cut short by a kill is skipped."""
-    from chalicelib.notify import Notice, publish
+    from chalicelib.notify import DELIVERY, Notice, publish
 
     topic = "arn:aws:sns:local:000000000000:t"
     notice = Notice(stage="deploy", status="rollback", summary="back to version 1")
     sns = LocalSNS(tmp_path, say=lambda _: None)
-    publish(sns, topic, notice)
-    publish(sns, topic, notice)
-    with open(sns.topic_file(topic), "a") as handle:
-        handle.write('{"MessageId": "cut sho')  # killed mid-line
-    again = LocalSNS(tmp_path, say=lambda _: None)
-    publish(again, topic, notice)
-    publish(again, topic, Notice(stage="deploy", status="rollback", summary="to version 2"))
+    token = DELIVERY.set("the same event, delivered again")
+    try:
+        publish(sns, topic, notice)
+        publish(sns, topic, notice)
+        with open(sns.topic_file(topic), "a") as handle:
+            handle.write('{"MessageId": "cut sho')  # killed mid-line
+        again = LocalSNS(tmp_path, say=lambda _: None)
+        publish(again, topic, notice)
+        publish(again, topic, Notice(stage="deploy", status="rollback", summary="to version 2"))
+    finally:
+        DELIVERY.reset(token)
     summaries = [r["event"]["summary"] for r in read_notifications(sns.topic_file(topic))]
     assert summaries == ["back to version 1", "to version 2"]
+    # outside any delivery, two notices that read alike are two notices
+    publish(again, topic, notice)
+    publish(again, topic, notice)
+    assert len(read_notifications(sns.topic_file(topic))) == 4
 
 
 def test_delivered_events_are_pruned_after_the_retention_and_nothing_else(tmp_path):

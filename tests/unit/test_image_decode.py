@@ -121,3 +121,19 @@ def _declared_png(width: int, height: int, mode: str) -> bytes:
 def test_an_image_without_pixels_is_refused():
     with pytest.raises(ImageDecodeError):
         decode_image(_declared_png(0, 5, "L"))
+
+
+def test_report_thumbnails_skip_what_cannot_be_drawn_cheaply(tmp_path):
+    """The dataset zip is the uploader's: a canvas declared too large, or bytes that are no
+    image, get no thumbnail, and the others still do."""
+    import zipfile
+
+    from sagedrop.local.report import _thumbnails
+
+    zipped = tmp_path / "d.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("d/test/a/ok.png", _encoded(Image.new("RGB", (40, 40)), "PNG"))
+        archive.writestr("d/test/a/huge.png", _declared_png(20_000, 20_000, "L"))
+        archive.writestr("d/test/a/junk.png", b"not an image")
+    found = _thumbnails(zipped, ["test/a/ok.png", "test/a/huge.png", "test/a/junk.png"])
+    assert list(found) == ["test/a/ok.png"] and found["test/a/ok.png"].startswith("data:image/")

@@ -25,6 +25,7 @@ from sklearn.metrics import (
 
 VERSION = 1
 BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_CHUNK_ITEMS = 2_000_000  # resampled labels held at once
 CONFIDENCE = 0.95
 CALIBRATION_BINS = 15
 MOST_CONFUSED = 10
@@ -125,31 +126,38 @@ def _bootstrap(true, predicted, classes: int, tested: list[int], seed: int) -> d
     """Percentile intervals over resampled test sets (the same resamples for every metric).
 
     Per resample, the per-class counts come from one ``bincount`` over resample-offset
-    labels, so 1,000 resamples cost a few array passes, not 1,000 sklearn calls.
+    labels, so 1,000 resamples cost a few array passes, not 1,000 sklearn calls. They are
+    drawn in chunks of at most ``BOOTSTRAP_CHUNK_ITEMS`` labels, so a test split of 100,000
+    images needs tens of megabytes, not gigabytes.
     """
     n = len(true)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
-    offsets = (np.arange(BOOTSTRAP_RESAMPLES) * classes)[:, None]
-    t, p = true[picks], predicted[picks]
-    right = (t == p).astype(float)
-    size = BOOTSTRAP_RESAMPLES * classes
-    hits = np.bincount((offsets + t).ravel(), weights=right.ravel(), minlength=size)
-    support = np.bincount((offsets + t).ravel(), minlength=size)
-    said = np.bincount((offsets + p).ravel(), minlength=size)
-    hits, support, said = (a.reshape(BOOTSTRAP_RESAMPLES, classes) for a in (hits, support, said))
-    denominator = support + said
-    f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
-    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
-    present = support > 0
-    values = {
-        "accuracy": right.mean(axis=1),
-        "macro_f1": f1[:, tested].mean(axis=1),
-        "balanced_accuracy": (recall * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1),
-    }
+    per_chunk = max(1, min(BOOTSTRAP_RESAMPLES, BOOTSTRAP_CHUNK_ITEMS // n))
+    values: dict[str, list[np.ndarray]] = {"accuracy": [], "macro_f1": [], "balanced_accuracy": []}
+    for start in range(0, BOOTSTRAP_RESAMPLES, per_chunk):
+        count = min(per_chunk, BOOTSTRAP_RESAMPLES - start)
+        picks = rng.integers(0, n, size=(count, n))
+        offsets = (np.arange(count) * classes)[:, None]
+        t, p = true[picks], predicted[picks]
+        right = (t == p).astype(float)
+        size = count * classes
+        hits = np.bincount((offsets + t).ravel(), weights=right.ravel(), minlength=size)
+        support = np.bincount((offsets + t).ravel(), minlength=size).astype(float)
+        said = np.bincount((offsets + p).ravel(), minlength=size).astype(float)
+        hits, support, said = (a.reshape(count, classes) for a in (hits, support, said))
+        denominator = support + said
+        f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
+        recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+        present = support > 0
+        values["accuracy"].append(right.mean(axis=1))
+        values["macro_f1"].append(f1[:, tested].mean(axis=1))
+        values["balanced_accuracy"].append(
+            (recall * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+        )
     tail = (1 - CONFIDENCE) / 2 * 100
     intervals: dict = {"confidence": CONFIDENCE, "resamples": BOOTSTRAP_RESAMPLES, "seed": seed}
-    for name, samples in values.items():
+    for name, parts in values.items():
+        samples = np.concatenate(parts)
         low, high = np.percentile(samples, [tail, 100 - tail])
         intervals[name] = {"low": float(low), "high": float(high), "std": float(samples.std())}
     return intervals

@@ -121,7 +121,9 @@ class LocalSageMaker:
 
         Standalone jobs run again from the start; a tuning job re-runs its interrupted
         trials under their own names (its budget is not spent twice); endpoints that were
-        serving start serving again without announcing themselves a second time. Terminal
+        serving start serving again without announcing themselves a second time, and one
+        caught creating or updating is finished to the config it was deploying, before
+        the bus delivers any event (``Hosting.resume``). Terminal
         state-change events are queued again under their deterministic ids, so one lost
         to a crash between the state change and its event is sent, and one already sent
         is not.
