@@ -41,7 +41,8 @@ from sagedrop_serving.model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
-from sagedrop_training import ddp_runtime, fit_loop, graph_export, held_out
+from sagedrop_training import audit_pass, ddp_runtime, fit_loop, graph_export, held_out
+from sagedrop_training.data_audit import LEAKAGE_POLICIES, Fingerprint
 from sagedrop_training.data_pipeline import (
     DatasetError,
     ImageFileDataset,
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--valid-fraction", type=float, default=0.1)
     hp.add_argument("--test-fraction", type=float, default=0.1)
     hp.add_argument("--top-k", type=int, default=5, help="labels the served model returns")
+    hp.add_argument(
+        "--leakage",
+        type=choice(LEAKAGE_POLICIES),
+        default="leave-out",
+        help="valid/test images that duplicate a training image: left out of evaluation, "
+        "or kept (the data audit counts them either way)",
+    )
     hp.add_argument(
         "--export-graph",
         type=choice(graph_export.EXPORT_MODES),
@@ -286,9 +294,15 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
         session = _start_debug_session(args, runtime, recorded, rules_config, use_cache)
         log.info("debug run: rules and profiler report are written to %s", args.output_data_dir)
 
-    prepare = _cached_feature_fit if use_cache else _image_fit
     try:
-        plan, test_batches, unreadable = prepare(args, runtime, data, model, pre)
+        if use_cache:
+            plan, test_batches, unreadable, audit = _cached_feature_fit(
+                args, runtime, data, model, pre
+            )
+        else:
+            workers = _num_workers(args.num_workers)
+            audit = audit_pass.audit_images(runtime, data, pre.resize_size, workers, args.leakage)
+            plan, test_batches, unreadable = _image_fit(args, runtime, data, model, pre)
         fitted = fit_loop.fit(
             plan,
             args.epochs,
@@ -316,7 +330,9 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
             ", ".join(untested[:20]),
         )
     if runtime.is_main:
+        audit_pass.write(args.output_data_dir, audit)
         summary = {
+            "data_audit": audit.headline,
             "history": history,
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
@@ -399,23 +415,27 @@ def _cached_feature_fit(args, runtime, data, model: nn.Module, pre: Preprocessin
     """
     workers = _num_workers(args.num_workers)
     started = time.perf_counter()
-    features, unreadable = {}, set()
+    features, shard_prints = {}, {}
     for split in ("train", "valid", "test"):
         items = ddp_runtime.shard(data.splits[split], runtime)
-        features[split] = _cached_features(args, runtime, data, model, pre, split, items, workers)
-        unreadable.update(features[split][2])
+        *features[split], shard_prints[split] = _cached_features(
+            args, runtime, data, model, pre, split, items, workers
+        )
     log.info(
         "backbone features computed once in %.1fs; augmentation is off on this path",
         time.perf_counter() - started,
+    )
+    features, unreadable, audit = audit_pass.audit_features(
+        runtime, data, features, shard_prints, args.leakage, args.seed, _served_later(args)
     )
     head = model.fc
     optimizer = _optimizer(args, head.parameters())
     generator = torch.Generator().manual_seed(args.seed + runtime.rank)
     per_process_batch = max(1, args.batch_size // runtime.world_size)
-    x_train, y_train, _ = features["train"]
+    x_train, y_train = features["train"]
 
     def in_order(split: str):
-        x, y, _ = features[split]
+        x, y = features[split]
         return lambda: feature_batches(x, y, per_process_batch * 2)
 
     plan = Fit(
@@ -427,7 +447,7 @@ def _cached_feature_fit(args, runtime, data, model: nn.Module, pre: Preprocessin
         optimizer=optimizer,
         scheduler=_scheduler(args, optimizer),
     )
-    return plan, in_order("test"), unreadable
+    return plan, in_order("test"), unreadable, audit
 
 
 def _cached_features(args, runtime, data, model, pre, split, items, workers):
@@ -448,6 +468,7 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
                     args.pretrained,
                     pre.to_dict(),
                     "pil-eval-transform",  # how those pixels are made (image_io.EvalTransform)
+                    "fingerprints-1",  # what data_audit reads of each image
                     runtime.rank,
                     runtime.world_size,
                     torch.__version__,
@@ -458,8 +479,9 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         if os.path.exists(cache_file):
             cached = torch.load(cache_file, map_location=runtime.device, weights_only=True)
             log.info("reusing cached %s features from %s", split, cache_file)
-            return cached["x"], cached["y"], cached["unreadable"]
-    dataset = ImageFileDataset(items, eval_transform(pre), pre.resize_size)
+            prints = [Fingerprint.from_dict(p) for p in cached["prints"]]
+            return cached["x"], cached["y"], prints
+    dataset = ImageFileDataset(items, eval_transform(pre), pre.resize_size, fingerprints=True)
     loader = DataLoader(
         dataset,
         batch_size=128,
@@ -468,13 +490,15 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         pin_memory=runtime.device.type == "cuda",
         collate_fn=collate_skipping_unreadable,
     )
-    x, y, unreadable = fit_loop.extract_features(model, loader, runtime)
+    prints: list[Fingerprint] = []
+    x, y, _ = fit_loop.extract_features(model, loader, runtime, prints)
     if cache_file:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{cache_file}.{os.getpid()}.tmp"
-        torch.save({"x": x.cpu(), "y": y.cpu(), "unreadable": unreadable}, tmp)
+        saved = [p.to_dict() for p in prints]
+        torch.save({"x": x.cpu(), "y": y.cpu(), "prints": saved}, tmp)
         os.replace(tmp, cache_file)
-    return x, y, unreadable
+    return x, y, prints
 
 
 def _served_later(args) -> bool:
@@ -491,7 +515,12 @@ def _write_evaluation(args, runtime, data: PreparedDataset, unreadable: set[str]
         return
     outcomes = held_out.merged(parts)
     serving = held_out.serving_outcomes(data.splits["test"], data.labels, data.root, runtime.device)
-    document = held_out.write(args.output_data_dir, data.labels, outcomes, args.seed, serving)
+    document = held_out.write(
+        args.output_data_dir, data.labels, outcomes, args.seed, serving, data.left_out
+    )
+    if data.left_out.get("test"):
+        log.info("evaluation: %d leaked test image(s) left out (data_audit.json names them)",
+                 len(data.left_out["test"]))  # fmt: skip
     overall, worst, paired = (
         document.get("overall"),
         document.get("worst_class"),

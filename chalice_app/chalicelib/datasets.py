@@ -59,6 +59,8 @@ class Limits:
     max_archive_ratio: float = 100.0
     archive_ratio_min_bytes: int = 16 * 1024 * 1024
     min_classes: int = 2
+    # A class with fewer training images than this is named in a warning (never refused).
+    min_class_images: int = 5
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class Entry:
     is_dir: bool = False
     is_symlink: bool = False
     is_encrypted: bool = False
+    # The CRC-32 the central directory declares (None for a folder's files, which would
+    # have to be read to know it).
+    crc: int | None = None
 
 
 @dataclass
@@ -86,6 +91,9 @@ class DatasetReport:
     ignored_files: int = 0
     has_config: bool = False
     total_bytes: int = 0
+    # What the names and declared CRC-32s tell of the data's quality (``_audit_listing``):
+    # warnings with numbers, never problems.
+    listing_audit: dict = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -114,6 +122,7 @@ class DatasetReport:
             "ignored_files": self.ignored_files,
             "problems": list(self.problems),
             "warnings": list(self.warnings),
+            "audit": dict(self.listing_audit),
         }
 
 
@@ -161,6 +170,7 @@ def entries_from_zip(archive: zipfile.ZipFile) -> list[Entry]:
                 is_dir=info.is_dir(),
                 is_symlink=info.create_system == 3 and stat.S_ISLNK(mode),
                 is_encrypted=bool(info.flag_bits & 0x1),
+                crc=info.CRC,
             )
         )
     return entries
@@ -215,6 +225,7 @@ def inspect_entries(entries: Iterable[Entry], limits: Limits | None = None) -> D
     report.prefix = _common_prefix([e.name for e in files])
     layout: dict[str, dict[str, list[str]]] = {}
     ignored = 0
+    crcs: dict[str, tuple[int, int]] = {}
     for entry in files:
         if entry.name in (CONFIG_NAME, report.prefix + CONFIG_NAME):
             report.has_config = True
@@ -226,6 +237,8 @@ def inspect_entries(entries: Iterable[Entry], limits: Limits | None = None) -> D
             ignored += 1
             continue
         layout.setdefault(split, {}).setdefault(parts[1], []).append(entry.name)
+        if entry.crc is not None and entry.size > 0:
+            crcs[entry.name] = (entry.crc, entry.size)
     for split_files in layout.values():
         for names in split_files.values():
             names.sort()
@@ -233,6 +246,8 @@ def inspect_entries(entries: Iterable[Entry], limits: Limits | None = None) -> D
     report.ignored_files = ignored
     report.counts = {s: {c: len(v) for c, v in layout[s].items()} for s in SPLITS if s in layout}
     _check_layout(report, limits)
+    if report.usable:
+        _audit_listing(report, crcs, limits)
     return report
 
 
@@ -348,6 +363,83 @@ def _check_layout(report: DatasetReport, limits: Limits) -> None:
             f"{report.ignored_files} file(s) are not images in a <split>/<class>/ folder and "
             "will be ignored."
         )
+
+
+EXAMPLES = 5  # duplicate pairs a warning names
+IMBALANCE_WARNING = 10.0  # largest/smallest training class ratio that earns a warning
+
+
+def _audit_listing(report: DatasetReport, crcs: dict[str, tuple[int, int]], limits: Limits) -> None:
+    """Quality, from the listing alone (the upload Lambda never reads an image's bytes).
+
+    Entries with the same CRC-32 and size are, all but certainly, the same file: one in
+    ``valid`` or ``test`` with a twin in ``train`` is a leaked image, which the job leaves
+    out of evaluation (``data_audit``). Imbalance is the largest over the smallest class
+    per split. Nothing here refuses a dataset: the numbers go into warnings.
+    """
+    split_of = {name: split for split, per_class in report.files.items()
+                for names in per_class.values() for name in names}  # fmt: skip
+    by_content: dict[tuple[int, int], list[str]] = {}
+    for name, key in crcs.items():
+        if name in split_of:
+            by_content.setdefault(key, []).append(name)
+    leaked: dict[str, list[tuple[str, str]]] = {"valid": [], "test": []}
+    within = 0
+    for names in by_content.values():
+        if len(names) < 2:
+            continue
+        names.sort()
+        train = [n for n in names if split_of[n] == "train"]
+        within += max(0, len(train) - 1)
+        for name in names:
+            if split_of[name] in leaked and train:
+                leaked[split_of[name]].append((name, train[0]))
+    imbalance = {}
+    for split, per_class in report.counts.items():
+        sizes = [n for n in per_class.values() if n > 0]
+        if sizes:
+            imbalance[split] = round(max(sizes) / min(sizes), 2)
+    small = sorted(c for c, n in report.counts["train"].items() if n < limits.min_class_images)
+    report.listing_audit = {
+        "checked": "central directory" if crcs else "names only (no CRC-32 without an archive)",
+        "leaked": {split: len(pairs) for split, pairs in leaked.items()},
+        "leaked_examples": [list(pair) for pairs in leaked.values() for pair in pairs][:EXAMPLES],
+        "duplicates_within_train": within,
+        "imbalance": imbalance,
+        "small_classes": small,
+        "min_class_images": limits.min_class_images,
+    }
+    for split, pairs in leaked.items():
+        if pairs:
+            named = "; ".join(f"{_rel(report, a)} = {_rel(report, b)}" for a, b in pairs[:EXAMPLES])
+            more = f" and {len(pairs) - EXAMPLES} more" if len(pairs) > EXAMPLES else ""
+            report.warnings.append(
+                f"{len(pairs)} of {report.image_count(split)} '{split}' image(s) are "
+                f"byte-identical to a training image (same CRC-32 and size): {named}{more}. "
+                'They are left out of evaluation unless sagedrop.json sets "leakage": "keep".'
+            )
+    if within:
+        report.warnings.append(f"{within} training image(s) are byte-identical copies of another.")
+    ratio = imbalance.get("train")
+    if ratio is not None and ratio >= IMBALANCE_WARNING:
+        counts = report.counts["train"]
+        largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+        report.warnings.append(
+            f"The classes are imbalanced {ratio:g}:1 in 'train' ('{largest}' has "
+            f"{counts[largest]} images, '{smallest}' {counts[smallest]}): accuracy favours "
+            "the large classes; the per-class recall in the evaluation says by how much."
+        )
+    if small:
+        listed = ", ".join(f"'{c}' ({report.counts['train'][c]})" for c in small[:10])
+        more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+        report.warnings.append(
+            f"{len(small)} class(es) have fewer than {limits.min_class_images} training "
+            f"images: {listed}{more}."
+        )
+
+
+def _rel(report: DatasetReport, name: str) -> str:
+    return name[len(report.prefix) :]
 
 
 def _is_noise(name: str) -> bool:

@@ -34,7 +34,7 @@ from chalicelib import (
     training_failure,
 )
 from chalicelib.clients import client
-from chalicelib.datasets import CONFIG_NAME, inspect_zip
+from chalicelib.datasets import CONFIG_NAME, Limits, inspect_zip
 from chalicelib.deploying import deploy_latest
 from chalicelib.notify import DELIVERY, Notice, publish
 from chalicelib.outcome import Outcome, RetryLater, concluded, logger, metrics
@@ -126,7 +126,7 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
     upload = requests.Upload(bucket, key, etag)
     logger.append_keys(dataset=upload.uri, tuning_job=upload.tuning_job_name)
     source = S3RangedFile(client("s3"), bucket, key)
-    report = inspect_zip(source)
+    report = inspect_zip(source, Limits(min_class_images=settings.dataset_min_class_images))
     problems = list(report.problems)
     job_settings = settings
     if report.usable and report.has_config:
@@ -159,9 +159,20 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
             f"images, up to {limits.get('MaxNumberOfTrainingJobs', 'all')} trials "
             f"({limits['MaxParallelTrainingJobs']} at a time)."
         ),
+        metrics=_listing_metrics(report.listing_audit),
         reasons=report.warnings,
     )
     return Outcome("started", [started], ["JobsStarted"])
+
+
+def _listing_metrics(audit: dict) -> dict[str, float]:
+    """The upload's data-quality numbers (from the zip's listing) for its notice."""
+    metrics = {f"leaked {split} images": float(n) for split, n in audit.get("leaked", {}).items()}
+    for split, ratio in audit.get("imbalance", {}).items():
+        metrics[f"imbalance {split}"] = float(ratio)
+    if "small_classes" in audit:
+        metrics["classes under the minimum"] = float(len(audit["small_classes"]))
+    return metrics
 
 
 def _read_config(source, prefix: str) -> dict:

@@ -99,6 +99,8 @@ SETTABLE: dict[str, Bound] = {
     # Each sample reads psutil (and NVML): 10 a second is plenty, 100 a second is a load.
     "profiler-interval-ms": Bound("int", 100, 60_000),
     "profiler-trace-steps": Bound("text", pattern=r"^(\d{1,6}-\d{1,6})?$"),
+    # Valid/test images that duplicate a training image: left out of evaluation, or kept.
+    "leakage": Bound("choice", choices=("leave-out", "keep")),
 }
 # What a job may receive: the settable ones plus what the pipeline sets per job.
 JOB_KEYS = frozenset(SETTABLE) | PIPELINE_KEYS

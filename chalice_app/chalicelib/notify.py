@@ -49,7 +49,7 @@ class Notice:
         if self.dataset:
             lines.append(f"Dataset: {self.dataset}")
         lines += [f"{kind}: {name}" for kind, name in self.jobs.items()]
-        lines += [f"{name}: {value:.4f}" for name, value in self.metrics.items()]
+        lines += [f"{name}: {_number(value)}" for name, value in self.metrics.items()]
         if self.decision:
             lines.append(f"Decision: {self.decision}")
         lines += [f"  - {reason}" for reason in self.reasons]
@@ -115,3 +115,8 @@ def publish(sns, topic_arn: str, notice: Notice) -> None:
 def parse_message(message: str) -> dict:
     """The JSON part of a notification body (for tests, the local cloud and subscribers)."""
     return json.loads(message.split(JSON_MARKER, 1)[1])
+
+
+def _number(value: float) -> str:
+    """A count as a count (``3``), a measure to four places (``0.9312``)."""
+    return f"{value:.0f}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4f}"

@@ -42,6 +42,8 @@ DATASET_OVERRIDES: dict[str, Any] = {  # key -> the JSON type its value must hav
     "hyperparameters": dict,
     "serverless": (dict, bool),
     "min_class_recall": (float, int),
+    # "keep": leaked valid/test images stay in evaluation (the audit still counts them).
+    "leakage": str,
 }
 APPROVALS = ("auto", "manual")
 SERVERLESS_KEYS = {
@@ -93,6 +95,12 @@ class Settings:
     # A version whose worst tested class has recall below this is Rejected (0: off). A
     # dataset may raise it for itself (sagedrop.json "min_class_recall"), never lower it.
     gate_min_class_recall: float = 0.0
+    # A version whose test split had more than this fraction of images duplicating a
+    # training image (before they were left out) is Rejected (None: off). The dataset's
+    # "leakage": "keep" cannot lift it: the fraction is counted before any removal.
+    gate_max_leaked_fraction: float | None = None
+    # Fewer training images than this in a class earns a warning at upload.
+    dataset_min_class_images: int = 5
     # "manual": the gate registers passing models as PendingManualApproval; a person's
     # approval (console, API, `sagedrop approve`) deploys them.
     model_approval: str = "auto"
@@ -129,6 +137,12 @@ class Settings:
             raise SettingsError("GATE_TOLERANCE must be between 0 and 1")
         if not 0 <= self.gate_min_class_recall <= 1:
             raise SettingsError("GATE_MIN_CLASS_RECALL must be between 0 and 1")
+        if self.gate_max_leaked_fraction is not None and not (
+            0 <= self.gate_max_leaked_fraction <= 1
+        ):
+            raise SettingsError("GATE_MAX_LEAKED_FRACTION must be between 0 and 1")
+        if self.dataset_min_class_images < 1:
+            raise SettingsError("DATASET_MIN_CLASS_IMAGES must be at least 1")
         _check_rule_names("GATE_BLOCKING_RULES", self.gate_blocking_rules)
         _check_rule_names("DEBUG_RULES", tuple(self.debug_rules))
         off = [n for n in self.gate_blocking_rules if self.debug_rules.get(n, True) is False]
@@ -236,12 +250,19 @@ class Settings:
                 f"{', '.join(DATASET_OVERRIDES)}"
             )
         changes: dict = {}
+        leakage: str | None = None
         for key, value in overrides.items():
             if key == "serverless":
                 changes.update(_serverless_override(value))
                 continue
             if key == "min_class_recall":
                 changes["gate_min_class_recall"] = self._raised_floor(value)
+                continue
+            if key == "leakage":
+                try:
+                    leakage = hyperparameters.check_value("leakage", value)
+                except HyperparameterError as exc:
+                    raise SettingsError(f"sagedrop.json: {exc}") from None
                 continue
             expected = DATASET_OVERRIDES[key]
             if not isinstance(value, expected) or isinstance(value, bool):
@@ -263,6 +284,9 @@ class Settings:
             if "rules" in given:
                 _check_rules_hyperparameter(given["rules"], self.gate_blocking_rules)
             changes["static_hyperparameters"] = {**self.static_hyperparameters, **given}
+        if leakage is not None:
+            base = changes.get("static_hyperparameters", self.static_hyperparameters)
+            changes["static_hyperparameters"] = {**base, "leakage": leakage}
         try:
             return replace(self, **changes)
         except SettingsError as exc:
@@ -402,6 +426,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "GATE_TOLERANCE": ("gate_tolerance", float),
     "GATE_MIN_TEST_ACCURACY": ("gate_min_test_accuracy", float),
     "GATE_MIN_CLASS_RECALL": ("gate_min_class_recall", float),
+    "GATE_MAX_LEAKED_FRACTION": ("gate_max_leaked_fraction", float),
+    "DATASET_MIN_CLASS_IMAGES": ("dataset_min_class_images", int),
     "MODEL_APPROVAL": ("model_approval", str),
     "SERVERLESS_MEMORY_MB": ("serverless_memory_mb", int),
     "SERVERLESS_MAX_CONCURRENCY": ("serverless_max_concurrency", int),

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 import dataset_rules
 from sagedrop_serving.image_io import ImageDecodeError, decode_image
+from sagedrop_training.data_audit import fingerprint_image
 
 log = logging.getLogger("sagedrop.data")
 
@@ -44,6 +45,8 @@ class PreparedDataset:
     report: dataset_rules.DatasetReport
     notes: list[str] = field(default_factory=list)
     root: str = ""
+    # Per split, the images the data audit took out of evaluation (as the dataset names them).
+    left_out: dict[str, list[str]] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """Identifies the exact images and splits, for caches keyed on the data.
@@ -190,18 +193,35 @@ def _fill_missing_splits(
 
 
 class ImageFileDataset(Dataset):
-    """Decodes on access; an unreadable file yields ``None`` instead of ending training."""
+    """Decodes on access; an unreadable file yields ``None`` instead of ending training.
 
-    def __init__(self, items: Sequence[tuple[str, int]], transform, draft_size: int | None):
+    With ``fingerprints`` each sample also carries the data audit's ``Fingerprint``, made
+    from the same read and decode (``data_audit.fingerprint_image``): the audit costs a
+    hash, not a second decode.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[str, int]],
+        transform,
+        draft_size: int | None,
+        fingerprints: bool = False,
+    ):
         self.items = list(items)
         self.transform = transform
         self.draft_size = draft_size
+        self.fingerprints = fingerprints
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         path, label = self.items[i]
+        if self.fingerprints:
+            fingerprint, image = fingerprint_image(path, self.draft_size)
+            if image is None:
+                return None, label, f"{path}: {fingerprint.error}", fingerprint
+            return self.transform(image), label, None, fingerprint
         try:
             image = decode_image(path, draft_size=self.draft_size)
         except (ImageDecodeError, OSError) as exc:
@@ -210,11 +230,13 @@ class ImageFileDataset(Dataset):
 
 
 def collate_skipping_unreadable(batch):
-    """Stack the readable samples; hand back the unreadable ones' reasons for counting."""
-    good = [(x, y) for x, y, err in batch if err is None]
-    errors = [err for _, _, err in batch if err is not None]
+    """Stack the readable samples; hand back the unreadable ones' reasons for counting
+    (and, from a fingerprinting dataset, every sample's fingerprint, in order)."""
+    good = [(sample[0], sample[1]) for sample in batch if sample[2] is None]
+    errors = [sample[2] for sample in batch if sample[2] is not None]
+    tail = ([sample[3] for sample in batch],) if batch and len(batch[0]) == 4 else ()
     if not good:
-        return None, None, errors
+        return (None, None, errors, *tail)
     images = torch.stack([x for x, _ in good])
     labels = torch.tensor([y for _, y in good], dtype=torch.long)
-    return images, labels, errors
+    return (images, labels, errors, *tail)

@@ -207,13 +207,20 @@ def _result(totals: list[float], unreadable: list[str], start: float) -> EpochRe
 
 
 def extract_features(
-    model: nn.Module, loader: DataLoader, runtime: ddp_runtime.Runtime
+    model: nn.Module,
+    loader: DataLoader,
+    runtime: ddp_runtime.Runtime,
+    fingerprints: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Backbone features of every readable image, computed once (the frozen fast path)."""
+    """Backbone features of every readable image, computed once (the frozen fast path);
+    a fingerprinting loader's fingerprints are appended to ``fingerprints``."""
     model.eval()
     feats, labels_out, unreadable = [], [], []
     with torch.inference_mode():
-        for images, labels, errors in loader:
+        for batch in loader:
+            images, labels, errors = batch[:3]
+            if fingerprints is not None and len(batch) == 4:
+                fingerprints.extend(batch[3])
             unreadable.extend(errors)
             if images is None:
                 continue

@@ -31,6 +31,7 @@ SERVING_CHANNEL = "SM_CHANNEL_SERVING"
 EVALUATION_FILE = "evaluation.json"
 MAX_SERVING_ARTIFACT_BYTES = 2 * 1024**3
 BATCH = 32
+LISTED_LEFT_OUT = 50
 
 
 def display_name(path: str, root: str) -> str:
@@ -135,9 +136,20 @@ def write(
     outcomes: evaluation.SplitOutcomes,
     seed: int,
     serving: tuple[evaluation.SplitOutcomes | None, dict],
+    left_out: dict[str, list[str]] | None = None,
 ) -> dict:
-    """``evaluation.json`` in the job's output (it travels in ``output.tar.gz``)."""
+    """``evaluation.json`` in the job's output (it travels in ``output.tar.gz``).
+
+    ``left_out``: the valid/test images the data audit took out because they duplicate
+    a training image; the document says how many and which, so no number hides them.
+    """
     document = evaluation.evaluate(labels, outcomes, seed)
+    left_out = left_out or {}
+    document["left_out"] = {
+        "reason": "duplicates of a training image (data_audit.json)",
+        "counts": {split: len(left_out.get(split, [])) for split in ("valid", "test")},
+        "test_files": left_out.get("test", [])[:LISTED_LEFT_OUT],
+    }
     old, about = serving
     comparison = dict(about)
     if old is not None:
