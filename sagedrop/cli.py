@@ -38,9 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
 
-    check = dataset_commands.add_parser("check", help="report on a dataset zip or folder")
+    check = dataset_commands.add_parser(
+        "check",
+        help="report on a dataset zip or folder: its layout, then the job's pixel audit "
+        "(duplicates, leakage across splits, label conflicts, imbalance)",
+    )
     check.add_argument("path")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--listing-only",
+        action="store_true",
+        help="judge names and the zip's declared CRC-32s only (what the upload Lambda "
+        "does); decode no image",
+    )
+    check.add_argument("--workers", type=int, default=None, help="decoding processes")
     check.set_defaults(handler=_check)
 
     pack = dataset_commands.add_parser("pack", help="check a dataset folder and zip it")
@@ -183,10 +194,26 @@ def _sample(args) -> int:
 
 def _check(args) -> int:
     report = inspect_path(args.path)
+    audit = None
+    if report.usable and not args.listing_only:
+        from sagedrop import pixel_audit
+
+        try:
+            audit = pixel_audit.run(args.path, args.workers, quiet=args.json)
+        except pixel_audit.AuditError as exc:
+            print(f"sagedrop dataset check: {exc}", file=sys.stderr)
+            return 1
     if args.json:
-        print(json.dumps({**report.summary(), "counts": report.counts}, indent=2))
+        out = {**report.summary(), "counts": report.counts}
+        if audit is not None:
+            out["pixel_audit"] = audit
+        print(json.dumps(out, indent=2))
     else:
         _print_report(report, args.path)
+        if audit is not None:
+            from sagedrop import pixel_audit
+
+            pixel_audit.print_audit(audit)
     return 0 if report.usable else 1
 
 

@@ -134,6 +134,10 @@ def print_listing(entry: dict) -> None:
         if v.get("macro_f1") is not None or v.get("worst_class"):
             macro = "-" if v.get("macro_f1") is None else f"{v['macro_f1']:.4f}"
             print(f"        macro-F1 {macro}; worst class {v.get('worst_class') or '-'}")
+        if v.get("data_audit"):
+            print(f"        data audit: {v['data_audit']}"
+                  + ("" if v.get("label_error_candidates") is None else
+                     f" label-error-candidates={v['label_error_candidates']}"))  # fmt: skip
         if v["rules"]:
             print(f"        rules: {v['rules']}")
         why = v["approval_description"] or v["description"]

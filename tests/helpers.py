@@ -49,12 +49,14 @@ def make_zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | N
 
 
 def layout(classes=("001.cat", "002.dog"), splits=("train", "valid", "test"), n=2, prefix=""):
-    """Members of a well-formed dataset: n JPEGs per class and split."""
+    """Members of a well-formed dataset: n JPEGs per class and split, each of its own
+    colour (so no two are duplicates of each other)."""
     members = {}
-    for split in splits:
+    for s, split in enumerate(splits):
         for c, cls in enumerate(classes):
             for i in range(n):
-                members[f"{prefix}{split}/{cls}/img_{i}.jpg"] = jpeg_bytes((40 * c, 90, 150))
+                colour = ((40 * c) % 256, (30 + 45 * i) % 256, (20 + 70 * s) % 256)
+                members[f"{prefix}{split}/{cls}/img_{i}.jpg"] = jpeg_bytes(colour)
     return members
 
 

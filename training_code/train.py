@@ -303,6 +303,8 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
             workers = _num_workers(args.num_workers)
             audit = audit_pass.audit_images(runtime, data, pre.resize_size, workers, args.leakage)
             plan, test_batches, unreadable = _image_fit(args, runtime, data, model, pre)
+        if runtime.is_main and args.debug:
+            session.add_section(audit_pass.report_section(audit, data))
         fitted = fit_loop.fit(
             plan,
             args.epochs,

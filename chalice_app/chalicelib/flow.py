@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import (
     aws_errors,
     bounded_json,
+    job_reports,
     judging,
     naming,
     predictions,
@@ -335,6 +336,7 @@ def _register(
         judgement.reports.uris,
         serving or requests.serving_tag(settings),
         judgement.evaluation,
+        judgement.audit,
     )
     arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
     version = arn.rsplit("/", 1)[-1]
@@ -370,10 +372,12 @@ def _register(
                 if k.startswith(("test_", "valid_"))
             },
             **_evaluation_metrics(judgement.evaluation),
+            **_audit_metrics(judgement.audit),
         },
         decision=decision.verdict,
         reasons=decision.reasons
         + _worst_class_line(judgement.evaluation)
+        + ([job_reports.audit_line(judgement.audit)] if judgement.audit else [])
         + [f"report: {p}" for p in judgement.reports.problems],
         summary=summary,
     )
@@ -387,6 +391,19 @@ def _evaluation_metrics(evaluation: dict) -> dict[str, float]:
     metrics = {label: float(overall[key]) for key, label in names.items() if key in overall}
     if evaluation.get("calibration"):
         metrics["test_ece"] = float(evaluation["calibration"]["ece"])
+    return metrics
+
+
+def _audit_metrics(audit: dict | None) -> dict[str, float]:
+    if not audit:
+        return {}
+    metrics = {
+        "leaked test images": float(audit["leaked"]["test"]),
+        "leaked test fraction": audit["leaked_test_fraction"],
+        "near duplicates": float(audit["near_duplicates"]),
+    }
+    if audit.get("label_error_candidates") is not None:
+        metrics["label-error candidates"] = float(audit["label_error_candidates"])
     return metrics
 
 

@@ -282,3 +282,36 @@ def _against_the_serving_version(evaluation: dict, stale: str, evidence: Evidenc
         evidence.passed.append(f"significantly better than the serving version: {said}")
     else:
         evidence.passed.append(f"no significant difference from the serving version: {said}")
+
+
+def judge_audit(audit: dict | None, max_leaked_fraction: float | None, evidence: Evidence) -> None:
+    """The data audit (``job_reports.checked_audit``): its numbers are said whatever the
+    decision; a test split that had more than ``max_leaked_fraction`` of its images
+    duplicating training images *before* they were left out blocks (None: off). Counted
+    before removal, so a dataset's ``"leakage": "keep"`` cannot lift the operator's floor."""
+    if audit is None:
+        if max_leaked_fraction is not None:
+            evidence.blocked.append(
+                "the job wrote no readable data_audit.json: how much of the test split "
+                "duplicates the training images is unknown (GATE_MAX_LEAKED_FRACTION is set)"
+            )
+        return
+    leaked, total = audit["leaked"]["test"], audit["test_images"]
+    fraction = audit["leaked_test_fraction"]
+    if max_leaked_fraction is not None:
+        said = (
+            f"{leaked} of {total} test image(s) ({fraction:.2%}) duplicated a training image "
+            f"before any was left out"
+        )
+        if fraction > max_leaked_fraction:
+            evidence.blocked.append(
+                f"{said}: over GATE_MAX_LEAKED_FRACTION {max_leaked_fraction:.2%}, the test "
+                "split does not measure what the model has not seen"
+            )
+        else:
+            evidence.passed.append(f"{said}, within GATE_MAX_LEAKED_FRACTION")
+    if leaked and audit.get("policy") == "keep":
+        evidence.notes.append(
+            f'{leaked} leaked test image(s) were kept in evaluation ("leakage": "keep"): its '
+            "numbers are optimistic"
+        )

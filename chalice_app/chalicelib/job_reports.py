@@ -22,10 +22,14 @@ from chalicelib import bounded_json
 from chalicelib.model_quality import statistics_document
 
 RULES, REPORT, EVALUATION = "rules.json", "report.html", "evaluation.json"
+AUDIT = "data_audit.json"
 MAX_MEMBER_BYTES = 16 * 1024 * 1024
 CONTENT_TYPES = {RULES: "application/json", REPORT: "text/html", EVALUATION: "application/json",
-                 "metrics.json": "application/json"}  # fmt: skip
-KINDS = {RULES: "rules", REPORT: "report", EVALUATION: "evaluation", "metrics.json": "metrics"}
+                 AUDIT: "application/json", "metrics.json": "application/json"}  # fmt: skip
+KINDS = {RULES: "rules", REPORT: "report", EVALUATION: "evaluation", AUDIT: "audit",
+         "metrics.json": "metrics"}  # fmt: skip
+# The audit's headline numbers the gate, the notice and the version read.
+AUDIT_COUNTS = ("exact_duplicates", "near_duplicates", "label_conflicts", "unreadable")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class JobReports:
     details: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     evaluation: dict | None = None
+    audit: dict | None = None  # data_audit.json's headline, checked
 
 
 def output_archive(training: dict) -> str:
@@ -56,7 +61,7 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         with tarfile.open(fileobj=body, mode="r|gz") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
-                if member.isfile() and name in (RULES, REPORT, EVALUATION):
+                if member.isfile() and name in (RULES, REPORT, EVALUATION, AUDIT):
                     if member.size > MAX_MEMBER_BYTES:
                         reports.problems.append(
                             f"{name} is {member.size:,} bytes, over the gate's bound of "
@@ -80,6 +85,12 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         except ValueError as exc:
             reports.problems.append(f"{EVALUATION} is not an evaluation: {exc}")
             del members[EVALUATION]
+    if AUDIT in members:
+        try:
+            reports.audit = checked_audit(members[AUDIT])
+        except ValueError as exc:
+            reports.problems.append(f"{AUDIT} is not a data audit: {exc}")
+            del members[AUDIT]
     statistics = (
         statistics_document(reports.evaluation)
         if reports.evaluation and reports.evaluation.get("overall")
@@ -110,6 +121,65 @@ def _checked_evaluation(data: bytes) -> dict:
     ):
         raise ValueError("the confusion matrix is not classes x classes")
     return document
+
+
+def checked_audit(data: bytes) -> dict:
+    """The audit's headline (with the test split's size), its numbers checked: the job
+    wrote it, but the gate blocks on one of them, so none may be a string or negative."""
+    document = bounded_json.loads(data, AUDIT)
+    headline = document.get("headline") if isinstance(document, dict) else None
+    if not isinstance(headline, dict):
+        raise ValueError("no headline")
+    images = document.get("images") if isinstance(document.get("images"), dict) else {}
+    leaked = headline.get("leaked")
+    if not isinstance(leaked, dict) or not all(_count(leaked.get(s)) for s in ("valid", "test")):
+        raise ValueError("no count of leaked valid and test images")
+    if not all(_count(headline.get(k)) for k in AUDIT_COUNTS) or not _count(images.get("test")):
+        raise ValueError("a count is missing or not a whole number")
+    fraction = headline.get("leaked_test_fraction")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0 <= fraction <= 1
+    ):
+        raise ValueError("leaked_test_fraction is not a fraction")
+    left_out = headline.get("left_out") if isinstance(headline.get("left_out"), dict) else {}
+    candidates = headline.get("label_error_candidates")
+    imbalance = headline.get("imbalance_train")
+    return {
+        **{k: headline[k] for k in AUDIT_COUNTS},
+        "leaked": {s: leaked[s] for s in ("valid", "test")},
+        "left_out": {s: left_out[s] for s in ("valid", "test") if _count(left_out.get(s))},
+        "leaked_test_fraction": float(fraction),
+        "test_images": images["test"],
+        "label_error_candidates": candidates if _count(candidates) else None,
+        "imbalance_train": float(imbalance) if isinstance(imbalance, int | float) else None,
+        "policy": str(document.get("leakage_policy", "")),
+    }
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def audit_line(audit: dict) -> str:
+    """The audit's headline in one line, for a notice, a version's metadata and the CLI."""
+    leaked, left = audit["leaked"], audit.get("left_out", {})
+    parts = [
+        f"leaked test {leaked['test']}/{audit['test_images']} "
+        f"({audit['leaked_test_fraction']:.1%}; {left.get('test', 0)} left out)",
+        f"leaked valid {leaked['valid']}",
+        f"exact duplicates {audit['exact_duplicates']}",
+        f"near duplicates {audit['near_duplicates']}",
+        f"label conflicts {audit['label_conflicts']}",
+    ]
+    if audit.get("label_error_candidates") is not None:
+        parts.append(f"likely label errors {audit['label_error_candidates']}")
+    if audit.get("imbalance_train") is not None:
+        parts.append(f"imbalance {audit['imbalance_train']:g}:1")
+    if audit["unreadable"]:
+        parts.append(f"unreadable {audit['unreadable']}")
+    return "data audit: " + ", ".join(parts)
 
 
 def model_quality_statistics(metrics: dict[str, float]) -> dict:

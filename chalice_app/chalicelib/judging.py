@@ -19,7 +19,13 @@ from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import inspect_zip
 from chalicelib.deploying import describe_endpoint
-from chalicelib.gate import ISSUES_FOUND, GateDecision, judge_evaluation, quality_gate
+from chalicelib.gate import (
+    ISSUES_FOUND,
+    GateDecision,
+    judge_audit,
+    judge_evaluation,
+    quality_gate,
+)
 from chalicelib.outcome import logger
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
@@ -39,6 +45,10 @@ class Judgement:
     @property
     def evaluation(self) -> dict:
         return self.reports.evaluation or {}
+
+    @property
+    def audit(self) -> dict | None:
+        return self.reports.audit
 
 
 def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint: str) -> Judgement:
@@ -61,6 +71,7 @@ def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint:
         class_recall_floor(settings, tags),
         stale_comparison(training, serving_artifact),
     )
+    judge_audit(reports.audit, settings.gate_max_leaked_fraction, evidence)
     decision = quality_gate(
         rules,
         test_accuracy,

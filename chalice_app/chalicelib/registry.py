@@ -39,6 +39,10 @@ class Version:
     worst_class: str = ""
     statistics: str = ""  # S3 URI of its model-quality statistics (ModelMetrics)
     evaluation: str = ""  # S3 URI of its evaluation.json
+    data_audit: str = ""  # the audit's headline (requests.audit_metadata)
+    leaked_test_fraction: float | None = None
+    label_error_candidates: int | None = None
+    data_audit_report: str = ""  # S3 URI of its data_audit.json
 
     @classmethod
     def of(cls, package: dict) -> Version:
@@ -64,7 +68,20 @@ class Version:
             .get("Statistics", {})
             .get("S3Uri", ""),
             evaluation=properties.get(requests.META_EVALUATION, ""),
+            data_audit=properties.get(requests.META_DATA_AUDIT, ""),
+            leaked_test_fraction=_number(properties.get(requests.META_LEAKED_TEST), float),
+            label_error_candidates=_number(properties.get(requests.META_LABEL_ERRORS), int),
+            data_audit_report=properties.get(requests.META_AUDIT_REPORT, ""),
         )
+
+
+def _number(text: str | None, kind):
+    """A metadata value as a number; None when absent or not one (a person may edit
+    metadata in Studio)."""
+    try:
+        return None if text is None else kind(text)
+    except ValueError:
+        return None
 
 
 def group_exists(sagemaker, group: str) -> bool:

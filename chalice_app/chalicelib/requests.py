@@ -48,6 +48,11 @@ META_REPORT = "sagedrop:report"
 META_EVALUATION = "sagedrop:evaluation"
 META_MACRO_F1 = "sagedrop:macro-f1"
 META_WORST_CLASS = "sagedrop:worst-class"
+# The data audit's headline (data_audit.json): one line, the two numbers read most, its URI.
+META_DATA_AUDIT = "sagedrop:data-audit"
+META_LEAKED_TEST = "sagedrop:leaked-test"
+META_LABEL_ERRORS = "sagedrop:label-error-candidates"
+META_AUDIT_REPORT = "sagedrop:data-audit-report"
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png"]
 # Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
 # sends them); the tuner adds its own ``_tuning_*`` ones.
@@ -334,6 +339,30 @@ def model_package_group_request(group: str, pipeline: str) -> dict:
     }
 
 
+def audit_metadata(audit: dict) -> dict[str, str]:
+    """The data audit's headline as ``CustomerMetadataProperties`` (values in the tag
+    character set, at most 256 characters: ``job_reports.checked_audit``'s numbers)."""
+    leaked, left = audit["leaked"], audit.get("left_out", {})
+    fields = [
+        f"leaked-test={leaked['test']}/{audit['test_images']}",
+        f"left-out-test={left.get('test', 0)}",
+        f"leaked-valid={leaked['valid']}",
+        f"exact={audit['exact_duplicates']}",
+        f"near={audit['near_duplicates']}",
+        f"conflicts={audit['label_conflicts']}",
+        f"unreadable={audit['unreadable']}",
+    ]
+    if audit.get("imbalance_train") is not None:
+        fields.append(f"imbalance={audit['imbalance_train']:g}")
+    metadata = {
+        META_DATA_AUDIT: aws_limits.tag_value(" ".join(fields)),
+        META_LEAKED_TEST: f"{audit['leaked_test_fraction']:.6f}",
+    }
+    if audit.get("label_error_candidates") is not None:
+        metadata[META_LABEL_ERRORS] = str(audit["label_error_candidates"])
+    return metadata
+
+
 def model_package_request(
     settings: Settings,
     upload: Upload,
@@ -347,6 +376,7 @@ def model_package_request(
     reports: dict[str, str],
     serving: str,
     evaluation: dict | None = None,
+    audit: dict | None = None,
 ) -> dict:
     """``CreateModelPackage``: the debug job's model as one version of its dataset's group.
 
@@ -383,6 +413,10 @@ def model_package_request(
         properties[META_WORST_CLASS] = aws_limits.tag_value(
             f"{worst['label']}: recall {worst['recall']:.4f} on {worst['support']} test images"
         )
+    if audit:
+        properties.update(audit_metadata(audit))
+    if reports.get("audit"):
+        properties[META_AUDIT_REPORT] = aws_limits.tag_value(reports["audit"])
     request = {
         "ModelPackageGroupName": group,
         "ModelPackageDescription": aws_limits.description(description),

@@ -133,6 +133,9 @@ def pipelines(root: Path, state: State) -> list[dict]:
                     "evaluation": _existing(
                         root / "jobs" / debug_name / "output" / "data" / "evaluation.json"
                     ),
+                    "audit": _existing(
+                        root / "jobs" / debug_name / "output" / "data" / "data_audit.json"
+                    ),
                     "log": _existing(root / "jobs" / debug_name / "logs.txt"),
                     "tensorboard": _existing(root / "jobs" / debug_name / "output" / "tensorboard"),
                     "series": debug.get("_local", {}).get("series", {}),

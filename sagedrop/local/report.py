@@ -20,11 +20,13 @@ from sagedrop.paths import ensure_training_code_importable
 
 ensure_training_code_importable()
 from offline_api import (  # noqa: E402 - training_code/'s door
+    audit_section,
     evaluation_section,
     line_chart,
     page,
     scatter,
     table,
+    wanted_thumbnails,
 )
 
 THUMBNAIL = 96
@@ -132,8 +134,10 @@ def render(pipeline: dict, root: Path | None = None) -> str:
         if debug.get("report"):
             link = Path(debug["report"]).resolve().as_uri()
             parts.append(f'<p><a href="{html.escape(link)}">Debug and profiler report</a></p>')
+        zipped = _local_object(root, pipeline.get("dataset"))
+        if debug.get("audit"):
+            parts.append(_audit_html(Path(debug["audit"]), zipped))
         if debug.get("evaluation"):
-            zipped = _local_object(root, pipeline.get("dataset"))
             parts.append(_evaluation_html(Path(debug["evaluation"]), zipped))
     gate = pipeline["gate"]
     parts.append("<h2>Quality gate</h2>")
@@ -213,9 +217,13 @@ def render_dataset(dataset: dict, root: Path) -> str:
     )
     if shown and shown["debug_job"]:
         evaluation = root / "jobs" / shown["debug_job"] / "output" / "data" / "evaluation.json"
-        if evaluation.exists():
-            upload = root / "buckets" / "sagedrop-data" / "datasets" / f"{dataset['name']}.zip"
+        audit = evaluation.with_name("data_audit.json")
+        upload = root / "buckets" / "sagedrop-data" / "datasets" / f"{dataset['name']}.zip"
+        if evaluation.exists() or audit.exists():
             parts.append(f"<h2>Version {shown['number']}</h2>")
+        if audit.exists():
+            parts.append(_audit_html(audit, upload))
+        if evaluation.exists():
             parts.append(_evaluation_html(evaluation, upload))
     return page(f"sagedrop {dataset['name']}", parts)
 
@@ -226,6 +234,12 @@ def _evaluation_html(path: Path, zipped: Path | None) -> str:
     evaluation = json.loads(path.read_text())
     wanted = [item["file"] for item in evaluation.get("confidently_wrong", [])]
     return evaluation_section(evaluation, _thumbnails(zipped, wanted))
+
+
+def _audit_html(path: Path, zipped: Path | None) -> str:
+    """The data audit's section, its likely label errors as thumbnails from the zip."""
+    audit = json.loads(path.read_text())
+    return audit_section(audit, _thumbnails(zipped, wanted_thumbnails(audit)))
 
 
 def _local_object(root: Path | None, uri: str | None) -> Path | None:

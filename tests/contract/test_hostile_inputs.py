@@ -426,6 +426,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
     from sagedrop_serving.image_io import AUGMENTATIONS
     from sagedrop_serving.model_def import BACKBONES, FREEZE_MODES, PRETRAINED_MODES
     from sagedrop_training import graph_export
+    from sagedrop_training.data_audit import LEAKAGE_POLICIES
 
     choices = {n: b.choices for n, b in hyperparameters.SETTABLE.items() if b.kind == "choice"}
     assert choices == {
@@ -437,6 +438,7 @@ def test_hyperparameter_allow_list_mirrors_train_py():
         "cache-features": ("auto", "true", "false"),
         "export-graph": graph_export.EXPORT_MODES,
         "quantise": graph_export.QUANTISE_MODES,
+        "leakage": LEAKAGE_POLICIES,
     }
     # A job's own list: the toolkit's keys pass through (it consumed them), paths never do.
     assert hyperparameters.check_job_hyperparameters(

@@ -22,7 +22,11 @@ def test_well_formed_dataset_is_usable_with_sorted_classes(tmp_path):
     assert report.classes == ["001.cat", "002.dog", "003.Great_Dane"]
     assert report.labels == ["cat", "dog", "Great_Dane"]
     assert report.counts["train"] == {"001.cat": 2, "002.dog": 2, "003.Great_Dane": 2}
-    assert report.warnings == []
+    assert report.warnings == [
+        "3 class(es) have fewer than 5 training images: '001.cat' (2), '002.dog' (2), "
+        "'003.Great_Dane' (2)."
+    ]
+    assert report.listing_audit["leaked"] == {"valid": 0, "test": 0}
 
 
 def test_single_top_level_folder_is_stripped(tmp_path):

@@ -68,6 +68,7 @@ class DebugSession:
         stop_within_epoch: bool = True,
     ):
         self.output_dir = output_dir
+        self.sections: list[str] = []
         self.options = options
         self.device = device
         self.stop_within_epoch = stop_within_epoch
@@ -188,6 +189,10 @@ class DebugSession:
         return self.rules.stopping_rule()
 
     # the end ----------------------------------------------------------------------------
+    def add_section(self, section: str) -> None:
+        """HTML the job adds to the report (the data audit): drawn after the job's own."""
+        self.sections.append(section)
+
     def finish(self, title: str) -> list[Verdict]:
         """Verdicts, rules.json, report.html and metric lines; safe to call after a failure."""
         self.monitor.stop()
@@ -200,7 +205,7 @@ class DebugSession:
         self.writer.close()
         records = read_trace(self.writer.path)
         with open(os.path.join(self.output_dir, REPORT_FILE), "w", encoding="utf-8") as handle:
-            handle.write(debug_report.render(records, verdicts, title))
+            handle.write(debug_report.render(records, verdicts, title, self.sections))
         if self.tensorboard is not None:
             for record in records:
                 if record.get("kind") == "system":

@@ -19,7 +19,13 @@ PHASES = ("data", "forward", "backward", "optimizer", "recording")
 MAX_HEATMAP_COLUMNS = 120
 
 
-def render(records: list[dict], verdicts: list[Verdict], title: str = "debug job") -> str:
+def render(
+    records: list[dict],
+    verdicts: list[Verdict],
+    title: str = "debug job",
+    sections: list[str] | None = None,
+) -> str:
+    """The report page; ``sections``: HTML the job adds after its own (the data audit)."""
     by_kind: dict[str, list[dict]] = {}
     for record in records:
         by_kind.setdefault(record.get("kind", ""), []).append(record)
@@ -41,6 +47,7 @@ def render(records: list[dict], verdicts: list[Verdict], title: str = "debug job
     parts.append(_step_durations(by_kind.get("step", [])))
     parts.append("</div>")
     parts.append(_top_operators(by_kind.get("operators", [])))
+    parts.extend(sections or [])
     return page(f"sagedrop debug report {title}", parts)
 
 

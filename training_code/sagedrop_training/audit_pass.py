@@ -18,6 +18,8 @@ import os
 import numpy as np
 import torch
 
+from sagedrop_reports.audit_section import audit_section, thumbnails_from_folder, wanted_thumbnails
+from sagedrop_serving.image_io import decode_image
 from sagedrop_training import ddp_runtime, label_errors
 from sagedrop_training.data_audit import (
     AUDIT_FILE,
@@ -209,6 +211,14 @@ def add_label_errors(
         )  # fmt: skip
     elif found["status"] == "skipped":
         log.info("data audit: label errors not looked for: %s", found["reason"])
+
+
+def report_section(result: Audit, data: PreparedDataset) -> str:
+    """The audit's section of the debug job's report, its label-error candidates drawn
+    from the job's own copy of the images."""
+    document = result.document
+    files = wanted_thumbnails(document)
+    return audit_section(document, thumbnails_from_folder(data.root, files, decode_image))
 
 
 def write(output_dir: str, result: Audit) -> str:

@@ -15,8 +15,11 @@ no decode pass comes first). Two images are
 Near duplicates are found without comparing every pair: multi-index hashing. The 64 bits
 are cut into ``NEAR_BITS + 1`` bands; two hashes within ``NEAR_BITS`` bits agree exactly on
 at least one band (pigeonhole), so an image is compared only with the images that share a
-band value with it. A bucket keeps its first ``BUCKET_CAP`` members, which bounds the work
-per image even when every image looks alike: the search grows linearly with the images.
+band value with it. Buckets hold one image per look: an image that matches none there
+joins them as a new look, one that matches joins that look's group instead (a copy of a
+copy is compared with the first of them). A bucket holds at most ``BUCKET_CAP`` looks, so
+the work per image is bounded even when every image looks alike: the search grows
+linearly with the images.
 
 Groups of duplicates (exact or near, transitively) then say what the dataset hides: a
 ``valid`` or ``test`` image in a group with a training image is *leaked* (the model saw it);
@@ -27,10 +30,9 @@ a group spanning two classes is a *label conflict*. Standard library, numpy and 
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import imagehash
@@ -190,6 +192,7 @@ def duplicate_groups(prints: Sequence[Fingerprint]) -> tuple[list[list[int]], se
     for i in representatives:
         value, thumbnail = prints[i].phash, prints[i].thumbnail
         seen: set[int] = set()
+        matched = False
         for (shift, mask), bucket in zip(bands, buckets, strict=True):
             members = bucket.setdefault((value >> shift) & mask, [])
             for j in members:
@@ -200,8 +203,12 @@ def duplicate_groups(prints: Sequence[Fingerprint]) -> tuple[list[list[int]], se
                     thumbnail_distance(thumbnail, prints[j].thumbnail) <= THUMBNAIL_DISTANCE
                 ):
                     groups.join(i, j)
-            if len(members) < BUCKET_CAP:
-                members.append(i)
+                    matched = True
+        if not matched:  # a new look: it stands for its kind in every bucket it falls in
+            for (shift, mask), bucket in zip(bands, buckets, strict=True):
+                members = bucket[(value >> shift) & mask]
+                if len(members) < BUCKET_CAP:
+                    members.append(i)
     members_of: dict[int, list[int]] = {}
     for i in range(len(prints)):
         members_of.setdefault(groups.find(i), []).append(i)
@@ -349,8 +356,8 @@ def audit(
                 f"colour thumbnails within {THUMBNAIL_DISTANCE:g} levels"
             ),
             "index": (
-                f"multi-index hashing: {NEAR_BITS + 1} bands of the hash, an image compared "
-                f"only with those sharing a band (at most {BUCKET_CAP} per bucket)"
+                f"multi-index hashing: {NEAR_BITS + 1} bands of the hash; an image is "
+                f"compared only with the looks sharing a band (at most {BUCKET_CAP} a bucket)"
             ),
         },
         "leakage_policy": leakage,
@@ -470,28 +477,4 @@ def named_images(
             for path, label in items
         ]
         for split, items in splits.items()
-    }
-
-
-def thumbnail_data_uri(path: str, side: int = 96) -> str | None:
-    """A small PNG of an image for a report (None when it cannot be drawn)."""
-    import base64
-
-    try:
-        image = decode_image(path, draft_size=side)
-    except (ImageDecodeError, OSError):
-        return None
-    image.thumbnail((side, side))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def fingerprints_by_split(
-    items: dict[str, Iterable[tuple[str, int]]], draft_size: int | None, workers: int
-) -> dict[str, list[Fingerprint]]:
-    """``fingerprint_all`` for each split."""
-    return {
-        split: fingerprint_all([path for path, _ in split_items], draft_size, workers)
-        for split, split_items in items.items()
     }
