@@ -115,7 +115,7 @@ def test_duplicates_within_a_split_and_label_conflicts(tmp_path):
             ("dog", photo(1)),
             ("cat", photo(1)),
             ("dog", photo(2)),
-        ],  # fmt: skip
+        ],
         "valid": [("cat", photo(3)), ("dog", photo(4))],
         "test": [("cat", photo(5)), ("dog", photo(6))],
     }
@@ -145,7 +145,7 @@ def test_every_hostile_dataset_gets_a_sentence(tmp_path):
             "train": train,
             "valid": [("a", photo(40)), ("b", photo(41))],
             "test": [("a", photo(0)), ("b", photo(10))],
-        },  # fmt: skip
+        },
     )
     result = audit(images, prints, ["a", "b"])
     assert result.left_out["test"] == {0, 1}
