@@ -158,6 +158,7 @@ def debug_job(
     hyperparameters=None,
     evaluation=None,
     channels=(),
+    audit=None,
 ):
     """A described debug job: verdicts as rule_<Name> final metrics (what the gate reads)
     and, when ``archive``, rules.json with the details in its output.tar.gz; its dataset
@@ -189,6 +190,8 @@ def debug_job(
         members = {"rules.json": rules}
         if evaluation is not False:
             members["evaluation.json"] = evaluation
+        if audit is not None:
+            members["data_audit.json"] = audit
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for member, document in members.items():
                 data = json.dumps(document).encode()

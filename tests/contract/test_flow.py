@@ -870,8 +870,12 @@ def _paired(new_only: int, serving_only: int, images: int = 200) -> dict:
             "serving_accuracy": (both_right + serving_only) / images}  # fmt: skip
 
 
-def _gate_with(cloud, evaluation, accuracy=0.9, serving_accuracy=None, channels=(), settings=None):
-    name, described = debug_job(cloud, accuracy, [], evaluation=evaluation, channels=channels)
+def _gate_with(
+    cloud, evaluation, accuracy=0.9, serving_accuracy=None, channels=(), settings=None, audit=None
+):
+    name, described = debug_job(
+        cloud, accuracy, [], evaluation=evaluation, channels=channels, audit=audit
+    )
     cloud.stub.add_response("describe_training_job", described)
     if serving_accuracy is None:
         missing_endpoint(cloud)
@@ -1038,3 +1042,115 @@ def test_mcnemar_exact_one_sided_p_values():
     assert mcnemar_worse_p(5, 5) == pytest.approx(638 / 1024)
     assert mcnemar_worse_p(0, 0) == 1.0
     assert mcnemar_worse_p(10, 0) == 1.0
+
+
+# --- the data audit (issue 21) ----------------------------------------------------------------
+def test_the_upload_notice_names_cross_split_copies_from_the_directory_alone(cloud, monkeypatch):
+    """Byte-identical images in train and test are named from the central directory's
+    CRC-32s and sizes: the Lambda reads no byte of any image."""
+    members = layout(n=6)
+    for i in range(3):
+        members[f"test/001.cat/copy_{i}.jpg"] = members[f"train/001.cat/img_{i}.jpg"]
+    big = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    members["train/002.dog/big.jpg"] = big  # member data far before the directory
+    etag = cloud.put_zip("datasets/pets.zip", members)
+    reads: list[tuple[int, int]] = []
+    original = S3RangedFile.readinto
+
+    def recording(self, buffer):
+        start = self.tell()
+        count = original(self, buffer)
+        reads.append((start, start + count))
+        return count
+
+    monkeypatch.setattr(S3RangedFile, "readinto", recording)
+    cloud.stub.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
+    )
+    assert flow.dataset_uploaded(DATA, "datasets/pets.zip", etag, cloud.settings) == "started"
+    [message] = cloud.messages()
+    assert message["metrics"]["leaked test images"] == 3
+    assert message["metrics"]["leaked valid images"] == 0
+    [leak] = [r for r in message["reasons"] if "byte-identical to a training image" in r]
+    assert leak.startswith("3 of 15 'test' image(s)")
+    assert "test/001.cat/copy_0.jpg = train/001.cat/img_0.jpg" in leak
+    zipped = io.BytesIO(cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read())
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as archive:
+        data = []
+        for info in archive.infolist():
+            header = 30 + len(info.filename.encode()) + len(info.extra)
+            data.append(
+                (info.header_offset + header, info.header_offset + header + info.compress_size)
+            )
+    touched = [(a, b) for a, b in reads for lo, hi in data if a < hi and lo < b]
+    assert reads and not touched, touched
+
+
+def audit_document(leaked_test=0, test_images=100, policy="leave-out", **counts):
+    """``data_audit.json`` as the job writes it (only what the gate reads)."""
+    left = leaked_test if policy == "leave-out" else 0
+    return {
+        "format": 1,
+        "leakage_policy": policy,
+        "images": {"train": 800, "valid": 100, "test": test_images},
+        "headline": {
+            "images": 800 + 100 + test_images,
+            "leaked": {"valid": counts.get("leaked_valid", 0), "test": leaked_test},
+            "leaked_test_fraction": leaked_test / test_images,
+            "left_out": {"valid": 0, "test": left},
+            "exact_duplicates": counts.get("exact", leaked_test),
+            "near_duplicates": counts.get("near", 0),
+            "label_conflicts": 0,
+            "unreadable": 0,
+            "imbalance_train": 1.5,
+            "label_error_candidates": counts.get("label_errors", 7),
+        },
+    }
+
+
+def test_the_audit_reaches_the_notice_and_the_version(cloud):
+    result, message = _gate_with(cloud, evaluation_document(0.9), audit=audit_document(4))
+    assert result == "approved"  # the floor is off by default: said, not blocking
+    assert message["metrics"]["leaked test images"] == 4
+    assert message["metrics"]["label-error candidates"] == 7
+    line = next(r for r in message["reasons"] if r.startswith("data audit: "))
+    assert "leaked test 4/100 (4.0%; 4 left out)" in line and "likely label errors 7" in line
+    [version] = versions(cloud)
+    assert version.data_audit.startswith("leaked-test=4/100 left-out-test=4 leaked-valid=0")
+    assert version.leaked_test_fraction == pytest.approx(0.04)
+    assert version.label_error_candidates == 7
+    assert version.data_audit_report.endswith("/reports/data_audit.json")
+
+
+@pytest.mark.parametrize(
+    ("leaked", "policy", "result"),
+    [(4, "leave-out", "approved"), (6, "leave-out", "blocked"), (6, "keep", "blocked")],
+)
+def test_the_leaked_fraction_floor_is_the_operators(cloud, leaked, policy, result):
+    """GATE_MAX_LEAKED_FRACTION counts before removal: "leakage": "keep" cannot lift it."""
+    floor = replace(cloud.settings, gate_max_leaked_fraction=0.05)
+    audit = audit_document(leaked, policy=policy)
+    got, message = _gate_with(cloud, evaluation_document(0.9), settings=floor, audit=audit)
+    assert got == result
+    said = f"{leaked} of 100 test image(s) ({leaked / 100:.2%}) duplicated a training image"
+    assert any(said in r for r in message["reasons"]), message["reasons"]
+    if result == "blocked":
+        assert any("over GATE_MAX_LEAKED_FRACTION 5.00%" in r for r in message["reasons"])
+
+
+def test_a_floor_without_an_audit_blocks(cloud):
+    floor = replace(cloud.settings, gate_max_leaked_fraction=0.05)
+    result, message = _gate_with(cloud, evaluation_document(0.9), settings=floor)
+    assert result == "blocked"
+    assert any("no readable data_audit.json" in r for r in message["reasons"])
+
+
+def test_a_broken_audit_is_refused_by_name_and_loses_no_model(cloud):
+    broken = audit_document(2)
+    broken["headline"]["leaked"]["test"] = "2"
+    result, message = _gate_with(cloud, evaluation_document(0.9), audit=broken)
+    assert result == "approved"  # no floor: a broken audit is said, never a lost model
+    assert any("data_audit.json is not a data audit" in r for r in message["reasons"])

@@ -399,3 +399,30 @@ def test_a_dataset_may_raise_the_class_floor_never_lower_it(settings):
         floor.with_dataset_overrides({"min_class_recall": 0.1})
     with pytest.raises(SettingsError, match="GATE_MIN_CLASS_RECALL must be between 0 and 1"):
         Settings.from_env({"GATE_MIN_CLASS_RECALL": "1.5"})
+
+
+def test_a_datasets_leakage_choice_reaches_its_jobs_and_nothing_else(settings, upload):
+    """``"leakage": "keep"`` in sagedrop.json is a static hyperparameter of the tuning job
+    (and so of the debug job); it cannot touch the operator's leaked-fraction floor."""
+    floor = replace(settings, gate_max_leaked_fraction=0.02)
+    kept = floor.with_dataset_overrides({"leakage": "keep", "hyperparameters": {"seed": 3}})
+    assert kept.gate_max_leaked_fraction == 0.02
+    request = requests.tuning_job_request(kept, upload)
+    assert_valid("CreateHyperParameterTuningJob", request)
+    static = request["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert json.loads(static["leakage"]) == "keep" and json.loads(static["seed"]) == 3
+    debug = requests.debug_training_job_request(kept, upload, describe_tuning(kept, upload))
+    assert json.loads(debug["HyperParameters"]["leakage"]) == "keep"
+    with pytest.raises(SettingsError, match="'leakage' must be one of leave-out, keep"):
+        settings.with_dataset_overrides({"leakage": "hide"})
+
+
+def test_the_audit_settings_are_read_and_bounded():
+    env = {"GATE_MAX_LEAKED_FRACTION": "0.05", "DATASET_MIN_CLASS_IMAGES": "10"}
+    read = Settings.from_env(env)
+    assert (read.gate_max_leaked_fraction, read.dataset_min_class_images) == (0.05, 10)
+    assert Settings().gate_max_leaked_fraction is None  # off by default
+    with pytest.raises(SettingsError, match="GATE_MAX_LEAKED_FRACTION must be between 0 and 1"):
+        Settings.from_env({"GATE_MAX_LEAKED_FRACTION": "2"})
+    with pytest.raises(SettingsError, match="DATASET_MIN_CLASS_IMAGES must be at least 1"):
+        Settings.from_env({"DATASET_MIN_CLASS_IMAGES": "0"})
