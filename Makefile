@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/job_startup.py
 	$(BIN)/python bench/hostile_images.py
 	$(BIN)/python bench/evaluation_cost.py
+	$(BIN)/python bench/data_audit.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -62,7 +63,7 @@ def test_metric_definitions_read_the_real_log(trained_job):
 
 def test_unreadable_and_stray_files_do_not_stop_training(trained_job):
     summary = json.loads((trained_job["output_dir"] / "training_summary.json").read_text())
-    assert len(summary["unreadable_images"]) == 1
+    assert summary["data_audit"]["unreadable"] == 1
     assert trained_job["truncated"] in summary["unreadable_images"][0]
     assert summary["dataset"]["ignored_files"] == 1
     assert "1 unreadable image(s) were skipped" in trained_job["log"]
@@ -203,3 +204,37 @@ def test_digits_reach_90_percent_from_scratch(tmp_path, digits):
     assert result.returncode == 0, result.stdout[-3000:]
     test_accuracy = parse_metric_lines(result.stdout)["test_accuracy"][-1]
     assert test_accuracy >= 0.90, result.stdout[-2000:]
+
+
+def test_ddp_with_cached_features_leaves_the_same_leaked_images_out(tmp_path, tiny_dataset):
+    """Each process fingerprints its shard; all reach the same audit, and the features of
+    the images left are dealt out again, so both shards together are the split without
+    the leaked images (an unreadable one among them counted once)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset["folder"], data)
+    originals = sorted((data / "train" / "002.one").glob("*.jpg"))
+    shutil.copy(originals[0], data / "valid" / "002.one" / "leak.jpg")
+    shutil.copy(originals[1], data / "test" / "002.one" / "leak_a.jpg")
+    shutil.copy(originals[2], data / "test" / "002.one" / "leak_b.jpg")
+    (data / "test" / "001.zero" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]  # fmt: skip
+    result = run_train(
+        [*TINY_HYPERPARAMETERS, "--cache-features", "true", "--data", str(data),
+         "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o")],
+        {"OMP_NUM_THREADS": "1"},
+        launcher=launcher,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "o" / "training_summary.json").read_text())
+    images = summary["dataset"]["images"]
+    assert summary["data_audit"]["left_out"] == {"valid": 1, "test": 2}
+    assert [r["valid_samples"] for r in summary["history"]] == [images["valid"] - 1] * 2
+    evaluation = json.loads((tmp_path / "o" / "evaluation.json").read_text())
+    tested = sum(map(sum, evaluation["confusion_matrix"]))
+    assert tested == images["test"] - 2 - 1  # two left out, one unreadable
+    assert sorted(evaluation["left_out"]["test_files"]) == [
+        "test/002.one/leak_a.jpg",
+        "test/002.one/leak_b.jpg",
+    ]
+    assert summary["data_audit"]["unreadable"] == 1
