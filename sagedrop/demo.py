@@ -166,6 +166,8 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
             if version.get("macro_f1") is not None:
                 say(f"Evaluation:      macro-F1 {version['macro_f1']:.4f}; worst class "
                     f"{version.get('worst_class') or '-'}")  # fmt: skip
+            if version.get("data_audit"):
+                say(f"Data audit:      {version['data_audit']}")
     endpoint = overview.endpoints(cloud.state)[0]
     say(f"Endpoint:        {endpoint['name']} {endpoint['status']} (127.0.0.1:{endpoint['port']})")
     say("")

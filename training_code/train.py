@@ -326,8 +326,8 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
     untested = _classes_without_test_images(runtime, data, unreadable)
     if untested and runtime.is_main:
         log.warning(
-            "%d class(es) have no readable test image, so test accuracy says nothing about "
-            "them: %s",
+            "%d class(es) have no readable test image left (unreadable, or left out as "
+            "copies of training images), so test accuracy says nothing about them: %s",
             len(untested),
             ", ".join(untested[:20]),
         )

@@ -77,8 +77,10 @@ def artifact_problems(
             f" and {len(untested) - 10} more" if len(untested) > 10 else ""
         )
         problems.append(
-            f"{len(untested)} class(es) have no readable test image, so test accuracy says "
-            f"nothing about them: {shown}. Fix or replace those images in the dataset."
+            f"{len(untested)} class(es) have no readable test image left (unreadable, or "
+            "every one a copy of a training image, left out by the data audit), so test "
+            f"accuracy says nothing about them: {shown}. Fix or replace those images in the "
+            "dataset."
         )
     elif isinstance(config, dict) and coverage is None:
         problems.append("the model artifact does not say which classes its test split covered")

@@ -221,6 +221,7 @@ def _version_row(package: dict, serving: int | None) -> dict:
         "serving": package["ModelPackageVersion"] == serving,
         "macro_f1": None if macro_f1 is None else float(macro_f1),
         "worst_class": properties.get(requests.META_WORST_CLASS, ""),
+        "data_audit": properties.get(requests.META_DATA_AUDIT, ""),
     }
 
 

@@ -126,12 +126,14 @@ def test_pipeline_through_the_cli(tmp_path):
     assert (dataset["name"], dataset["serving_version"]) == ("digits", 1)
     [version] = dataset["versions"]
     assert (version["approval"], version["debug_job"]) == ("Approved", debug["name"])
+    assert version["data_audit"].startswith("leaked-test=0/")  # the audit, on the version
     assert "trial" in output and "[sns]" in output
     report = cli("report", pipeline["name"], root=root)
     assert report.returncode == 0
     page = (root / "reports" / f"{pipeline['name']}.html").read_text()
     assert page.count("<svg") >= 3 and pipeline["tuning"]["best_job"] in page
     assert "VanishingGradient" in page and "report.html" in page
+    assert "<h2>Data audit</h2>" in page and "Likely label errors" in page
 
 
 def test_restart_during_tuning_runs_nothing_twice(tmp_path, monkeypatch):
