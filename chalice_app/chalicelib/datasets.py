@@ -423,7 +423,8 @@ def _audit_listing(report: DatasetReport, crcs: dict[str, tuple[int, int]], limi
     ratio = imbalance.get("train")
     if ratio is not None and ratio >= IMBALANCE_WARNING:
         counts = report.counts["train"]
-        largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+        largest = max(counts, key=lambda c: counts[c])
+        smallest = min(counts, key=lambda c: counts[c])
         report.warnings.append(
             f"The classes are imbalanced {ratio:g}:1 in 'train' ('{largest}' has "
             f"{counts[largest]} images, '{smallest}' {counts[smallest]}): accuracy favours "

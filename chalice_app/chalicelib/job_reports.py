@@ -130,7 +130,8 @@ def checked_audit(data: bytes) -> dict:
     headline = document.get("headline") if isinstance(document, dict) else None
     if not isinstance(headline, dict):
         raise ValueError("no headline")
-    images = document.get("images") if isinstance(document.get("images"), dict) else {}
+    images = document.get("images")
+    images = images if isinstance(images, dict) else {}
     leaked = headline.get("leaked")
     if not isinstance(leaked, dict) or not all(_count(leaked.get(s)) for s in ("valid", "test")):
         raise ValueError("no count of leaked valid and test images")
@@ -143,7 +144,8 @@ def checked_audit(data: bytes) -> dict:
         or not 0 <= fraction <= 1
     ):
         raise ValueError("leaked_test_fraction is not a fraction")
-    left_out = headline.get("left_out") if isinstance(headline.get("left_out"), dict) else {}
+    left_out = headline.get("left_out")
+    left_out = left_out if isinstance(left_out, dict) else {}
     candidates = headline.get("label_error_candidates")
     imbalance = headline.get("imbalance_train")
     return {

@@ -92,6 +92,7 @@ class _Page(HTMLParser):
         self.captions: list[str] = []
         self.rows = 0
         self.external: list[str] = []
+        self.text = ""
         self._in_caption = False
 
     def handle_starttag(self, tag, attrs):
@@ -103,6 +104,7 @@ class _Page(HTMLParser):
                 self.external.append(value)
 
     def handle_data(self, data):
+        self.text += data
         if self._in_caption:
             self.captions.append(data)
             self._in_caption = False
@@ -112,7 +114,11 @@ def test_report_is_one_self_contained_page_with_its_plots(debug_job):
     page = _Page()
     page.feed((debug_job["out"] / "report.html").read_text())
     assert page.tags.get("script", 0) == 0 and page.external == []
-    assert page.rows == 1 + len(RULE_NAMES) + 1 + 15  # rules table, operators table
+    audit = json.loads((debug_job["out"] / "data_audit.json").read_text())
+    groups = min(len(audit["groups"]), 20)
+    audit_rows = 1 + 7 + (1 + groups if groups else 0)  # headline table, duplicate groups
+    assert page.rows == 1 + len(RULE_NAMES) + 1 + 15 + audit_rows  # rules, operators, audit
+    assert "Data audit" in page.text and "Likely label errors" in page.text
     captions = " | ".join(page.captions)
     for title in (
         "Training loss per step vs validation loss per epoch",
