@@ -18,9 +18,10 @@ al., 2012). The 64 bits are cut into ``BANDS`` bands of 16; two hashes within ``
 (pigeonhole), so an image is compared only with the images whose band value is its own or
 one bit off it: 4 x 17 of 65,536 buckets a band. Buckets hold one image per look: an image
 that matches none joins them as a new look; one that matches joins that look's group (a
-copy of a copy is compared with the first of them). A bucket holds at most
-``BUCKET_CAP`` looks, so the work per image stays bounded even when every image looks
-alike: the search grows linearly with the images.
+copy of a copy is compared with the first of them). An image is compared with about
+68 N / 65,536 others (8 at dogImages' 8,351 images, where all pairs are 4,175 an image),
+and never with more than 68 x ``BUCKET_CAP``, even when every image looks alike: past
+that the search grows linearly with the images.
 
 Groups of duplicates (exact or near, transitively) then say what the dataset hides: a
 ``valid`` or ``test`` image in a group with a training image is *leaked* (the model saw it);
