@@ -22,6 +22,10 @@ from pathlib import Path
 from sagedrop.local.handler_service import invoke, start_handler_service
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit for real-time endpoints
+# What the container itself accepts: TorchServe's max_request_size in the PyTorch inference
+# image. A body between the two reaches the model (which answers it); over it, 413.
+CONTAINER_MAX_BODY_BYTES = 6_553_500
+PING_BODY = b'{\n  "status": "Healthy"\n}\n'  # what TorchServe's /ping answers
 # Connections the kernel queues before the server accepts them: a burst of new clients
 # waits here instead of being reset (the standard library's default is 5).
 LISTEN_BACKLOG = 1024
@@ -91,13 +95,18 @@ class EndpointServer:
                 """Quiet: the pipeline logs what matters, not every request line."""
 
             def do_GET(self) -> None:
+                if self.path == "/invocations":  # TorchServe: a prediction needs a body
+                    return self._reply(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "text/plain",
+                                       b"GET /invocations: send the image with POST")  # fmt: skip
                 if self.path != "/ping":
                     return self._reply(HTTPStatus.NOT_FOUND, "text/plain", b"not found")
-                ready = server.worker is not None
-                status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                return self._reply(status, "text/plain", b"" if ready else b"loading")
+                if server.worker is None:
+                    return self._reply(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"loading")
+                return self._reply(HTTPStatus.OK, "application/json", PING_BODY)
 
             def do_POST(self) -> None:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    return self._chunked()
                 length, problem = _content_length(self.headers)
                 if problem is not None:
                     status, message = problem
@@ -112,6 +121,23 @@ class EndpointServer:
                 if len(body) < length:
                     self.close_connection = True
                     return  # the client went away mid-body
+                return self._answer(body)
+
+            def _chunked(self) -> None:
+                """A chunked body, as TorchServe accepts it, bounded by the same limit."""
+                try:
+                    body = _read_chunked(self.rfile, CONTAINER_MAX_BODY_BYTES)
+                except ValueError as exc:
+                    self.close_connection = True
+                    return self._reply(HTTPStatus.BAD_REQUEST, "text/plain", str(exc).encode())
+                except OverflowError as exc:
+                    self.close_connection = True
+                    return self._reply(
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "text/plain", str(exc).encode()
+                    )
+                return self._answer(body)
+
+            def _answer(self, body: bytes) -> None:
                 if self.path != "/invocations":
                     return self._reply(HTTPStatus.NOT_FOUND, "text/plain", b"not found")
                 worker = server.worker  # the model this request started with
@@ -153,22 +179,48 @@ def _content_length(headers) -> tuple[int, tuple[int, str] | None]:
     """The body's length, or the 4xx to answer: a request with a missing, malformed,
     negative or oversized Content-Length gets a reply, never a silently closed socket."""
     if headers.get("Transfer-Encoding"):
-        return 0, (
-            HTTPStatus.LENGTH_REQUIRED,
-            "chunked bodies are not accepted; send Content-Length",
-        )
+        return 0, (HTTPStatus.NOT_IMPLEMENTED, "only the chunked transfer coding is understood")
     text = headers.get("Content-Length")
     if text is None:
         return 0, (HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
     if not text.strip().isdigit():
         return 0, (HTTPStatus.BAD_REQUEST, f"Content-Length {text[:40]!r} is not a number")
     length = int(text)
-    if length > MAX_PAYLOAD_BYTES:
+    if length > CONTAINER_MAX_BODY_BYTES:
         return 0, (
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"the body is {length} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+            f"the body is {length} bytes; the limit is {CONTAINER_MAX_BODY_BYTES}",
         )
     return length, None
+
+
+def _read_chunked(stream, limit: int) -> bytes:
+    """A chunked body (RFC 9112 section 7.1), at most ``limit`` bytes; trailers dropped.
+    ``ValueError``: malformed; ``OverflowError``: over ``limit``."""
+    parts, total = [], 0
+    while True:
+        line = stream.readline(1024)
+        if not line.endswith(b"\n"):
+            raise ValueError("a chunk size line is cut short or too long")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ValueError(f"chunk size {size_text[:20]!r} is not hexadecimal") from None
+        if size == 0:
+            break
+        total += size
+        if total > limit:
+            raise OverflowError(f"the chunked body exceeds the limit of {limit} bytes")
+        data = stream.read(size)
+        if len(data) < size or stream.readline(16) not in (b"\r\n", b"\n"):
+            raise ValueError("a chunk is cut short")
+        parts.append(data)
+    for _ in range(64):  # trailer fields, up to the blank line
+        trailer = stream.readline(8192)
+        if trailer in (b"\r\n", b"\n", b""):
+            break
+    return b"".join(parts)
 
 
 def _drain(stream, length: int, limit: int = DRAIN_LIMIT_BYTES) -> None:

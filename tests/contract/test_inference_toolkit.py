@@ -103,3 +103,14 @@ def test_two_artifacts_in_one_process_keep_their_own_code_and_model(served, tmp_
 
     assert all(label.startswith("other-") for label in labels(second, other_dir))
     assert not any(label.startswith("other-") for label in labels(first, first_dir))
+
+
+def test_a_jpeg_sent_as_text_is_the_toolkits_500(served):
+    """Issue 22, from the real stack: the toolkit decodes ``text/csv`` and
+    ``application/json`` bodies as UTF-8 before ``input_fn`` sees them, so a JPEG sent as
+    either fails there (500), where inference.py cannot answer 415; text that decodes
+    reaches ``input_fn`` and gets its 415 (above). The README says both."""
+    service, model_dir = served
+    for content_type in ("text/csv", "application/json"):
+        status, _, data = invoke(service, model_dir, jpeg_bytes(), content_type, None)
+        assert status == 500, (content_type, data[:200])

@@ -253,7 +253,8 @@ def test_10_a_burst_of_200_new_connections_is_served_not_reset(echo_server):
         (b"Content-Length: banana\r\n", b"400"),
         (b"Content-Length: -5\r\n", b"400"),
         (b"", b"411"),
-        (b"Transfer-Encoding: chunked\r\n", b"411"),
+        (b"Transfer-Encoding: gzip\r\n", b"501"),
+        (b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
         (b"Content-Length: 99999999\r\n", b"413"),
     ],
 )
@@ -300,5 +301,29 @@ def test_19_an_oversized_body_is_read_and_answered_413_not_a_broken_pipe(echo_se
     body = b"\0" * (7 * 1024 * 1024)
     connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/png"})
     response = connection.getresponse()
-    assert response.status == 413 and b"the limit is 6291456" in response.read()
+    assert response.status == 413 and b"the limit is 6553500" in response.read()
+    connection.close()
+
+
+def test_22_the_endpoint_answers_as_torchserve_does(echo_server):
+    """Issue 22, from the real stack: a chunked body is served, GET /invocations is 415,
+    a body between InvokeEndpoint's 6 MiB and TorchServe's 6,553,500 bytes reaches the
+    model, /ping answers TorchServe's JSON."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", echo_server.port, timeout=30)
+    connection.request("POST", "/invocations", body=iter([b"ab", b"cd"]),
+                       headers={"Content-Type": "image/jpeg"}, encode_chunked=True)  # fmt: skip
+    response = connection.getresponse()
+    assert (response.status, json.loads(response.read())) == (200, {"bytes": 4})
+    connection.request("GET", "/invocations")
+    response = connection.getresponse()
+    assert response.status == 415 and response.read()
+    body = b"\0" * (6 * 1024 * 1024 + 1000)
+    connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/png"})
+    response = connection.getresponse()
+    assert (response.status, json.loads(response.read())) == (200, {"bytes": len(body)})
+    connection.request("GET", "/ping")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read()) == {"status": "Healthy"}
     connection.close()
