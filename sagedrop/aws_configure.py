@@ -24,6 +24,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from sagedrop.paths import CHALICE_APP, TRAINING_CODE
+from sagedrop.weights_upload import download, environment_value, upload_weights
 
 CHALICE_CONFIG = CHALICE_APP / ".chalice" / "config.json"
 APP_NAME = "sagedrop"
@@ -195,8 +196,12 @@ def configure(
     training_instance_type: str = "ml.g4dn.xlarge",
     inference_instance_type: str = "ml.m5.large",
     image_resolver: Callable[[str, str, str], tuple[str, str]] = resolve_images,
+    weights_fetch: Callable[[str, Path, str], None] | None = download,
 ) -> dict[str, str]:
-    """Do the whole step with a boto3 ``session``; returns the stage's environment."""
+    """Do the whole step with a boto3 ``session``; returns the stage's environment.
+
+    It also puts every backbone's ImageNet weights in S3 (``weights_upload``): the jobs'
+    weights channel, so that no job, isolated from the network, has to download them."""
     region = session.region_name
     if not region:
         raise ConfigureError("no AWS region: pass --region or set AWS_REGION")
@@ -204,8 +209,10 @@ def configure(
     training_image, inference_image = image_resolver(
         region, training_instance_type, inference_instance_type
     )
-    code_uri = upload_training_code(session.client("s3"), outputs.data_bucket, pack_training_code())
+    s3 = session.client("s3")
+    code_uri = upload_training_code(s3, outputs.data_bucket, pack_training_code())
     environment = stage_environment(outputs, training_image, inference_image, code_uri)
+    environment.update(environment_value(upload_weights(s3, outputs.data_bucket, weights_fetch)))
     environment["TRAINING_INSTANCE_TYPE"] = training_instance_type
     environment["DEBUG_INSTANCE_TYPE"] = training_instance_type
     environment["INFERENCE_INSTANCE_TYPE"] = inference_instance_type

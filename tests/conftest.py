@@ -100,4 +100,5 @@ def settings():
         training_image=IMAGE,
         inference_image=IMAGE.replace("training", "inference"),
         code_s3_uri="s3://sagedrop-data/code/sourcedir.tar.gz",
+        network_isolation=True,  # the requests a sealed stage sends (issue 22)
     )

@@ -26,6 +26,15 @@ def audit_dataset(path: str, workers: int | None = None, progress=None) -> dict:
     return audit(path, workers, progress)
 
 
+def imagenet_weight_files() -> list[tuple[str, str]]:
+    """(file name, URL) of every offered backbone's ImageNet weights, as torchvision names
+    them: what ``sagedrop aws deploy`` uploads for the jobs' weights channel."""
+    from sagedrop_serving.model_def import BACKBONES
+    from sagedrop_training.imagenet_weights import file_name, url
+
+    return [(file_name(backbone), url(backbone)) for backbone in BACKBONES]
+
+
 def dataset_error() -> type[Exception]:
     """The error a dataset that cannot be used at all raises (its message lists why)."""
     from sagedrop_training.data_pipeline import DatasetError
@@ -41,6 +50,7 @@ __all__ = [
     "dataset_error",
     "evaluate_records",
     "evaluation_section",
+    "imagenet_weight_files",
     "line_chart",
     "page",
     "parse_rules_config",

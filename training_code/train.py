@@ -41,7 +41,14 @@ from sagedrop_serving.model_def import (
     load_imagenet_weights,
     resolve_freeze,
 )
-from sagedrop_training import audit_pass, ddp_runtime, fit_loop, graph_export, held_out
+from sagedrop_training import (
+    audit_pass,
+    ddp_runtime,
+    fit_loop,
+    graph_export,
+    held_out,
+    imagenet_weights,
+)
 from sagedrop_training.data_audit import LEAKAGE_POLICIES, Fingerprint
 from sagedrop_training.data_pipeline import (
     DatasetError,
@@ -110,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained",
         type=choice(PRETRAINED_MODES),
         default="auto",
-        help="auto: ImageNet weights when obtainable; true: required; false: never",
+        help="auto: ImageNet weights when a file is there; true: required; false: never "
+        "(nothing is ever downloaded)",
     )
-    hp.add_argument("--weights-path", default=None, help="local ImageNet weights (offline use)")
+    hp.add_argument(
+        "--weights-path",
+        default=None,
+        help="local ImageNet weights (default: the weights channel, then the torch hub cache)",
+    )
     hp.add_argument(
         "--freeze",
         type=choice(FREEZE_MODES),
@@ -269,10 +281,12 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
 
     pre = Preprocessing.for_size(args.image_size)
     model = build_classifier(args.backbone, len(data.classes))
-    pretrained = _on_local_main_first(
-        runtime,
-        lambda: load_imagenet_weights(model, args.backbone, args.pretrained, args.weights_path),
+    weights, found = (
+        (None, "")
+        if args.pretrained == "false"
+        else imagenet_weights.locate(args.backbone, args.weights_path)
     )
+    pretrained = load_imagenet_weights(model, args.backbone, args.pretrained, weights, found)
     freeze = resolve_freeze(args.freeze, pretrained)
     apply_freeze(model, freeze)
     model.to(runtime.device, memory_format=torch.channels_last)

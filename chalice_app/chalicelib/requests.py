@@ -23,6 +23,11 @@ if TYPE_CHECKING:  # settings validates ranges with this module's parameter_rang
     from chalicelib.settings import Settings
 
 TRAINING_CHANNEL = "training"
+# Under network isolation the code archive is an input channel, unpacked from here by the
+# training toolkit (the SageMaker Python SDK's CONTAINER_CODE_CHANNEL_SOURCEDIR_PATH).
+CODE_CHANNEL = "code"
+WEIGHTS_CHANNEL = "weights"
+CONTAINER_CODE_PATH = "/opt/ml/input/data/code/sourcedir.tar.gz"
 VARIANT_NAME = "AllTraffic"
 TAG_DATASET = "sagedrop:dataset"
 TAG_TUNING_JOB = "sagedrop:tuning-job"
@@ -106,6 +111,7 @@ def _training_definition(settings: Settings, upload: Upload, job_name: str) -> d
     """Shared parts of the tuning job's definition and the debug training job."""
     return {
         "RoleArn": settings.sagemaker_role_arn,
+        "EnableNetworkIsolation": settings.network_isolation,
         "InputDataConfig": [
             {
                 "ChannelName": TRAINING_CHANNEL,
@@ -119,11 +125,35 @@ def _training_definition(settings: Settings, upload: Upload, job_name: str) -> d
                 "ContentType": "application/zip",
                 "CompressionType": "None",
                 "InputMode": "File",
-            }
+            },
+            *_code_channel(settings),
+            *_weights_channel(settings),
         ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{settings.data_bucket}/jobs/{job_name}"},
         "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
     }
+
+
+def _code_channel(settings: Settings) -> list[dict]:
+    """The code archive as an input channel: what an isolated container runs."""
+    if not settings.network_isolation:
+        return []
+    source = {"S3DataType": "S3Prefix", "S3Uri": settings.code_s3_uri,
+              "S3DataDistributionType": "FullyReplicated"}  # fmt: skip
+    return [{"ChannelName": CODE_CHANNEL, "DataSource": {"S3DataSource": source},
+             "ContentType": "application/x-tar", "CompressionType": "None",
+             "InputMode": "File"}]  # fmt: skip
+
+
+def _weights_channel(settings: Settings) -> list[dict]:
+    """Every backbone's ImageNet weights as the "weights" channel (``SM_CHANNEL_WEIGHTS``):
+    train.py loads its backbone's file from there instead of downloading it."""
+    if not settings.weights_s3_uri:
+        return []
+    source = {"S3DataType": "S3Prefix", "S3Uri": settings.weights_s3_uri,
+              "S3DataDistributionType": "FullyReplicated"}  # fmt: skip
+    return [{"ChannelName": WEIGHTS_CHANNEL, "DataSource": {"S3DataSource": source},
+             "CompressionType": "None", "InputMode": "File"}]  # fmt: skip
 
 
 def _tags(upload: Upload, tuning_job: str, **extra: str) -> list[dict]:
@@ -146,10 +176,14 @@ def static_hyperparameters(settings: Settings) -> dict[str, str]:
     }
     # A tuned hyperparameter must not also be static: SageMaker rejects the request.
     values = {k: v for k, v in values.items() if k not in settings.tuning_ranges}
+    # Under network isolation the container cannot fetch its code: it arrives as the
+    # "code" channel and the toolkit unpacks it from there (as the SageMaker Python SDK
+    # arranges it for an isolated estimator).
+    code = CONTAINER_CODE_PATH if settings.network_isolation else settings.code_s3_uri
     return {
         **hyperparameters.sdk_encoded_all(values),
         **SCRIPT_MODE,
-        "sagemaker_submit_directory": json.dumps(settings.code_s3_uri),
+        "sagemaker_submit_directory": json.dumps(code),
     }
 
 
@@ -273,6 +307,7 @@ def debug_training_job_request(
             "MetricDefinitions": DEBUG_METRIC_DEFINITIONS,
         },
         "RoleArn": definition["RoleArn"],
+        "EnableNetworkIsolation": definition.get("EnableNetworkIsolation", False),
         "InputDataConfig": [*definition["InputDataConfig"], *_serving_channel(serving_artifact)],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
@@ -473,6 +508,10 @@ def model_request(settings: Settings, package: dict) -> dict:
         "SAGEDROP_MODEL_NAME": name,
         "SAGEDROP_MODEL_VERSION": str(package["ModelPackageVersion"]),
     }
+    if settings.network_isolation:
+        # An isolated container cannot reach an index: serve eager at once rather than
+        # spend the model load waiting for pip (graph_runtime.import_runtime).
+        environment["SAGEDROP_RUNTIME_INSTALL"] = "never"
     extra = {TAG_MODEL_PACKAGE: package["ModelPackageArn"]}
     if META_TEST_ACCURACY in properties:
         extra[TAG_TEST_ACCURACY] = properties[META_TEST_ACCURACY]
@@ -490,6 +529,7 @@ def model_request(settings: Settings, package: dict) -> dict:
             "Environment": environment,
         },
         "ExecutionRoleArn": settings.sagemaker_role_arn,
+        "EnableNetworkIsolation": settings.network_isolation,
         "Tags": [{"Key": k, "Value": v} for k, v in {**tags, **extra}.items()],
     }
 

@@ -71,6 +71,9 @@ class Settings:
     training_image: str = ""
     inference_image: str = ""
     code_s3_uri: str = ""
+    # The ImageNet weights of every backbone (``sagedrop aws deploy`` puts them there): the
+    # jobs' "weights" channel, so no job downloads them ("": jobs train without them).
+    weights_s3_uri: str = ""
     # Each dataset's pipeline is served by the endpoint "<prefix>-<dataset>".
     endpoint_prefix: str = "sagedrop"
     training_instance_type: str = "ml.g4dn.xlarge"
@@ -101,6 +104,12 @@ class Settings:
     gate_max_leaked_fraction: float | None = None
     # Fewer training images than this in a class earns a warning at upload.
     dataset_min_class_images: int = 5
+    # SageMaker's network isolation for every training job, tuning job and model: the
+    # code arrives as the "code" channel, the weights as the "weights" one, and nothing
+    # reaches the internet. Off by default on AWS until `sagedrop aws deploy` also ships
+    # the jobs' wheels (the PyTorch images lack some of training_code/requirements.txt,
+    # which an isolated job cannot install); the local cloud runs isolated.
+    network_isolation: bool = False
     # "manual": the gate registers passing models as PendingManualApproval; a person's
     # approval (console, API, `sagedrop approve`) deploys them.
     model_approval: str = "auto"
@@ -387,6 +396,13 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value == "true"
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -405,6 +421,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "TRAINING_IMAGE": ("training_image", str),
     "INFERENCE_IMAGE": ("inference_image", str),
     "CODE_S3_URI": ("code_s3_uri", str),
+    "WEIGHTS_S3_URI": ("weights_s3_uri", str),
     "ENDPOINT_PREFIX": ("endpoint_prefix", str),
     "TRAINING_INSTANCE_TYPE": ("training_instance_type", str),
     "TRAINING_INSTANCE_COUNT": ("training_instance_count", int),
@@ -428,6 +445,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "GATE_MIN_CLASS_RECALL": ("gate_min_class_recall", float),
     "GATE_MAX_LEAKED_FRACTION": ("gate_max_leaked_fraction", float),
     "DATASET_MIN_CLASS_IMAGES": ("dataset_min_class_images", int),
+    "NETWORK_ISOLATION": ("network_isolation", _boolean),
     "MODEL_APPROVAL": ("model_approval", str),
     "SERVERLESS_MEMORY_MB": ("serverless_memory_mb", int),
     "SERVERLESS_MAX_CONCURRENCY": ("serverless_max_concurrency", int),

@@ -28,6 +28,7 @@ from sagedrop.local.s3 import FolderWatcher, LocalS3
 from sagedrop.local.sagemaker import LocalSageMaker
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
+from sagedrop.weights_upload import environment_value, upload_weights
 
 DATA_BUCKET = "sagedrop-data"
 INFERENCE_BUCKET = "sagedrop-inference"
@@ -44,7 +45,13 @@ FIXED_ENVIRONMENT = {
     "POWERTOOLS_SERVICE_NAME": "sagedrop",
     "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines are for CloudWatch; status counts here
 }
-DEFAULT_ENVIRONMENT = {"ENDPOINT_PREFIX": "sagedrop", "INFERENCE_INSTANCE_TYPE": "ml.m5.large"}
+DEFAULT_ENVIRONMENT = {
+    "ENDPOINT_PREFIX": "sagedrop",
+    "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
+    # Local jobs need no network (the environment holds every package): run them isolated,
+    # so one that would fetch anything fails here first.
+    "NETWORK_ISOLATION": "true",
+}
 
 
 class AlreadyRunning(RuntimeError):
@@ -110,6 +117,8 @@ class LocalCloud:
         self._take_lock()
         code_uri = upload_training_code(self.s3, DATA_BUCKET, pack_training_code())
         environment = {**FIXED_ENVIRONMENT, "CODE_S3_URI": code_uri}
+        # The jobs' weights channel, from the torch hub cache only: nothing downloads here.
+        environment.update(environment_value(upload_weights(self.s3, DATA_BUCKET, fetch=None)))
         for key, value in DEFAULT_ENVIRONMENT.items():
             environment.setdefault(key, os.environ.get(key) or value)
         self._saved_environment = {k: os.environ.get(k) for k in environment}

@@ -9,7 +9,13 @@ what the platform would have laid out, in a job folder instead of ``/opt/ml``.
 
 The one change to the request: ``sagemaker_submit_directory`` names a local copy of
 the code archive instead of its S3 URI, because the runner would download an ``s3://``
-URI with boto3 and the local buckets are folders, not an S3 endpoint.
+URI with boto3 and the local buckets are folders, not an S3 endpoint. A network-isolated
+job names the archive in its ``code`` channel by its container path
+(``/opt/ml/input/data/code/...``); that path is the job folder's.
+
+No job reaches a package index: the runner's pip is pointed at none (``PIP_NO_INDEX``),
+and an isolated job's HTTP clients at a closed local port, so whatever a job would fetch
+fails at once instead of working here and failing in an isolated SageMaker job.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ PYTORCH_FRAMEWORK_MODULE = "sagemaker_pytorch_container.training:main"
 # The image's ``train`` command.
 RUNNER_COMMAND = (sys.executable, "-m", "sagemaker_training.cli.train")
 SUBMIT_DIRECTORY = "sagemaker_submit_directory"
+CONTAINER_ROOT = "/opt/ml/"
+# What an isolated job's HTTP clients are pointed at: a port nothing listens on.
+UNREACHABLE_PROXY = "http://127.0.0.1:9"
 HOST = "algo-1"
 GROUP = "homogeneousCluster"
 # Variables of the machine running sagedrop that would leak into the job and change what
@@ -53,6 +62,13 @@ def hyperparameters(request: dict, code_archive: Path) -> dict[str, str]:
         _, encoded = submit_directory(request)
         values[SUBMIT_DIRECTORY] = json.dumps(str(code_archive)) if encoded else str(code_archive)
     return values
+
+
+def in_job_folder(base: Path, path: str) -> Path | None:
+    """A container path (``/opt/ml/...``) as the job folder's, or None for another path."""
+    if not path.startswith(CONTAINER_ROOT):
+        return None
+    return base / path[len(CONTAINER_ROOT) :]
 
 
 def submit_directory(request: dict) -> tuple[str, bool]:
@@ -101,7 +117,9 @@ def resource_config(request: dict) -> dict:
     }
 
 
-def environment(base: Path, job_name: str, extra: dict[str, str]) -> dict[str, str]:
+def environment(
+    base: Path, job_name: str, extra: dict[str, str], isolated: bool = False
+) -> dict[str, str]:
     """The runner's environment: the image's variables, the platform's, and sagedrop's.
 
     ``SM_STUDIO_LOCAL_MODE`` is the toolkits' own switch for running outside SageMaker:
@@ -118,8 +136,24 @@ def environment(base: Path, job_name: str, extra: dict[str, str]) -> dict[str, s
         # The runner pip-installs the code's requirements.txt (satisfied here); pip's own
         # version check would reach for the network on every job start.
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        # No package index, ever: what a job needs is in its image (here: the environment)
+        # or arrives with its code; a requirement not already met fails the job now.
+        "PIP_NO_INDEX": "1",
+        **(_isolation() if isolated else {}),
         **extra,
     }
+
+
+def _isolation() -> dict[str, str]:
+    """SageMaker's network isolation, as near as one process can have it: every HTTP(S)
+    client that honours the proxy variables (pip, urllib, torch.hub, requests, boto3)
+    meets a closed port; the job's own loopback (torchrun's rendezvous) is untouched."""
+    return {
+        **{name: UNREACHABLE_PROXY for name in
+           ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")},
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }  # fmt: skip
 
 
 def _write(path: Path, data) -> None:

@@ -184,8 +184,16 @@ class TrainingRun:
 
     def _download_code(self) -> Path:
         """The code archive, copied out of its bucket: the runner unpacks it (SageMaker's
-        runner would download it from S3 itself), and a later upload cannot change it."""
+        runner would download it from S3 itself), and a later upload cannot change it.
+        An isolated job's archive is already here, in its ``code`` channel."""
         uri, _ = container.submit_directory(self.request)
+        channel_copy = container.in_job_folder(self.job_dir, uri)
+        if channel_copy is not None:
+            if not channel_copy.is_file():
+                raise ValueError(
+                    f"{container.SUBMIT_DIRECTORY} names {uri}, which no input channel holds"
+                )
+            return channel_copy
         parsed = urlparse(uri)
         if parsed.scheme != "s3":
             raise ValueError(f"{container.SUBMIT_DIRECTORY} must be an s3:// URI, not {uri!r}")
@@ -198,7 +206,10 @@ class TrainingRun:
     def _train(self) -> int:
         limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         env = container.environment(
-            self.job_dir, self.name, {"OMP_NUM_THREADS": str(self.threads), **self.extra_env}
+            self.job_dir,
+            self.name,
+            {"OMP_NUM_THREADS": str(self.threads), **self.extra_env},
+            isolated=bool(self.request.get("EnableNetworkIsolation")),
         )
         with open(self.job_dir / "logs.txt", "a") as log:
             with self._lock:

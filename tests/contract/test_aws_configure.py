@@ -38,7 +38,15 @@ def fake_images(region, training_type, inference_type):
     return f"train:{region}:{training_type}", f"infer:{region}:{inference_type}"
 
 
-def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path):
+def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    fetched = []
+
+    def fetch(url, destination, name):  # stands in for download.pytorch.org
+        fetched.append(url)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(name.encode())
+
     config_path = tmp_path / "config.json"
     config_path.write_text(
         json.dumps(
@@ -53,8 +61,9 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path):
         )
     )
     env = aws_configure.configure(
-        "sd", "prod", session, config_path=config_path, image_resolver=fake_images
-    )
+        "sd", "prod", session, config_path=config_path, image_resolver=fake_images,
+        weights_fetch=fetch,
+    )  # fmt: skip
     outputs = {
         o["OutputKey"]: o["OutputValue"]
         for o in session.client("cloudformation").describe_stacks(StackName="sd")["Stacks"][0][
@@ -88,10 +97,29 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path):
     assert {"train.py", "offline_api.py", *serving} <= set(members)
     assert not any("__pycache__" in name for name in members)
 
+    # Every backbone's ImageNet weights, fetched once (issue 22): the jobs' weights channel.
+    assert fetched == [
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ]
+    bucket, prefix = variables["WEIGHTS_S3_URI"][len("s3://") :].split("/", 1)
+    listed = session.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed) == [
+        "resnet18-f37072fd.pth", "resnet34-b627a593.pth", "resnet50-11ad3fa6.pth"
+    ]  # fmt: skip
+    again = aws_configure.configure(
+        "sd", "prod", session, config_path=config_path, image_resolver=fake_images,
+        weights_fetch=fetch,
+    )  # fmt: skip
+    assert len(fetched) == 3 and again["WEIGHTS_S3_URI"] == variables["WEIGHTS_S3_URI"]
+
     # The settings the Lambdas will read parse without error.
     from chalicelib.settings import Settings
 
-    assert Settings.from_env(variables).code_s3_uri == variables["CODE_S3_URI"]
+    read = Settings.from_env(variables)
+    assert read.code_s3_uri == variables["CODE_S3_URI"]
+    assert read.weights_s3_uri == variables["WEIGHTS_S3_URI"]
 
 
 def test_code_archive_is_reproducible():
@@ -101,8 +129,9 @@ def test_code_archive_is_reproducible():
 def test_missing_stack_says_how_to_create_it(session, tmp_path, capsys, monkeypatch):
     with pytest.raises(aws_configure.ConfigureError, match="cloudformation deploy"):
         aws_configure.configure(
-            "nope", "prod", session, config_path=tmp_path / "c.json", image_resolver=fake_images
-        )
+            "nope", "prod", session, config_path=tmp_path / "c.json", image_resolver=fake_images,
+            weights_fetch=None,
+        )  # fmt: skip
     assert not (tmp_path / "c.json").exists()
 
 

@@ -236,6 +236,11 @@ def test_model_package_and_model_requests(settings, upload):
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
     assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert env["SAGEDROP_MODEL_VERSION"] == "3"
+    # isolated: no index to wait for at model load, so the graph runtime is never installed
+    assert model["EnableNetworkIsolation"] is True and env["SAGEDROP_RUNTIME_INSTALL"] == "never"
+    online = requests.model_request(replace(settings, network_isolation=False), package)
+    assert online["EnableNetworkIsolation"] is False
+    assert "SAGEDROP_RUNTIME_INSTALL" not in online["PrimaryContainer"]["Environment"]
     assert {"Key": requests.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
     assert {"Key": requests.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model["Tags"]
     config = requests.endpoint_config_request(
@@ -353,7 +358,10 @@ def test_values_are_json_encoded_as_the_sagemaker_sdk_sends_them(settings, uploa
     static = requests.static_hyperparameters(own)
     assert static["augment"] == '"crop"' and static["image-size"] == "64"
     assert static["weight-decay"] == "0.001" and static["epochs"] == str(own.tuning_epochs)
-    assert json.loads(static["sagemaker_submit_directory"]) == own.code_s3_uri
+    # isolated (the default): the code is the "code" channel, unpacked in the container
+    assert json.loads(static["sagemaker_submit_directory"]) == requests.CONTAINER_CODE_PATH
+    online = requests.static_hyperparameters(replace(own, network_isolation=False))
+    assert json.loads(online["sagemaker_submit_directory"]) == own.code_s3_uri
 
 
 def test_the_length_limit_counts_the_encoding(settings):
@@ -389,7 +397,7 @@ def test_the_debug_job_takes_the_serving_version_as_its_serving_channel(settings
     without = requests.debug_training_job_request(
         settings, upload, describe_tuning(settings, upload)
     )
-    assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["training"]
+    assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["training", "code"]
 
 
 def test_a_dataset_may_raise_the_class_floor_never_lower_it(settings):
@@ -426,3 +434,35 @@ def test_the_audit_settings_are_read_and_bounded():
         Settings.from_env({"GATE_MAX_LEAKED_FRACTION": "2"})
     with pytest.raises(SettingsError, match="DATASET_MIN_CLASS_IMAGES must be at least 1"):
         Settings.from_env({"DATASET_MIN_CLASS_IMAGES": "0"})
+
+
+def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
+    """Issue 22: with NETWORK_ISOLATION, tuning trials, the debug job and every model run
+    with SageMaker's network isolation; their code arrives as the "code" channel (the
+    toolkit unpacks it from there); off, neither."""
+    request = requests.tuning_job_request(settings, upload)
+    assert_valid("CreateHyperParameterTuningJob", request)
+    definition = request["TrainingJobDefinition"]
+    assert definition["EnableNetworkIsolation"] is True
+    [code] = [c for c in definition["InputDataConfig"] if c["ChannelName"] == "code"]
+    assert code["DataSource"]["S3DataSource"]["S3Uri"] == settings.code_s3_uri
+    debug = requests.debug_training_job_request(settings, upload, describe_tuning(settings, upload))
+    assert_valid("CreateTrainingJob", debug)
+    assert debug["EnableNetworkIsolation"] is True
+    assert "code" in [c["ChannelName"] for c in debug["InputDataConfig"]]
+    online = Settings.from_env({})
+    assert online.network_isolation is False  # AWS's default until the wheels ship
+    assert Settings.from_env({"NETWORK_ISOLATION": "true"}).network_isolation is True
+    request = requests.tuning_job_request(replace(settings, network_isolation=False), upload)
+    assert request["TrainingJobDefinition"]["EnableNetworkIsolation"] is False
+    assert [c["ChannelName"] for c in request["TrainingJobDefinition"]["InputDataConfig"]] == [
+        "training"
+    ]
+    with pytest.raises(SettingsError, match="NETWORK_ISOLATION"):
+        Settings.from_env({"NETWORK_ISOLATION": "maybe"})
+    weighted = replace(settings, weights_s3_uri="s3://sagedrop-data/code/weights/")
+    request = requests.tuning_job_request(weighted, upload)
+    assert_valid("CreateHyperParameterTuningJob", request)
+    [weights] = [c for c in request["TrainingJobDefinition"]["InputDataConfig"]
+                 if c["ChannelName"] == "weights"]  # fmt: skip
+    assert weights["DataSource"]["S3DataSource"]["S3Uri"] == "s3://sagedrop-data/code/weights/"

@@ -74,6 +74,7 @@ def settings() -> Settings:
         code_s3_uri=CODE,
         tuning_epochs=1,
         debug_save_interval=2,  # the dataset's own 3 wins
+        network_isolation=True,  # its code through the "code" channel, as isolated jobs get it
     )
     return base.with_dataset_overrides({"hyperparameters": DATASET_HYPERPARAMETERS})
 

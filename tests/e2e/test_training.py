@@ -238,3 +238,18 @@ def test_ddp_with_cached_features_leaves_the_same_leaked_images_out(tmp_path, ti
         "test/002.one/leak_b.jpg",
     ]
     assert summary["data_audit"]["unreadable"] == 1
+
+
+def test_a_weights_channel_file_that_is_not_torchvisions_fails_the_job(tmp_path, tiny_dataset):
+    """Issue 22: the job reads its backbone's weights from the weights channel, never from
+    the internet, and refuses a file whose SHA-256 is not the one its name publishes."""
+    channel = tmp_path / "weights"
+    channel.mkdir()
+    (channel / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
+    result = run_train(
+        [*TINY_HYPERPARAMETERS, "--pretrained", "auto", "--data", str(tiny_dataset["zip"]),
+         "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o")],
+        {"SM_CHANNEL_WEIGHTS": str(channel)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "not torchvision's published f37072fd" in failure_line(result)

@@ -8,7 +8,6 @@ the trained weights), so the two can never disagree about the network.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 
 import torch
@@ -24,7 +23,6 @@ BACKBONES = {
 }
 FREEZE_MODES = ("auto", "none", "backbone", "all-but-last-stage")
 PRETRAINED_MODES = ("auto", "true", "false")
-WEIGHTS_DOWNLOAD_TIMEOUT_S = 60
 
 
 class WeightsUnavailable(RuntimeError):
@@ -42,33 +40,32 @@ def build_classifier(backbone: str, num_classes: int) -> nn.Module:
 
 
 def load_imagenet_weights(
-    model: nn.Module, backbone: str, pretrained: str, weights_path: str | None
+    model: nn.Module, backbone: str, pretrained: str, weights_path: str | None, why: str = ""
 ) -> bool:
-    """Put ImageNet weights into every layer but the head; True when that happened.
+    """Put ImageNet weights from ``weights_path`` into every layer but the head; True
+    when that happened. Nothing is downloaded: ``sagedrop_training.imagenet_weights``
+    finds the file (``why`` says why there is none).
 
-    ``pretrained='auto'`` tries and carries on loudly without them, ``'true'`` insists,
-    ``'false'`` never tries. A local ``weights_path`` wins over any download, which is how
-    an offline or network-isolated job gets transfer learning.
+    ``pretrained='auto'`` carries on loudly without them, ``'true'`` insists, ``'false'``
+    never loads them.
     """
     if pretrained == "false":
         return False
     try:
-        if weights_path:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            source = weights_path
-        else:
-            state = _download_weights(backbone)
-            source = f"torchvision {BACKBONES[backbone][1]}"
+        if not weights_path:
+            raise FileNotFoundError(why or "no weights file was given")
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if pretrained == "true":
             raise WeightsUnavailable(
-                f"ImageNet weights for {backbone} could not be obtained ({exc}). Pass "
-                "--weights-path with a local file, or --pretrained auto/false."
+                f"ImageNet weights for {backbone} could not be obtained ({exc}). Give the job "
+                "a weights channel (sagedrop aws deploy uploads one), or --pretrained "
+                "auto/false."
             ) from exc
         log.warning(
             "!!! ImageNet weights for %s could not be obtained (%s). Training starts from "
-            "RANDOM initialisation: expect far lower accuracy and longer training. Provide "
-            "--weights-path for offline use, or --pretrained true to make this an error. !!!",
+            "RANDOM initialisation: expect far lower accuracy and longer training. Give the "
+            "job a weights channel, or --pretrained true to make this an error. !!!",
             backbone,
             exc,
         )
@@ -77,20 +74,11 @@ def load_imagenet_weights(
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
         raise WeightsUnavailable(
-            f"weights from {source} do not fit {backbone}: missing {sorted(missing)[:5]}, "
+            f"weights from {weights_path} do not fit {backbone}: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    log.info("loaded ImageNet weights for %s from %s", backbone, source)
+    log.info("loaded ImageNet weights for %s from %s", backbone, weights_path)
     return True
-
-
-def _download_weights(backbone: str) -> dict:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(WEIGHTS_DOWNLOAD_TIMEOUT_S)
-    try:
-        return BACKBONES[backbone][1].get_state_dict(progress=False)
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def resolve_freeze(freeze: str, pretrained_loaded: bool) -> str:

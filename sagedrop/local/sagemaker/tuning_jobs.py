@@ -347,6 +347,7 @@ class TuningRun:
             },
             "AlgorithmSpecification": definition["AlgorithmSpecification"],
             "RoleArn": definition["RoleArn"],
+            "EnableNetworkIsolation": definition.get("EnableNetworkIsolation", False),
             "InputDataConfig": definition.get("InputDataConfig", []),
             "OutputDataConfig": definition["OutputDataConfig"],
             "ResourceConfig": definition["ResourceConfig"],
