@@ -79,18 +79,8 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         except (ValueError, KeyError, TypeError) as exc:
             reports.problems.append(f"{RULES} is not the list of rule statuses: {exc}")
             del members[RULES]
-    if EVALUATION in members:
-        try:
-            reports.evaluation = _checked_evaluation(members[EVALUATION])
-        except ValueError as exc:
-            reports.problems.append(f"{EVALUATION} is not an evaluation: {exc}")
-            del members[EVALUATION]
-    if AUDIT in members:
-        try:
-            reports.audit = checked_audit(members[AUDIT])
-        except ValueError as exc:
-            reports.problems.append(f"{AUDIT} is not a data audit: {exc}")
-            del members[AUDIT]
+    reports.evaluation = _read(members, EVALUATION, _checked_evaluation, "an evaluation", reports)
+    reports.audit = _read(members, AUDIT, checked_audit, "a data audit", reports)
     statistics = (
         statistics_document(reports.evaluation)
         if reports.evaluation and reports.evaluation.get("overall")
@@ -102,6 +92,19 @@ def publish(s3, training: dict, metrics: dict[str, float]) -> JobReports:
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[name])
         reports.uris[KINDS[name]] = f"s3://{bucket}/{key}"
     return reports
+
+
+def _read(members: dict[str, bytes], name: str, check, what: str, reports: JobReports):
+    """``check(members[name])``, or None (and the member dropped, its problem said) when
+    it is absent or not ``what`` it claims to be."""
+    if name not in members:
+        return None
+    try:
+        return check(members[name])
+    except ValueError as exc:
+        reports.problems.append(f"{name} is not {what}: {exc}")
+        del members[name]
+        return None
 
 
 def _checked_evaluation(data: bytes) -> dict:

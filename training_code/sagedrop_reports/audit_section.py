@@ -12,7 +12,7 @@ import html
 import io
 import os
 
-from sagedrop_reports.svg_charts import table
+from sagedrop_reports.svg_charts import image_card, table
 
 THUMBNAIL = 96
 
@@ -75,16 +75,13 @@ def _label_errors(found: dict, thumbnails: dict[str, str]) -> str:
             f"{title}<p>None: every training image's label agrees with what a model that "
             "never saw it predicts.</p>"
         )
-    cards = []
-    for item in candidates:
-        picture = thumbnails.get(item["file"])
-        image = (f'<img src="{picture}" width="96" height="96" alt="">' if picture
-                 else '<div class="missing">no thumbnail</div>')  # fmt: skip
-        cards.append(
-            f'<div class="card">{image}<div>{html.escape(item["file"].rsplit("/", 1)[-1])}'
-            f"</div><div>filed as <b>{html.escape(item['given'])}</b></div><div>looks like "
-            f"<b>{html.escape(item['suggested'])}</b> ({item['confidence']:.2f})</div></div>"
-        )
+    cards = [
+        image_card(thumbnails.get(item["file"]), item["file"], [
+            f"filed as <b>{html.escape(item['given'])}</b>",
+            f"looks like <b>{html.escape(item['suggested'])}</b> ({item['confidence']:.2f})",
+        ])
+        for item in candidates
+    ]  # fmt: skip
     return (
         f"{title}<p>{found.get('count', len(candidates))} training image(s) whose label the "
         f"out-of-sample prediction contradicts ({html.escape(found.get('method', ''))}); the "

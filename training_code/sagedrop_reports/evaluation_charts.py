@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 
+from sagedrop_reports.svg_charts import image_card
+
 MAX_MATRIX_CLASSES = 40
 CELL = 14
 
@@ -181,15 +183,12 @@ def reliability_diagram(calibration: dict) -> str:
 def _confidently_wrong(wrong: list[dict], thumbnails: dict[str, str]) -> str:
     if not wrong:
         return "<h3>Most confidently wrong</h3><p>No test image was answered wrongly.</p>"
-    cards = []
-    for item in wrong:
-        picture = thumbnails.get(item["file"])
-        image = (f'<img src="{picture}" width="96" height="96" alt="">' if picture
-                 else '<div class="missing">no thumbnail</div>')  # fmt: skip
-        cards.append(
-            f'<div class="card">{image}<div>{html.escape(item["file"].rsplit("/", 1)[-1])}'
-            f"</div><div>true <b>{html.escape(item['true'])}</b></div><div>answered "
-            f"<b>{html.escape(item['predicted'])}</b> ({item['probability']:.3f})</div></div>"
-        )
+    cards = [
+        image_card(thumbnails.get(item["file"]), item["file"], [
+            f"true <b>{html.escape(item['true'])}</b>",
+            f"answered <b>{html.escape(item['predicted'])}</b> ({item['probability']:.3f})",
+        ])
+        for item in wrong
+    ]  # fmt: skip
     return ("<h3>Most confidently wrong test images</h3>"
             f'<div class="cards">{"".join(cards)}</div>')  # fmt: skip

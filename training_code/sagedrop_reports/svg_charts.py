@@ -68,6 +68,19 @@ def _ticks(xs: list[float], ys: list[float], x, y, log_y: bool = False) -> str:
     return out
 
 
+def image_card(picture: str | None, file: str, lines: list[str]) -> str:
+    """One image as a report card: its thumbnail (a data URI) or a placeholder, its file
+    name, then ``lines`` (HTML, already escaped by the caller)."""
+    image = (f'<img src="{picture}" width="96" height="96" alt="">' if picture
+             else '<div class="missing">no thumbnail</div>')  # fmt: skip
+    name = html.escape(file.rsplit("/", 1)[-1])
+    return (
+        f'<div class="card">{image}<div>{name}</div>'
+        + "".join(f"<div>{line}</div>" for line in lines)
+        + "</div>"
+    )
+
+
 def no_data(title: str) -> str:
     return f"<p>{html.escape(title)}: no data.</p>"
 
