@@ -232,3 +232,18 @@ def test_label_errors_are_ranked_from_out_of_sample_probabilities():
     assert len(top & set(flipped.tolist())) >= len(flipped) // 2
     first = found["candidates"][0]
     assert first["suggested"] != first["given"] and 0.5 < first["confidence"] <= 1
+
+
+def test_a_failure_ranking_label_errors_is_said_and_never_fails_the_job(monkeypatch):
+    import cleanlab.filter
+
+    def broken(*args, **kwargs):
+        raise ValueError("pred_probs rows must sum to 1")
+
+    monkeypatch.setattr(cleanlab.filter, "find_label_issues", broken)
+    labels = np.repeat([0, 1], 10)
+    found = label_errors.find(torch.randn(20, 4), labels, [f"f{i}" for i in range(20)], ["a", "b"])
+    assert found == {
+        "status": "skipped",
+        "reason": "ranking failed (ValueError: pred_probs rows must sum to 1)",
+    }

@@ -98,10 +98,14 @@ def find(
                 "training images"}  # fmt: skip
     from cleanlab.filter import find_label_issues
 
-    probabilities = out_of_fold_probabilities(features, labels, len(names), seed)
-    ranked = find_label_issues(
-        labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
-    )
+    try:
+        probabilities = out_of_fold_probabilities(features, labels, len(names), seed)
+        ranked = find_label_issues(
+            labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1
+        )
+    except Exception as exc:  # a finding for a person, never a reason to lose the model
+        log.warning("data audit: label errors could not be ranked: %s", exc)
+        return {"status": "skipped", "reason": f"ranking failed ({type(exc).__name__}: {exc})"}
     ranked = [int(i) for i in ranked if judged[labels[i]]]
     candidates = []
     for i in ranked[:TOP]:
