@@ -4,7 +4,9 @@ Each local training job is the PyTorch training image's ``train`` command
 (sagemaker-training with the sagemaker-pytorch-training framework module). Before the
 entry point runs, the runner imports torch (to record its version), unpacks the code,
 runs ``pip install -r requirements.txt`` (satisfied here, so no download) and prints
-the environment. This script measures that against starting the entry point directly:
+the environment. Since issue 22 that file says ``--no-index`` (the wheels come in the
+job's channel); the "index allowed" line is the same pins as before, for comparison.
+This script measures that against starting the entry point directly:
 
 1. start-up: an entry point that only exits, run directly vs through the runner, with
    and without a ``requirements.txt`` (sagedrop's code ships one);
@@ -38,6 +40,7 @@ from sagedrop.local.s3 import LocalS3  # noqa: E402
 from sagedrop.local.state import State  # noqa: E402
 from sagedrop.local.training import TrainingRun  # noqa: E402
 from sagedrop.sample_data import pack_dataset, write_sample_dataset  # noqa: E402
+from sagedrop.wheels_upload import requirement_lines  # noqa: E402
 
 TRAIN_ARGS = {
     "epochs": "1",
@@ -83,9 +86,9 @@ def request(name: str, hyperparameters: dict[str, str]) -> dict:
     }
 
 
-def timed_job(s3: LocalS3, folder: Path, job: dict) -> float:
+def timed_job(s3: LocalS3, folder: Path, job: dict, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    result = TrainingRun(s3, folder, job, 1, on_status=lambda *_: None).run()
+    result = TrainingRun(s3, folder, job, 1, on_status=lambda *_: None, extra_env=env).run()
     elapsed = time.perf_counter() - start
     if result.status != "Completed":
         raise SystemExit(f"{job['TrainingJobName']} {result.status}: {result.failure_reason}")
@@ -117,15 +120,23 @@ def main() -> None:
         )
         noop = "import sys\nsys.exit(0)\n"
         requirements = (ROOT / "training_code" / "requirements.txt").read_text()
+        # Before issue 22: the same pins, pip free to reach an index (PIP_NO_INDEX unset).
+        indexed = requirement_lines(ROOT / "training_code" / "requirements.txt")
         scripts = base / "noop"
         scripts.mkdir()
         (scripts / "train.py").write_text(noop)
         print(f"sagedrop job start-up, {args.repeats} repeats, medians")
-        for label, files in (
-            ("no-op entry point", {"train.py": noop}),
+        for label, files, env in (
+            ("no-op entry point", {"train.py": noop}, None),
             (
-                "no-op entry point + requirements.txt",
+                "no-op + requirements.txt, index allowed",
+                {"train.py": noop, "requirements.txt": indexed},
+                {"PIP_NO_INDEX": ""},
+            ),
+            (
+                "no-op + requirements.txt, --no-index",
                 {"train.py": noop, "requirements.txt": requirements},
+                None,
             ),
         ):
             s3.put_object(Bucket="data", Key="code.tar.gz", Body=code_archive(files))
@@ -133,7 +144,7 @@ def main() -> None:
                 timed_direct([sys.executable, "train.py"], scripts) for _ in range(args.repeats)
             ]
             runner = [
-                timed_job(s3, base / "jobs" / f"noop-{i}", request(f"noop-{i}", {}))
+                timed_job(s3, base / "jobs" / f"{len(label)}-{i}", request(f"noop-{i}", {}), env)
                 for i in range(args.repeats)
             ]
             line(label, direct, runner)

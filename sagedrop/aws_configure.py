@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from sagedrop.paths import CHALICE_APP, TRAINING_CODE
 from sagedrop.weights_upload import download, environment_value, upload_weights
+from sagedrop.wheels_upload import Fetch, WheelsError, pip_download, upload_wheels
 
 CHALICE_CONFIG = CHALICE_APP / ".chalice" / "config.json"
 APP_NAME = "sagedrop"
@@ -197,11 +198,14 @@ def configure(
     inference_instance_type: str = "ml.m5.large",
     image_resolver: Callable[[str, str, str], tuple[str, str]] = resolve_images,
     weights_fetch: Callable[[str, Path, str], None] | None = download,
+    wheels_fetch: Fetch = pip_download,
 ) -> dict[str, str]:
     """Do the whole step with a boto3 ``session``; returns the stage's environment.
 
-    It also puts every backbone's ImageNet weights in S3 (``weights_upload``): the jobs'
-    weights channel, so that no job, isolated from the network, has to download them."""
+    It also puts in S3 what jobs would otherwise download: every backbone's ImageNet
+    weights (``weights_upload``) and the wheels for both images' Python (``wheels_upload``),
+    the jobs' "weights" and "wheels" channels, so that a job isolated from the network
+    (``EnableNetworkIsolation``, the default) has all it needs."""
     region = session.region_name
     if not region:
         raise ConfigureError("no AWS region: pass --region or set AWS_REGION")
@@ -213,6 +217,12 @@ def configure(
     code_uri = upload_training_code(s3, outputs.data_bucket, pack_training_code())
     environment = stage_environment(outputs, training_image, inference_image, code_uri)
     environment.update(environment_value(upload_weights(s3, outputs.data_bucket, weights_fetch)))
+    try:
+        environment["WHEELS_S3_URI"] = upload_wheels(
+            s3, outputs.data_bucket, training_image, inference_image, wheels_fetch
+        )
+    except WheelsError as exc:
+        raise ConfigureError(f"{exc}; run configure on a machine that reaches PyPI") from exc
     environment["TRAINING_INSTANCE_TYPE"] = training_instance_type
     environment["DEBUG_INSTANCE_TYPE"] = training_instance_type
     environment["INFERENCE_INSTANCE_TYPE"] = inference_instance_type

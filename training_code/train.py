@@ -48,6 +48,7 @@ from sagedrop_training import (
     graph_export,
     held_out,
     imagenet_weights,
+    serving_code,
 )
 from sagedrop_training.data_audit import LEAKAGE_POLICIES, Fingerprint
 from sagedrop_training.data_pipeline import (
@@ -71,7 +72,6 @@ log = logging.getLogger("sagedrop.train")
 HERE = os.path.dirname(os.path.abspath(__file__))
 # What the model artifact's code/ folder needs to serve on its own, laid there flat.
 SERVING_DIR = os.path.join(HERE, "sagedrop_serving")
-INFERENCE_FILES = ("inference.py", "image_io.py", "model_def.py", "graph_runtime.py")
 MAX_PARITY_IMAGES = 2000  # validation images the exported graph is checked on
 ARTIFACT_FORMAT = 1
 
@@ -745,13 +745,12 @@ def _save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
         "training_job": os.environ.get("TRAINING_JOB_NAME"),
     }
     _write_json(os.path.join(args.model_dir, "config.json"), config)
-    code_dir = os.path.join(args.model_dir, "code")
-    os.makedirs(code_dir, exist_ok=True)
-    for name in INFERENCE_FILES:
-        shutil.copyfile(os.path.join(SERVING_DIR, name), os.path.join(code_dir, name))
-    if summary["optimised_graph"].get("served"):
-        name = "runtime-requirements.txt"
-        shutil.copyfile(os.path.join(SERVING_DIR, name), os.path.join(code_dir, name))
+    serving_code.write_serving_code(
+        args.model_dir,
+        SERVING_DIR,
+        bool(summary["optimised_graph"].get("served")),
+        serving_code.inference_wheels(),
+    )
     _write_json(os.path.join(args.output_data_dir, "training_summary.json"), summary)
 
 

@@ -27,6 +27,7 @@ TRAINING_CHANNEL = "training"
 # training toolkit (the SageMaker Python SDK's CONTAINER_CODE_CHANNEL_SOURCEDIR_PATH).
 CODE_CHANNEL = "code"
 WEIGHTS_CHANNEL = "weights"
+WHEELS_CHANNEL = "wheels"
 CONTAINER_CODE_PATH = "/opt/ml/input/data/code/sourcedir.tar.gz"
 VARIANT_NAME = "AllTraffic"
 TAG_DATASET = "sagedrop:dataset"
@@ -127,7 +128,8 @@ def _training_definition(settings: Settings, upload: Upload, job_name: str) -> d
                 "InputMode": "File",
             },
             *_code_channel(settings),
-            *_weights_channel(settings),
+            *_prefix_channel(WEIGHTS_CHANNEL, settings.weights_s3_uri),
+            *_prefix_channel(WHEELS_CHANNEL, settings.wheels_s3_uri),
         ],
         "OutputDataConfig": {"S3OutputPath": f"s3://{settings.data_bucket}/jobs/{job_name}"},
         "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_seconds},
@@ -145,14 +147,16 @@ def _code_channel(settings: Settings) -> list[dict]:
              "InputMode": "File"}]  # fmt: skip
 
 
-def _weights_channel(settings: Settings) -> list[dict]:
-    """Every backbone's ImageNet weights as the "weights" channel (``SM_CHANNEL_WEIGHTS``):
-    train.py loads its backbone's file from there instead of downloading it."""
-    if not settings.weights_s3_uri:
+def _prefix_channel(name: str, uri: str) -> list[dict]:
+    """What ``sagedrop aws configure`` put in S3 for every job, as a channel: "weights"
+    (each backbone's ImageNet file; ``SM_CHANNEL_WEIGHTS``, read by train.py instead of
+    a download) or "wheels" (what requirements.txt installs with no index, and what the
+    artifact carries). None without its URI."""
+    if not uri:
         return []
-    source = {"S3DataType": "S3Prefix", "S3Uri": settings.weights_s3_uri,
+    source = {"S3DataType": "S3Prefix", "S3Uri": uri,
               "S3DataDistributionType": "FullyReplicated"}  # fmt: skip
-    return [{"ChannelName": WEIGHTS_CHANNEL, "DataSource": {"S3DataSource": source},
+    return [{"ChannelName": name, "DataSource": {"S3DataSource": source},
              "CompressionType": "None", "InputMode": "File"}]  # fmt: skip
 
 
@@ -508,10 +512,6 @@ def model_request(settings: Settings, package: dict) -> dict:
         "SAGEDROP_MODEL_NAME": name,
         "SAGEDROP_MODEL_VERSION": str(package["ModelPackageVersion"]),
     }
-    if settings.network_isolation:
-        # An isolated container cannot reach an index: serve eager at once rather than
-        # spend the model load waiting for pip (graph_runtime.import_runtime).
-        environment["SAGEDROP_RUNTIME_INSTALL"] = "never"
     extra = {TAG_MODEL_PACKAGE: package["ModelPackageArn"]}
     if META_TEST_ACCURACY in properties:
         extra[TAG_TEST_ACCURACY] = properties[META_TEST_ACCURACY]

@@ -74,6 +74,11 @@ class Settings:
     # The ImageNet weights of every backbone (``sagedrop aws deploy`` puts them there): the
     # jobs' "weights" channel, so no job downloads them ("": jobs train without them).
     weights_s3_uri: str = ""
+    # The wheels the jobs install and the artifact carries (``sagedrop aws configure``
+    # puts them there): the jobs' "wheels" channel; training_code/requirements.txt
+    # installs from it with no index, and train.py packs its inference/ part into the
+    # artifact ("": the image must already have them, as the local environment does).
+    wheels_s3_uri: str = ""
     # Each dataset's pipeline is served by the endpoint "<prefix>-<dataset>".
     endpoint_prefix: str = "sagedrop"
     training_instance_type: str = "ml.g4dn.xlarge"
@@ -105,11 +110,10 @@ class Settings:
     # Fewer training images than this in a class earns a warning at upload.
     dataset_min_class_images: int = 5
     # SageMaker's network isolation for every training job, tuning job and model: the
-    # code arrives as the "code" channel, the weights as the "weights" one, and nothing
-    # reaches the internet. Off by default on AWS until `sagedrop aws deploy` also ships
-    # the jobs' wheels (the PyTorch images lack some of training_code/requirements.txt,
-    # which an isolated job cannot install); the local cloud runs isolated.
-    network_isolation: bool = False
+    # code arrives as the "code" channel, the weights and wheels as the "weights" and
+    # "wheels" ones, and nothing reaches the internet. Off only for an account that needs
+    # a job to reach the network (a private index, a hub); the README says what it costs.
+    network_isolation: bool = True
     # "manual": the gate registers passing models as PendingManualApproval; a person's
     # approval (console, API, `sagedrop approve`) deploys them.
     model_approval: str = "auto"
@@ -422,6 +426,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "INFERENCE_IMAGE": ("inference_image", str),
     "CODE_S3_URI": ("code_s3_uri", str),
     "WEIGHTS_S3_URI": ("weights_s3_uri", str),
+    "WHEELS_S3_URI": ("wheels_s3_uri", str),
     "ENDPOINT_PREFIX": ("endpoint_prefix", str),
     "TRAINING_INSTANCE_TYPE": ("training_instance_type", str),
     "TRAINING_INSTANCE_COUNT": ("training_instance_count", int),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from sagedrop import aws_configure, cli
+from sagedrop import aws_configure, cli, wheels_upload
 from sagedrop.paths import REPO_ROOT, TRAINING_CODE
 
 REGION = "eu-west-1"
@@ -35,7 +37,24 @@ def session(monkeypatch):
 
 
 def fake_images(region, training_type, inference_type):
-    return f"train:{region}:{training_type}", f"infer:{region}:{inference_type}"
+    registry = f"763104351884.dkr.ecr.{region}.amazonaws.com"
+    return (
+        f"{registry}/pytorch-training:2.10.0-{training_type}-py313",
+        f"{registry}/pytorch-inference:2.6.0-{inference_type}-py312",
+    )
+
+
+def fake_wheels(log: list | None = None):
+    """Stands in for pip download: one wheel named after each request."""
+
+    def fetch(requirements, python, destination, resolve_deps):
+        if log is not None:
+            log.append((requirements.name, python, resolve_deps))
+        destination.mkdir(parents=True, exist_ok=True)
+        tag = python.replace(".", "")
+        (destination / f"pkg-1.0-cp{tag}-cp{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"w")
+
+    return fetch
 
 
 def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monkeypatch):
@@ -60,9 +79,10 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monk
             }
         )
     )
+    wheel_requests: list = []
     env = aws_configure.configure(
         "sd", "prod", session, config_path=config_path, image_resolver=fake_images,
-        weights_fetch=fetch,
+        weights_fetch=fetch, wheels_fetch=fake_wheels(wheel_requests),
     )  # fmt: skip
     outputs = {
         o["OutputKey"]: o["OutputValue"]
@@ -81,8 +101,8 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monk
     assert variables["INFERENCE_BUCKET"] == outputs["InferenceBucketName"]
     assert variables["TOPIC_ARN"] == outputs["TopicArn"]
     assert variables["SAGEMAKER_ROLE_ARN"] == outputs["SageMakerRoleArn"]
-    assert variables["TRAINING_IMAGE"] == "train:eu-west-1:ml.g4dn.xlarge"
-    assert variables["INFERENCE_IMAGE"] == "infer:eu-west-1:ml.m5.large"
+    assert variables["TRAINING_IMAGE"].endswith("pytorch-training:2.10.0-ml.g4dn.xlarge-py313")
+    assert variables["INFERENCE_IMAGE"].endswith("pytorch-inference:2.6.0-ml.m5.large-py312")
     assert variables == {**variables, **env}
 
     bucket, key = variables["CODE_S3_URI"][len("s3://") :].split("/", 1)
@@ -108,9 +128,20 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monk
     assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed) == [
         "resnet18-f37072fd.pth", "resnet34-b627a593.pth", "resnet50-11ad3fa6.pth"
     ]  # fmt: skip
+    # The wheels, for each image's own Python (issue 22): the jobs' wheels channel.
+    assert wheel_requests == [
+        ("requirements.txt", "3.13", True),  # training_code's, with what it depends on
+        ("runtime-requirements.txt", "3.12", False),  # the artifact's hash-pinned runtime
+    ]
+    bucket, prefix = variables["WHEELS_S3_URI"][len("s3://") :].split("/", 1)
+    listed = session.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    assert sorted(o["Key"][len(prefix) :] for o in listed) == [
+        "inference/pkg-1.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "training/pkg-1.0-cp313-cp313-manylinux_2_28_x86_64.whl",
+    ]
     again = aws_configure.configure(
         "sd", "prod", session, config_path=config_path, image_resolver=fake_images,
-        weights_fetch=fetch,
+        weights_fetch=fetch, wheels_fetch=fake_wheels(),
     )  # fmt: skip
     assert len(fetched) == 3 and again["WEIGHTS_S3_URI"] == variables["WEIGHTS_S3_URI"]
 
@@ -120,6 +151,43 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monk
     read = Settings.from_env(variables)
     assert read.code_s3_uri == variables["CODE_S3_URI"]
     assert read.weights_s3_uri == variables["WEIGHTS_S3_URI"]
+    assert read.wheels_s3_uri == variables["WHEELS_S3_URI"] and read.network_isolation
+
+
+def test_an_image_without_a_python_tag_stops_configure(session, tmp_path):
+    def untagged(region, training_type, inference_type):
+        return "custom/training:latest", "custom/inference:latest"
+
+    with pytest.raises(aws_configure.ConfigureError, match="no Python version"):
+        aws_configure.configure(
+            "sd", "prod", session, config_path=tmp_path / "c.json", image_resolver=untagged,
+            weights_fetch=None, wheels_fetch=fake_wheels(),
+        )  # fmt: skip
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_the_download_asks_pip_for_the_images_platform_not_this_machines(monkeypatch, tmp_path):
+    """pip download is told the image's interpreter and platform and wheels only; it gets
+    the requirements without the job's --no-index, which would stop it."""
+    seen = {}
+
+    def run(command, **kwargs):
+        seen["command"] = command
+        seen["listed"] = Path(command[command.index("-r") + 1]).read_text()
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(wheels_upload.subprocess, "run", run)
+    wheels_upload.pip_download(
+        wheels_upload.TRAINING_REQUIREMENTS, "3.13", tmp_path / "training", True
+    )
+    command = seen["command"]
+    assert command[command.index("--python-version") + 1] == "3.13"
+    assert command[command.index("--only-binary") + 1] == ":all:"
+    assert "manylinux_2_28_x86_64" in command and "--no-deps" not in command
+    assert "--no-index" not in seen["listed"] and "onnxruntime==" in seen["listed"]
+    job_file = wheels_upload.TRAINING_REQUIREMENTS.read_text().splitlines()
+    assert "--no-index" in job_file  # the job's own pip never reaches an index
+    assert "--find-links ../input/data/wheels/training" in job_file
 
 
 def test_code_archive_is_reproducible():
@@ -141,6 +209,8 @@ def test_images_resolve_offline_with_the_sagemaker_sdk():
     assert "-gpu-" in training
     assert inference.startswith("763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:")
     assert "-cpu-" in inference
+    assert wheels_upload.image_python(training) == "3.13"
+    assert wheels_upload.image_python(inference) == "3.12"
 
 
 def test_deploy_exports_the_stage_variables_to_chalice(tmp_path):

@@ -5,7 +5,9 @@ JSON whether ONNX Runtime is there or not."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +79,9 @@ def test_the_trained_artifact_carries_a_served_graph(trained_job):
     assert (trained_job["model_dir"] / GRAPH_FILE).is_file()
     code = trained_job["model_dir"] / "code"
     assert {"graph_runtime.py", "runtime-requirements.txt"} <= {p.name for p in code.iterdir()}
+    # No wheels channel here (the environment has ONNX Runtime): nothing for the toolkit
+    # to install, so the artifact carries no requirements.txt at all.
+    assert not (code / "requirements.txt").exists() and not (code / "wheels").exists()
     assert "optimised graph model.onnx: top-1 identical" in trained_job["log"]
 
 
@@ -101,32 +106,15 @@ def test_the_same_json_with_and_without_onnx_runtime(trained_job, monkeypatch):
     with_graph, runtime = _answer(model_dir, monkeypatch)
     assert runtime == "onnxruntime"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as in an image without it
-    monkeypatch.setenv("SAGEDROP_RUNTIME_INSTALL", "never")
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)  # and nothing installs it
     without, runtime = _answer(model_dir, monkeypatch)
     assert runtime == "torch-eager"
     _same_answer(without, with_graph)
+    assert "onnxruntime is not installed" in import_runtime()[1]
 
 
-def test_no_package_index_means_eager_serving_not_a_failed_endpoint(
-    trained_job, monkeypatch, tmp_path
-):
-    """A VPC without egress: installing the runtime fails (pip against an index where
-    nothing listens), and the eager model serves instead of the endpoint failing."""
-    model_dir = tmp_path / "model"
-    shutil.copytree(trained_job["model_dir"], model_dir)
-    # A runtime this machine does not have, so pip must reach the index for it.
-    (model_dir / "code" / "runtime-requirements.txt").write_text(
-        "sagedrop-absent-runtime==1.0 --hash=sha256:" + "0" * 64 + "\n"
-    )
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
-    runtime, why = import_runtime(str(model_dir / "code"))
-    assert runtime is None
-    assert "installing it failed (no package index reachable?)" in why, why
-    answer, served_by = _answer(model_dir, monkeypatch)
-    assert served_by == "torch-eager" and answer["predictions"]
+def _no_subprocess(*args, **kwargs):
+    raise AssertionError(f"model load ran a program: {args}")
 
 
 def test_int8_is_served_only_within_its_accuracy_allowance(tmp_path, monkeypatch):
@@ -155,6 +143,102 @@ def test_int8_is_served_only_within_its_accuracy_allowance(tmp_path, monkeypatch
     assert (strict / GRAPH_FILE).exists() and not (strict / graph_export.INT8_FILE).exists()
 
 
+def _probe_wheel(folder: Path, name: str = "sagedrop_probe") -> Path:
+    """A pure-Python wheel built here (nothing downloads): ``import sagedrop_probe``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": b"PROBE = 1\n",
+        f"{name}-1.0.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode()
+        ),
+        f"{name}-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = (
+        "".join(
+            f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+            for path, data in files.items()
+        )
+        + f"{name}-1.0.dist-info/RECORD,,\n"
+    )
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
+    return path
+
+
+def _artifact_with_runtime(tmp_path: Path, shipped: list[Path], pinned: Path) -> Path:
+    """An artifact whose graph runtime is ``pinned`` (by its hash), carrying ``shipped``."""
+    import hashlib
+
+    from sagedrop_training import serving_code
+
+    serving = tmp_path / "serving"
+    shutil.copytree(Path(serving_code.__file__).parents[1] / "sagedrop_serving", serving)
+    digest = hashlib.sha256(pinned.read_bytes()).hexdigest()
+    (serving / "runtime-requirements.txt").write_text(
+        f"# pins\nsagedrop-probe==1.0 \\\n    --hash=sha256:{digest}\n"
+    )
+    base = tmp_path / "ml"
+    written = serving_code.write_serving_code(
+        str(base / "model"), str(serving), True, [str(w) for w in shipped]
+    )
+    assert "requirements.txt" in written
+    return base
+
+
+def _toolkit_install(base: Path, target: Path) -> subprocess.CompletedProcess:
+    """SageMaker's inference toolkit's own step before TorchServe starts, as the image runs
+    it (``model_server._install_requirements``), with every index unreachable; pip puts
+    the packages in ``target`` instead of this environment."""
+    code = "from sagemaker_inference import model_server; model_server._install_requirements()"
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PIP_TARGET": str(target),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
+    env.pop("PIP_FIND_LINKS", None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=base)  # fmt: skip
+
+
+def test_the_toolkit_installs_the_artifacts_own_wheels_with_no_index(tmp_path):
+    """Issue 22: the artifact's code/requirements.txt, as the inference toolkit installs
+    it before TorchServe starts, takes the runtime from code/wheels and reaches no index."""
+    wheels = tmp_path / "channel"
+    wheels.mkdir()
+    probe = _probe_wheel(wheels)
+    base = _artifact_with_runtime(tmp_path, [probe], probe)
+    code = base / "model" / "code"
+    assert (code / "wheels" / probe.name).is_file()
+    text = (code / "requirements.txt").read_text()
+    assert "--no-index" in text and "--find-links wheels" in text and "--only-binary :all:" in text
+    done = _toolkit_install(base, tmp_path / "target")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "target" / "sagedrop_probe" / "__init__.py").is_file()
+
+
+def test_a_wheel_that_does_not_match_its_pin_fails_the_install(tmp_path):
+    """A wheel swapped in the channel (another file under the pinned name) is refused by
+    its hash: the container stops instead of serving code nobody pinned."""
+    wheels, other = tmp_path / "channel", tmp_path / "other"
+    wheels.mkdir()
+    other.mkdir()
+    pinned = _probe_wheel(other)
+    swapped = _probe_wheel(wheels)
+    swapped.write_bytes(swapped.read_bytes() + b"\0")  # same name, other bytes
+    base = _artifact_with_runtime(tmp_path, [swapped], pinned)
+    done = _toolkit_install(base, tmp_path / "target")
+    assert done.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in done.stdout + done.stderr
+    assert not (tmp_path / "target" / "sagedrop_probe").exists()
+
+
 def _hostile_sdist(folder, marker) -> str:
     """``sagedrop-absent-runtime-1.0.tar.gz`` whose in-tree build backend writes
     ``marker`` the moment pip imports it: what a malicious index would serve. Returns
@@ -179,22 +263,22 @@ def _hostile_sdist(folder, marker) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_runtime_install_never_builds_a_source_distribution(tmp_path, monkeypatch):
-    """Issue 19: a malicious index's build-backend hooks ran at model load. Wheels only,
-    every one pinned with its hash, nothing resolved beyond the list."""
-    index, code, marker = tmp_path / "index", tmp_path / "code", tmp_path / "pwned"
-    index.mkdir()
-    code.mkdir()
-    digest = _hostile_sdist(index, marker)
-    (code / "runtime-requirements.txt").write_text(
-        f"sagedrop-absent-runtime==1.0 --hash=sha256:{digest}\n"
+def test_the_runtime_install_never_builds_a_source_distribution(tmp_path):
+    """Issue 19: a malicious index's build-backend hooks ran at model load. The artifact's
+    requirements take wheels only, each pinned with its hash: a source distribution in
+    its place, even one matching the pin, is never built."""
+    wheels, marker = tmp_path / "channel", tmp_path / "pwned"
+    wheels.mkdir()
+    digest = _hostile_sdist(wheels, marker)
+    hostile = wheels / "sagedrop_absent_runtime-1.0.tar.gz"
+    base = _artifact_with_runtime(tmp_path, [hostile], hostile)
+    requirements = base / "model" / "code" / "requirements.txt"
+    requirements.write_text(
+        requirements.read_text().replace("sagedrop-probe", "sagedrop-absent-runtime")
     )
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    runtime, why = import_runtime(str(code))
-    assert runtime is None and "installing it failed" in why
+    assert digest in requirements.read_text()
+    done = _toolkit_install(base, tmp_path / "target")
+    assert done.returncode != 0
     assert not marker.exists()
 
 
@@ -207,6 +291,7 @@ def test_the_shipped_runtime_requirements_pin_every_wheel_with_its_hash():
     assert requirements and all(
         "==" in line and "--hash=sha256:" in line for line in requirements
     ), requirements
-    assert {"--only-binary", ":all:", "--require-hashes", "--no-deps"} <= set(
-        graph_runtime.INSTALL_COMMAND
-    )
+    from sagedrop_training import serving_code
+
+    assert "--no-index" in serving_code.REQUIREMENTS_HEADER
+    assert "--only-binary :all:" in serving_code.REQUIREMENTS_HEADER

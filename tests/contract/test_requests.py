@@ -236,11 +236,10 @@ def test_model_package_and_model_requests(settings, upload):
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
     assert env["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert env["SAGEDROP_MODEL_VERSION"] == "3"
-    # isolated: no index to wait for at model load, so the graph runtime is never installed
-    assert model["EnableNetworkIsolation"] is True and env["SAGEDROP_RUNTIME_INSTALL"] == "never"
+    # isolated: the graph's runtime comes in the artifact (code/wheels), never from an index
+    assert model["EnableNetworkIsolation"] is True
     online = requests.model_request(replace(settings, network_isolation=False), package)
     assert online["EnableNetworkIsolation"] is False
-    assert "SAGEDROP_RUNTIME_INSTALL" not in online["PrimaryContainer"]["Environment"]
     assert {"Key": requests.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
     assert {"Key": requests.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model["Tags"]
     config = requests.endpoint_config_request(
@@ -450,9 +449,8 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     assert_valid("CreateTrainingJob", debug)
     assert debug["EnableNetworkIsolation"] is True
     assert "code" in [c["ChannelName"] for c in debug["InputDataConfig"]]
-    online = Settings.from_env({})
-    assert online.network_isolation is False  # AWS's default until the wheels ship
-    assert Settings.from_env({"NETWORK_ISOLATION": "true"}).network_isolation is True
+    assert Settings.from_env({}).network_isolation is True  # AWS's default, as locally
+    assert Settings.from_env({"NETWORK_ISOLATION": "false"}).network_isolation is False
     request = requests.tuning_job_request(replace(settings, network_isolation=False), upload)
     assert request["TrainingJobDefinition"]["EnableNetworkIsolation"] is False
     assert [c["ChannelName"] for c in request["TrainingJobDefinition"]["InputDataConfig"]] == [
@@ -466,3 +464,13 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     [weights] = [c for c in request["TrainingJobDefinition"]["InputDataConfig"]
                  if c["ChannelName"] == "weights"]  # fmt: skip
     assert weights["DataSource"]["S3DataSource"]["S3Uri"] == "s3://sagedrop-data/code/weights/"
+    uri = Settings.from_env({"WHEELS_S3_URI": "s3://sagedrop-data/code/wheels/"}).wheels_s3_uri
+    assert uri == "s3://sagedrop-data/code/wheels/"
+    wheeled = replace(settings, wheels_s3_uri=uri)
+    tuning = requests.tuning_job_request(wheeled, upload)
+    debug = requests.debug_training_job_request(wheeled, upload, describe_tuning(wheeled, upload))
+    assert_valid("CreateHyperParameterTuningJob", tuning)
+    assert_valid("CreateTrainingJob", debug)
+    for definition in (tuning["TrainingJobDefinition"], debug):
+        [wheels] = [c for c in definition["InputDataConfig"] if c["ChannelName"] == "wheels"]
+        assert wheels["DataSource"]["S3DataSource"]["S3Uri"] == uri

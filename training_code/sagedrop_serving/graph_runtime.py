@@ -6,13 +6,14 @@ a 2-core host (eager PyTorch, a frozen TorchScript graph, ONNX Runtime:
 ``bench/inference_latency.py`` measures all three in one run, the README quotes them),
 and it needs no torch at all.
 
-The runtime is optional. An endpoint whose container lacks it installs the pinned wheels
-(hashes checked, no source distribution, no dependency beyond the list) from
-``code/runtime-requirements.txt`` once, within a bounded time, and otherwise serves
-the eager model: a container that cannot reach a package index (a VPC without egress)
-still starts and answers the same JSON. The file is deliberately not ``requirements.txt``:
-SageMaker's inference toolkit installs that one at container start and exits the
-container when pip fails, so a model carrying it could never serve without egress.
+The runtime is optional, and nothing installs it at model load: a pip run inside
+``model_fn`` would hang each TorchServe worker on a slow index past its 120 s load
+timeout, and race the other workers into one site-packages. The artifact instead
+carries the runtime's wheels (``code/wheels``, from the jobs' ``wheels`` channel) and a
+``code/requirements.txt`` that installs them with no index; SageMaker's inference
+toolkit runs that once per container, before TorchServe starts a worker. Where the
+runtime still does not import (an artifact made without the wheels), the eager model
+serves the same JSON and the log says why, once per worker.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import subprocess
-import sys
 import threading
 from typing import Any
 
@@ -29,12 +28,6 @@ import numpy as np
 
 GRAPH_FILE = "model.onnx"
 RUNTIME_REQUIREMENTS = "runtime-requirements.txt"
-INSTALL_SECONDS = 120
-# Wheels only (a source distribution's build hooks would run code from the index at model
-# load), each pinned with its hash, and no dependency resolved beyond the pinned list.
-INSTALL_COMMAND = ("-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                   "--only-binary", ":all:", "--require-hashes", "--no-deps",
-                   "--timeout", "10", "--retries", "0")  # fmt: skip
 log = logging.getLogger("sagedrop.serving")
 
 
@@ -45,35 +38,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def import_runtime(code_dir: str | None = None) -> tuple[Any | None, str]:
-    """``onnxruntime`` and "" when it imports; else None and why.
-
-    With ``code_dir`` holding ``runtime-requirements.txt`` and the runtime missing, pip
-    installs it once (``SAGEDROP_RUNTIME_INSTALL=never`` forbids that), with short network
-    timeouts and at most ``INSTALL_SECONDS``, so a host without an index fails fast.
-    """
+def import_runtime() -> tuple[Any | None, str]:
+    """``onnxruntime`` and "" when it imports; else None and why (never installs it)."""
     try:
         return importlib.import_module("onnxruntime"), ""
     except ImportError as exc:
-        missing = f"onnxruntime is not installed ({exc})"
-    requirements = os.path.join(code_dir or "", RUNTIME_REQUIREMENTS)
-    if not code_dir or not os.path.isfile(requirements):
-        return None, missing
-    if os.environ.get("SAGEDROP_RUNTIME_INSTALL", "").lower() == "never":
-        return None, f"{missing}; SAGEDROP_RUNTIME_INSTALL=never forbids installing it"
-    command = [sys.executable, *INSTALL_COMMAND, "-r", requirements]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_SECONDS)
-    except subprocess.TimeoutExpired:
-        return None, f"{missing}; installing it took over {INSTALL_SECONDS} s"
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["pip failed"])[-1][:300]
-        return None, f"{missing}; installing it failed (no package index reachable?): {last}"
-    importlib.invalidate_caches()
-    try:
-        return importlib.import_module("onnxruntime"), ""
-    except ImportError as exc:
-        return None, f"{missing}; installed, but it still does not import ({exc})"
+        return None, f"onnxruntime is not installed ({exc}): the artifact carries no wheels for it"
 
 
 class GraphModel:

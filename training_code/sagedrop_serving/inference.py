@@ -17,9 +17,10 @@ optional extra parameter. A client's mistake is raised as the toolkit's own erro
 ``predict_fn`` also takes a batch (N images stacked).
 
 The artifact's optimised graph (``model.onnx``, kept only if it passed parity with the
-eager model at export) serves when ONNX Runtime is there or can be installed
-(``graph_runtime``); otherwise the eager model serves, with the same JSON. Which one
-serves is logged at load; ``SAGEDROP_SERVE_GRAPH=false`` forces eager.
+eager model at export) serves when ONNX Runtime imports: the artifact's
+``code/requirements.txt`` installs it from the artifact's own wheels, with no index,
+before TorchServe starts (``graph_runtime``); otherwise the eager model serves, with
+the same JSON. Which one serves is logged at load; ``SAGEDROP_SERVE_GRAPH=false`` forces eager.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _load_graph(model_dir: str, config: dict, device: torch.device):
         return None, "SAGEDROP_SERVE_GRAPH=false"
     if not verdict.get("served") or not os.path.isfile(path):
         return None, f"the artifact has no served graph ({verdict.get('reason', 'none exported')})"
-    runtime, missing = import_runtime(os.path.join(model_dir, "code"))
+    runtime, missing = import_runtime()
     if runtime is None:
         return None, missing
     try:
