@@ -157,3 +157,33 @@ def colour_dataset(out_dir: Path, config: dict | None = None, per_split=None, se
     if config is not None:
         (root / "sagedrop.json").write_text(json.dumps(config))
     return root
+
+
+def probe_wheel(folder: Path, name: str = "sagedrop_probe") -> Path:
+    """A pure-Python wheel built here (nothing downloads): ``import sagedrop_probe``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": b"PROBE = 1\n",
+        f"{name}-1.0.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode()
+        ),
+        f"{name}-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = (
+        "".join(
+            f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+            for path, data in files.items()
+        )
+        + f"{name}-1.0.dist-info/RECORD,,\n"
+    )
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
+    return path

@@ -18,7 +18,7 @@ from torch import nn
 from sagedrop.local.handler_service import invoke, start_handler_service
 from sagedrop_serving.graph_runtime import GRAPH_FILE, import_runtime
 from sagedrop_training import graph_export
-from tests.helpers import jpeg_bytes
+from tests.helpers import jpeg_bytes, probe_wheel
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_the_trained_artifact_carries_a_served_graph(trained_job):
     assert verdict["served"] is True and verdict["top1_agreement"] == 1.0, verdict
     assert (trained_job["model_dir"] / GRAPH_FILE).is_file()
     code = trained_job["model_dir"] / "code"
-    assert {"graph_runtime.py", "runtime-requirements.txt"} <= {p.name for p in code.iterdir()}
+    assert {"inference.py", "graph_runtime.py"} <= {p.name for p in code.iterdir()}
     # No wheels channel here (the environment has ONNX Runtime): nothing for the toolkit
     # to install, so the artifact carries no requirements.txt at all.
     assert not (code / "requirements.txt").exists() and not (code / "wheels").exists()
@@ -95,6 +95,11 @@ def _answer(model_dir, monkeypatch, **environment) -> tuple[dict, str]:
 
 
 def _same_answer(eager: dict, graph: dict) -> None:
+    # the same model, told apart only by what answered
+    assert (eager["model"].pop("runtime"), graph["model"].pop("runtime")) == (
+        "torch-eager",
+        "onnxruntime",
+    )
     assert eager["model"] == graph["model"]
     assert [p["index"] for p in eager["predictions"]] == [p["index"] for p in graph["predictions"]]
     for ours, theirs in zip(eager["predictions"], graph["predictions"], strict=True):
@@ -143,36 +148,6 @@ def test_int8_is_served_only_within_its_accuracy_allowance(tmp_path, monkeypatch
     assert (strict / GRAPH_FILE).exists() and not (strict / graph_export.INT8_FILE).exists()
 
 
-def _probe_wheel(folder: Path, name: str = "sagedrop_probe") -> Path:
-    """A pure-Python wheel built here (nothing downloads): ``import sagedrop_probe``."""
-    import base64
-    import hashlib
-    import zipfile
-
-    files = {
-        f"{name}/__init__.py": b"PROBE = 1\n",
-        f"{name}-1.0.dist-info/METADATA": (
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode()
-        ),
-        f"{name}-1.0.dist-info/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = (
-        "".join(
-            f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
-            for path, data in files.items()
-        )
-        + f"{name}-1.0.dist-info/RECORD,,\n"
-    )
-    path = folder / f"{name}-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in files.items():
-            archive.writestr(member, data)
-        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
-    return path
-
-
 def _artifact_with_runtime(tmp_path: Path, shipped: list[Path], pinned: Path) -> Path:
     """An artifact whose graph runtime is ``pinned`` (by its hash), carrying ``shipped``."""
     import hashlib
@@ -212,7 +187,7 @@ def test_the_toolkit_installs_the_artifacts_own_wheels_with_no_index(tmp_path):
     it before TorchServe starts, takes the runtime from code/wheels and reaches no index."""
     wheels = tmp_path / "channel"
     wheels.mkdir()
-    probe = _probe_wheel(wheels)
+    probe = probe_wheel(wheels)
     base = _artifact_with_runtime(tmp_path, [probe], probe)
     code = base / "model" / "code"
     assert (code / "wheels" / probe.name).is_file()
@@ -229,8 +204,8 @@ def test_a_wheel_that_does_not_match_its_pin_fails_the_install(tmp_path):
     wheels, other = tmp_path / "channel", tmp_path / "other"
     wheels.mkdir()
     other.mkdir()
-    pinned = _probe_wheel(other)
-    swapped = _probe_wheel(wheels)
+    pinned = probe_wheel(other)
+    swapped = probe_wheel(wheels)
     swapped.write_bytes(swapped.read_bytes() + b"\0")  # same name, other bytes
     base = _artifact_with_runtime(tmp_path, [swapped], pinned)
     done = _toolkit_install(base, tmp_path / "target")

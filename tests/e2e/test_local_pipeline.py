@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -54,6 +55,23 @@ def status(root: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def without_network() -> dict[str, str]:
+    """This environment with every package index and the internet out of reach: pip has
+    no index and a dead one, every HTTP client a proxy where nothing listens; only the
+    local cloud's own loopback servers answer."""
+    dead = "http://127.0.0.1:9"
+    return {
+        **os.environ,
+        "PIP_NO_INDEX": "1",
+        "PIP_INDEX_URL": f"{dead}/simple",
+        "PIP_FIND_LINKS": "",
+        **{name: dead for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                                   "ALL_PROXY")},
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }  # fmt: skip
+
+
 def wait(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,6 +96,7 @@ def test_pipeline_through_the_cli(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=without_network(),  # issue 22: tuning, debug job and endpoint need no index
     )
     try:
         assert wait(
@@ -122,6 +141,7 @@ def test_pipeline_through_the_cli(tmp_path):
     assert prediction["dataset"] == "digits" and prediction["endpoint"] == "sagedrop-digits"
     assert prediction["model_version"] == 1  # its version in Model Registry
     assert prediction["model"]["training_job"] == debug["name"]  # the job that made it
+    assert prediction["model"]["runtime"] == "onnxruntime"  # the optimised graph answered
     [dataset] = snapshot["datasets"]
     assert (dataset["name"], dataset["serving_version"]) == ("digits", 1)
     [version] = dataset["versions"]

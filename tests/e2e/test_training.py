@@ -16,7 +16,7 @@ from chalicelib.job_contract import (
     parse_metric_lines,
 )
 from sagedrop_serving.model_def import build_classifier
-from tests.helpers import TINY_HYPERPARAMETERS, failure_line, run_train
+from tests.helpers import TINY_HYPERPARAMETERS, failure_line, probe_wheel, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -253,3 +253,22 @@ def test_a_weights_channel_file_that_is_not_torchvisions_fails_the_job(tmp_path,
     )  # fmt: skip
     assert result.returncode == 1
     assert "not torchvision's published f37072fd" in failure_line(result)
+
+
+def test_the_artifact_carries_the_wheels_channels_graph_runtime(tmp_path, tiny_dataset):
+    """Issue 22: with a "wheels" channel, train.py packs its inference/ wheels into the
+    artifact with the requirements file the inference toolkit installs, index-free."""
+    channel = tmp_path / "wheels"
+    (channel / "inference").mkdir(parents=True)
+    wheel = probe_wheel(channel / "inference")
+    result = run_train(
+        [*TINY_HYPERPARAMETERS, "--data", str(tiny_dataset["zip"]),
+         "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o")],
+        {"SM_CHANNEL_WHEELS": str(channel)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    code = tmp_path / "m" / "code"
+    assert (code / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    lines = (code / "requirements.txt").read_text().splitlines()
+    assert {"--no-index", "--find-links wheels", "--only-binary :all:"} <= set(lines)
+    assert any(line.startswith("onnxruntime==1.31.1") for line in lines)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 GRAPH_FILE = "model.onnx"
-RUNTIME_REQUIREMENTS = "runtime-requirements.txt"
 log = logging.getLogger("sagedrop.serving")
 
 

@@ -138,6 +138,8 @@ def model_fn(model_dir: str) -> LoadedModel:
         "test_accuracy": config.get("metrics", {}).get("test_accuracy"),
         "created_at": config.get("created_at"),
         "training_job": config.get("training_job"),
+        # What answers: the optimised graph, or the eager model (and the log says why).
+        "runtime": "onnxruntime" if graph is not None else "torch-eager",
     }
     if os.environ.get("SAGEDROP_MODEL_NAME"):
         info["name"] = os.environ["SAGEDROP_MODEL_NAME"]

@@ -47,20 +47,17 @@ def inference_wheels(channel: str | None = None) -> list[str]:
 def write_serving_code(
     model_dir: str, serving_dir: str, graph_served: bool, wheels: list[str]
 ) -> list[str]:
-    """Copy the serving modules, and the graph's runtime when the graph serves; the
-    names written under ``code/``."""
+    """Copy the serving modules, and the graph's runtime (its wheels and the
+    requirements file that installs them) when the graph serves and the job has the
+    wheels; the names written under ``code/``."""
     code_dir = os.path.join(model_dir, "code")
     os.makedirs(code_dir, exist_ok=True)
     written = list(SERVING_FILES)
     for name in SERVING_FILES:
         shutil.copyfile(os.path.join(serving_dir, name), os.path.join(code_dir, name))
-    if not graph_served:
+    if not graph_served or not wheels:
         return written
     pins = os.path.join(serving_dir, RUNTIME_REQUIREMENTS)
-    shutil.copyfile(pins, os.path.join(code_dir, RUNTIME_REQUIREMENTS))
-    written.append(RUNTIME_REQUIREMENTS)
-    if not wheels:
-        return written
     folder = os.path.join(code_dir, WHEELS_FOLDER)
     os.makedirs(folder, exist_ok=True)
     for wheel in wheels:
