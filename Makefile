@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/hostile_images.py
 	$(BIN)/python bench/evaluation_cost.py
 	$(BIN)/python bench/data_audit.py
+	$(BIN)/python bench/torchserve_load.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

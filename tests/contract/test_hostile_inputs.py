@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,10 @@ def test_1_framework_keys_in_a_request_are_always_the_builders():
     settings = Settings(code_s3_uri="s3://data/code/sourcedir.tar.gz")
     static = requests.static_hyperparameters(settings)
     assert json.loads(static["sagemaker_program"]) == "train.py"
-    assert json.loads(static["sagemaker_submit_directory"]) == "s3://data/code/sourcedir.tar.gz"
+    # isolated (the default): the code channel's copy of that very archive
+    assert json.loads(static["sagemaker_submit_directory"]) == requests.CONTAINER_CODE_PATH
+    online = requests.static_hyperparameters(replace(settings, network_isolation=False))
+    assert json.loads(online["sagemaker_submit_directory"]) == "s3://data/code/sourcedir.tar.gz"
     with pytest.raises(SettingsError, match="reserved"):
         Settings(static_hyperparameters={"sagemaker_program": "evil.py"})
 
