@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--root", default=DEFAULT_ROOT)
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=_status)
+    mlflow_ui = commands.add_parser(
+        "mlflow", help="MLflow's UI over the local cloud's runs, on 127.0.0.1 (Ctrl-C stops)"
+    )
+    mlflow_ui.add_argument("--root", default=DEFAULT_ROOT)
+    mlflow_ui.add_argument("--port", type=int, default=5000)
+    mlflow_ui.set_defaults(handler=_mlflow)
     report = commands.add_parser(
         "report", help="one HTML page: a dataset's versions side by side, or one pipeline"
     )
@@ -224,6 +231,17 @@ def _pack(args) -> int:
         print(f"not packed: fix the problems above in {args.folder} first", file=sys.stderr)
         return 1
     print(f"packed {pack_dataset(args.folder, args.out_zip)}")
+    return 0
+
+
+def _mlflow(args) -> int:
+    from sagedrop.local import tracking_store
+
+    root = Path(args.root)
+    command = tracking_store.ui_command(root, args.port)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {tracking_store.store_uri(root)}")
+    with contextlib.suppress(KeyboardInterrupt):
+        return subprocess.run(command, check=False).returncode
     return 0
 
 

@@ -186,6 +186,7 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
     say(f"Predictions:     {bucket / 'images'}/<image>.json")
     say(f"Report:          {report_path}")
     say(f"Notifications:   {cloud.topic_file}")
+    say(f"MLflow runs:     sagedrop mlflow --root {cloud.root}  (then http://127.0.0.1:5000)")
     say(f"Took {time.perf_counter() - started:.0f} s")
     return 0 if len(rows) == len(expected) and all(r[2] != "(no prediction)" for r in rows) else 1
 

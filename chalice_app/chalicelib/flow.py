@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import (
     aws_errors,
     bounded_json,
+    experiment_tracking,
     job_reports,
     judging,
     naming,
@@ -206,12 +207,14 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         trial = _failed_trial_reason(sagemaker, name) if not best else None
         if trial and trial not in reason:  # "All training jobs failed" says nothing of why
             reason = f"{reason}; the first failed trial: {trial}"
+        tracked = _track_tuning(settings, sagemaker, tuning, upload)
         failed = Notice(
             stage="tuning",
             status="failed",
             dataset=upload.uri,
             jobs={"tuning job": name},
             summary=f"Tuning job {name} ended {tuning['HyperParameterTuningJobStatus']}: {reason}.",
+            reasons=tracked.notice_line(),
             failure_reason=reason,
         )
         return Outcome("failed", [failed], ["JobsFailed"])
@@ -225,7 +228,10 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         judging.comparable_serving_artifact(endpoint, upload),
         tags.get(requests.TAG_MIN_CLASS_RECALL),
     )
-    if not aws_errors.create_unless_exists(sagemaker.create_training_job, request):
+    created = aws_errors.create_unless_exists(sagemaker.create_training_job, request)
+    # Recorded on a re-delivery too (idempotent): the first may have died in between.
+    tracked = _track_tuning(settings, sagemaker, tuning, upload)
+    if not created:
         return Outcome("duplicate")
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
     started = Notice(
@@ -242,8 +248,57 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
             f"Tuning finished; debug/profile run {request['TrainingJobName']} started with "
             f"{json.dumps(best['TunedHyperParameters'], sort_keys=True)}."
         ),
+        reasons=tracked.notice_line(),
     )
     return Outcome("started", [started], ["JobsStarted"])
+
+
+def _track_tuning(
+    settings: Settings, sagemaker, tuning: dict, upload
+) -> experiment_tracking.Recorded:
+    """The tuning job and its trials as MLflow runs (off without a tracking URI)."""
+    if not settings.tracking_uri:
+        return experiment_tracking.Recorded()
+    name = tuning["HyperParameterTuningJobName"]
+    return experiment_tracking.guarded(
+        f"tuning job {name}",
+        lambda: experiment_tracking.record_tuning(
+            experiment_tracking.Tracker(settings.tracking_uri), sagemaker, client("s3"), tuning,
+            naming.pipeline_name(upload.key), settings.mlflow_artifact_root or None,
+        ),
+    )  # fmt: skip
+
+
+def _track_debug(
+    settings: Settings,
+    training: dict,
+    upload,
+    package: dict,
+    metrics: dict[str, float],
+    reports: dict[str, str] | None = None,
+) -> experiment_tracking.Recorded:
+    """The debug job as an MLflow run, tagged with the version the gate registered."""
+    if not settings.tracking_uri:
+        return experiment_tracking.Recorded()
+    tags = {
+        experiment_tracking.TAG_MODEL_PACKAGE: package["ModelPackageArn"],
+        experiment_tracking.TAG_APPROVAL: package["ModelApprovalStatus"],
+        "sagedrop.model_version": str(package["ModelPackageVersion"]),
+        **_tuning_tag(training),
+        **{f"sagedrop.{kind}_uri": uri for kind, uri in (reports or {}).items()},
+    }
+    return experiment_tracking.guarded(
+        f"debug job {training['TrainingJobName']}",
+        lambda: experiment_tracking.record_debug(
+            experiment_tracking.Tracker(settings.tracking_uri), client("s3"), training,
+            naming.pipeline_name(upload.key), settings.mlflow_artifact_root or None, tags,
+            metrics,
+        ),
+    )  # fmt: skip
+
+
+def _tuning_tag(training: dict) -> dict[str, str]:
+    return {experiment_tracking.TAG_TUNING_JOB: naming.tuning_job_of(training["TrainingJobName"])}
 
 
 def _failed_trial_reason(sagemaker, tuning_job: str) -> str | None:
@@ -302,8 +357,11 @@ def training_finished(detail: dict, settings: Settings) -> Outcome:
     pipeline = naming.pipeline_name(upload.key)
     group = naming.model_package_group(settings.endpoint_prefix, pipeline)
     registry.ensure_group(sagemaker, group, pipeline)
-    if registry.version_of_job(sagemaker, group, name) is not None:
+    registered = registry.version_of_job(sagemaker, group, name)
+    if registered is not None:
         logger.info("%s is already registered in %s: duplicate event", name, group)
+        metrics = {k: float(v) for k, v in _debug_metrics(training).items()}
+        _track_debug(settings, training, upload, registered, metrics)  # idempotent
         return Outcome("duplicate")
     endpoint = settings.endpoint_for(pipeline)
     judgement = judging.judge(settings, training, upload, endpoint)
@@ -360,6 +418,13 @@ def _register(
         ),
     }
     status, summary = summaries[approval]
+    package = {"ModelPackageArn": arn, "ModelApprovalStatus": approval,
+               "ModelPackageVersion": version}  # fmt: skip
+    tracked = _track_debug(
+        settings, training, upload, package,
+        {**judgement.final_metrics, **_evaluation_metrics(judgement.evaluation)},
+        judgement.reports.uris,
+    )  # fmt: skip
     notice = Notice(
         stage="gate",
         status=status,
@@ -378,10 +443,15 @@ def _register(
         reasons=decision.reasons
         + _worst_class_line(judgement.evaluation)
         + ([job_reports.audit_line(judgement.audit)] if judgement.audit else [])
-        + [f"report: {p}" for p in judgement.reports.problems],
+        + [f"report: {p}" for p in judgement.reports.problems]
+        + tracked.notice_line(),
         summary=summary,
     )
     return Outcome(status, [notice], [f"ModelVersions{approval}"])
+
+
+def _debug_metrics(training: dict) -> dict[str, float]:
+    return experiment_tracking.final_metrics(training)
 
 
 def _evaluation_metrics(evaluation: dict) -> dict[str, float]:
@@ -437,12 +507,30 @@ def model_package_changed(detail: dict, settings: Settings) -> Outcome:
         return Outcome("ignored")
     arn = detail.get("ModelPackageArn", "")
     logger.append_keys(model_package=arn)
+    _track_approval(settings, pipeline, arn, detail["ModelApprovalStatus"])
     because = ""
     if detail.get("ModelApprovalStatus") == registry.REJECTED and arn:
         rejected = registry.describe(client("sagemaker"), arn)
         why = rejected.get("ApprovalDescription") or rejected.get("ModelPackageDescription", "")
         because = f"version {rejected['ModelPackageVersion']} was rejected: {why}"
     return deploy_latest(settings, pipeline, because)
+
+
+def _track_approval(settings: Settings, dataset: str, arn: str, approval: str) -> None:
+    """A version approved or rejected later (a person, a rollback): its debug run's tag."""
+    if not settings.tracking_uri or not arn:
+        return
+
+    def work() -> dict[str, str]:
+        described = registry.describe(client("sagemaker"), arn)
+        debug_job = described.get("CustomerMetadataProperties", {}).get(requests.META_DEBUG_JOB)
+        if not debug_job:
+            return {}
+        tracker = experiment_tracking.Tracker(settings.tracking_uri)
+        tags = {experiment_tracking.TAG_APPROVAL: approval}
+        return experiment_tracking.tag_version(tracker, dataset, debug_job, tags)
+
+    experiment_tracking.guarded(f"version {arn}", work)
 
 
 # --- 5. an endpoint changed state ---------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chalicelib import aws_limits, hyperparameters, naming
+from chalicelib import aws_limits, experiment_tracking, hyperparameters, naming
 from chalicelib.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
@@ -304,6 +304,7 @@ def debug_training_job_request(
     output_path = f"s3://{settings.data_bucket}/jobs/{name}"
     return {
         "TrainingJobName": name,
+        **_mlflow_config(settings, upload, name),
         "HyperParameters": values,
         "AlgorithmSpecification": {
             "TrainingImage": definition["AlgorithmSpecification"]["TrainingImage"],
@@ -330,6 +331,19 @@ def debug_training_job_request(
             },
         ),
     }
+
+
+def _mlflow_config(settings: Settings, upload: Upload, job: str) -> dict:
+    """The job linked to the managed MLflow server its run is recorded in, under the same
+    experiment and run names the pipeline records (experiment_tracking); none without an
+    ARN. SageMaker records nothing by itself from this: the pipeline does, from the
+    job's output, because an isolated job cannot reach the server."""
+    if not settings.mlflow_tracking_arn:
+        return {}
+    experiment = experiment_tracking.experiment_name(naming.pipeline_name(upload.key))
+    return {"MlflowConfig": {"MlflowResourceArn": settings.mlflow_tracking_arn,
+                             "MlflowExperimentName": experiment,
+                             "MlflowRunName": job}}  # fmt: skip
 
 
 def _serving_channel(artifact: str | None) -> list[dict]:

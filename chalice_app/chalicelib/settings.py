@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,6 +57,13 @@ DATASET_MAXIMA = {
     "max_parallel_jobs": hyperparameters.MAX_PARALLEL_TRIALS,
     "epochs": hyperparameters.MAX_EPOCHS,
 }
+
+
+# MlflowConfig.MlflowResourceArn's pattern in the API reference (AIMlflowConfig's, which
+# names the two kinds; botocore's MlflowConfig allows any "mlflow-*" resource).
+MLFLOW_ARN = re.compile(
+    r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:mlflow-(app|tracking-server)/.*"
+)
 
 
 class SettingsError(ValueError):
@@ -126,11 +134,30 @@ class Settings:
     # MaximumRetryAttempts (2 by default, as the local bus retries). The last attempt at a
     # throttled image writes a final answer instead of promising a retry.
     image_attempts: int = 3
+    # MLflow experiment tracking (off when both are empty): a SageMaker managed MLflow
+    # tracking server or MLflow App (its ARN, through the sagemaker-mlflow plugin), or any
+    # MLflow tracking URI (the local cloud's SQLite store). The pipeline records each
+    # tuning trial and debug job as a run from the job's output (experiment_tracking).
+    mlflow_tracking_arn: str = ""
+    mlflow_tracking_uri: str = ""
+    # Where a new experiment keeps its artifacts ("": the tracking server's own store).
+    mlflow_artifact_root: str = ""
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where runs go: the ARN when set (the plugin resolves it), else the URI."""
+        return self.mlflow_tracking_arn or self.mlflow_tracking_uri
 
     def __post_init__(self) -> None:
         problem = naming.check_endpoint_prefix(self.endpoint_prefix)
         if problem:
             raise SettingsError(f"ENDPOINT_PREFIX: {problem}")
+        if self.mlflow_tracking_arn and not MLFLOW_ARN.fullmatch(self.mlflow_tracking_arn):
+            raise SettingsError(
+                "MLFLOW_TRACKING_ARN must be a SageMaker MLflow tracking server or MLflow App "
+                f"ARN (arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>), "
+                f"not {self.mlflow_tracking_arn!r}"
+            )
         _check_choice("tuning strategy", self.tuning_strategy, STRATEGIES)
         _check_choice("early stopping", self.tuning_early_stopping, EARLY_STOPPING)
         if not 1 <= self.tuning_max_parallel_jobs <= self.tuning_max_jobs:
@@ -427,6 +454,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "CODE_S3_URI": ("code_s3_uri", str),
     "WEIGHTS_S3_URI": ("weights_s3_uri", str),
     "WHEELS_S3_URI": ("wheels_s3_uri", str),
+    "MLFLOW_TRACKING_ARN": ("mlflow_tracking_arn", str),
+    "MLFLOW_TRACKING_URI": ("mlflow_tracking_uri", str),
+    "MLFLOW_ARTIFACT_ROOT": ("mlflow_artifact_root", str),
     "ENDPOINT_PREFIX": ("endpoint_prefix", str),
     "TRAINING_INSTANCE_TYPE": ("training_instance_type", str),
     "TRAINING_INSTANCE_COUNT": ("training_instance_count", int),

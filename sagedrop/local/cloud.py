@@ -21,6 +21,7 @@ from typing import TextIO
 
 from chalicelib.notify import Notice, publish
 from sagedrop.aws_configure import pack_training_code, upload_training_code
+from sagedrop.local import tracking_store
 from sagedrop.local.aws_shapes import ACCOUNT, eventbridge_event
 from sagedrop.local.bus import EventBus
 from sagedrop.local.runtime import LocalSageMakerRuntime
@@ -119,7 +120,9 @@ class LocalCloud:
         environment = {**FIXED_ENVIRONMENT, "CODE_S3_URI": code_uri}
         # The jobs' weights channel, from the torch hub cache only: nothing downloads here.
         environment.update(environment_value(upload_weights(self.s3, DATA_BUCKET, fetch=None)))
-        for key, value in DEFAULT_ENVIRONMENT.items():
+        # Experiment tracking in the root's own MLflow store, unless one is named already.
+        defaults = {**DEFAULT_ENVIRONMENT, **tracking_store.prepare(self.root)}
+        for key, value in defaults.items():
             environment.setdefault(key, os.environ.get(key) or value)
         self._saved_environment = {k: os.environ.get(k) for k in environment}
         os.environ.update(environment)

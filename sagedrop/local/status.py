@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sagedrop.local import overview
+from sagedrop.local import overview, tracking_store
 from sagedrop.local.state import State
 
 
@@ -26,6 +26,9 @@ def status_object(root: Path) -> dict:
             "endpoints": overview.endpoints(state),
             "rejected_uploads": overview.rejected_uploads(Path(root)),
             "predictions": len(overview.predictions(Path(root))),
+            # Where the pipeline records runs (the root's store unless up was told another).
+            "mlflow_tracking_uri": os.environ.get("MLFLOW_TRACKING_URI")
+            or tracking_store.store_uri(Path(root)),
         }
     finally:
         state.close()

@@ -1154,3 +1154,28 @@ def test_a_broken_audit_is_refused_by_name_and_loses_no_model(cloud):
     result, message = _gate_with(cloud, evaluation_document(0.9), audit=broken)
     assert result == "approved"  # no floor: a broken audit is said, never a lost model
     assert any("data_audit.json is not a data audit" in r for r in message["reasons"])
+
+
+def test_an_unreachable_tracking_server_never_stops_the_pipeline(cloud, caplog):
+    """Issue 23: MLflow at a closed port. The debug job still starts, the notice says the
+    runs were not recorded, and the log warns once for the step (no retries for minutes)."""
+    settings = replace(cloud.settings, mlflow_tracking_uri="http://127.0.0.1:9")
+    described = tuning_description(cloud)
+    name = described["HyperParameterTuningJobName"]
+    cloud.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    cloud.stub.add_response("list_tags", {"Tags": []})
+    cloud.stub.add_response(
+        "create_training_job",
+        {"TrainingJobArn": f"{ARN}:training-job/sdd-pets"},
+        requests.debug_training_job_request(
+            settings, requests.Upload(DATA, "datasets/pets.zip", ""), described
+        ),
+    )
+    detail = {"HyperParameterTuningJobName": name, "HyperParameterTuningJobStatus": "Completed"}
+    with caplog.at_level("WARNING", logger="sagedrop.tracking"):
+        assert flow.tuning_finished(detail, settings) == "started"
+    warnings = [r for r in caplog.records if r.name == "sagedrop.tracking"]
+    assert len(warnings) == 1 and f"tuning job {name}" in warnings[0].getMessage()
+    [message] = cloud.messages()
+    [line] = [r for r in message["reasons"] if r.startswith("experiment tracking:")]
+    assert "runs not recorded" in line

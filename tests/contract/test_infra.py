@@ -41,9 +41,21 @@ LAMBDA_ACTIONS = {
 }
 
 
+# What MLflow's client calls to record runs (experiment_tracking), granted only on the
+# one tracking server the stack was given.
+MLFLOW_ACTIONS = {
+    f"sagemaker-mlflow:{name}"
+    for name in ("CreateExperiment", "GetExperiment", "GetExperimentByName", "SearchRuns",
+                 "CreateRun", "GetRun", "UpdateRun", "LogBatch", "LogMetric", "LogParam",
+                 "SetTag")
+}  # fmt: skip
+
+
 def statements(role: str) -> list[dict]:
+    """The role's statements, a conditional one (``Fn::If``) as when its condition holds."""
     policies = RESOURCES[role]["Properties"]["Policies"]
-    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    listed = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    return [s["Fn::If"][1] if "Fn::If" in s else s for s in listed]
 
 
 def actions(statement: dict) -> list[str]:
@@ -80,11 +92,30 @@ def test_email_subscription_is_optional():
 def test_lambda_role_allows_every_call_the_flow_makes_and_nothing_wide():
     granted = {a for s in statements("LambdaRole") for a in actions(s)}
     assert granted - {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"} == (
-        LAMBDA_ACTIONS | {"s3:ListBucket"}
+        LAMBDA_ACTIONS | {"s3:ListBucket"} | MLFLOW_ACTIONS
     )
     for statement in statements("LambdaRole"):
         assert statement["Resource"] != "*", statement["Sid"]
         assert not any(a.endswith("*") for a in actions(statement)), statement["Sid"]
+
+
+@pytest.mark.parametrize("role", ["LambdaRole", "SageMakerExecutionRole"])
+def test_mlflow_is_granted_on_the_one_tracking_server_and_only_when_given(role):
+    """Issue 23: the sagemaker-mlflow actions, on the stack's MlflowTrackingArn alone, and
+    the statement gone (AWS::NoValue) when that parameter is empty (its default)."""
+    policies = RESOURCES[role]["Properties"]["Policies"]
+    listed = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    [conditional] = [s for s in listed if "Fn::If" in s]
+    condition, statement, otherwise = conditional["Fn::If"]
+    assert condition == "HasMlflowTracking" and otherwise == {"Ref": "AWS::NoValue"}
+    assert set(actions(statement)) == MLFLOW_ACTIONS
+    assert statement["Resource"] == {"Ref": "MlflowTrackingArn"}
+    assert TEMPLATE["Parameters"]["MlflowTrackingArn"]["Default"] == ""
+    assert TEMPLATE["Conditions"]["HasMlflowTracking"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MlflowTrackingArn"}, ""]}]
+    }
+    other = [s for s in statements(role) if s is not statement]
+    assert not any(a.startswith("sagemaker-mlflow:") for s in other for a in actions(s))
 
 
 def test_pass_role_only_the_sagemaker_role_only_to_sagemaker():
@@ -128,8 +159,9 @@ def _operations_called_by_the_pipeline() -> set[str]:
         path.read_text() for path in (REPO_ROOT / "chalice_app" / "chalicelib").glob("*.py")
     )
     calls = re.findall(r"(?:(\w+)|[)\]])\.(\w+)\(", source)  # x.op( and client("s").op(
-    # owners that are never clients: modules and compiled patterns (UPPER_CASE constants)
-    modules = {"re", "json", "os", "math", "hashlib", "zipfile", "tarfile"}
+    # owners that are never clients: modules and compiled patterns (UPPER_CASE constants),
+    # and MLflow's client (experiment_tracking's ``self.mlflow``; its grants: MLFLOW_ACTIONS)
+    modules = {"re", "json", "os", "math", "hashlib", "zipfile", "tarfile", "mlflow"}
     called = {
         known[name]
         for owner, name in calls

@@ -474,3 +474,28 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     for definition in (tuning["TrainingJobDefinition"], debug):
         [wheels] = [c for c in definition["InputDataConfig"] if c["ChannelName"] == "wheels"]
         assert wheels["DataSource"]["S3DataSource"]["S3Uri"] == uri
+
+
+def test_a_managed_mlflow_server_is_named_on_the_debug_job(settings, upload):
+    """Issue 23: with MLFLOW_TRACKING_ARN, the debug job carries MlflowConfig (valid for
+    botocore, and for the API reference's stricter name pattern, which botocore lacks)
+    naming the experiment and run the pipeline records; without it, none."""
+    import re
+
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/sagedrop"
+    tracked = replace(settings, mlflow_tracking_arn=arn)
+    request = requests.debug_training_job_request(tracked, upload, describe_tuning(tracked, upload))
+    assert_valid("CreateTrainingJob", request)
+    config = request["MlflowConfig"]
+    assert config == {"MlflowResourceArn": arn, "MlflowExperimentName": "sagedrop-dog-images-v2",
+                      "MlflowRunName": request["TrainingJobName"]}  # fmt: skip
+    names = re.compile(r"[a-zA-Z0-9\-_./]+")  # AIMlflowConfig's, in the API reference
+    assert names.fullmatch(config["MlflowExperimentName"]) and names.fullmatch(
+        config["MlflowRunName"]
+    )
+    untracked = requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload)
+    )
+    assert "MlflowConfig" not in untracked
+    with pytest.raises(SettingsError, match="MLFLOW_TRACKING_ARN"):
+        Settings.from_env({"MLFLOW_TRACKING_ARN": "arn:aws:s3:::not-mlflow"})

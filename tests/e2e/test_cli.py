@@ -88,3 +88,40 @@ def test_demo_runs_the_whole_local_pipeline_from_a_relative_root(tmp_path, monke
     assert "Held-out images: " in out
     reports = list((tmp_path / "demo-root" / "reports").glob("sdt-digits-*.html"))
     assert len(reports) == 1 and "<svg" in reports[0].read_text()
+    assert "MLflow runs:     sagedrop mlflow --root" in out
+    _the_demos_runs_are_in_mlflow(tmp_path / "demo-root")
+
+
+def _the_demos_runs_are_in_mlflow(root):
+    """Issue 23, read back with MLflow's own client: one experiment for the dataset, the
+    tuning job's run with one nested run per trial (valid_accuracy = the tuner's objective
+    for it, the best one tagged), and the debug job's run with test_accuracy, the rule
+    verdicts as an artifact and its Model Registry version."""
+    from mlflow.tracking import MlflowClient
+
+    from sagedrop.local.status import status_object
+
+    snapshot = status_object(root)
+    store = MlflowClient(tracking_uri=snapshot["mlflow_tracking_uri"])
+    [pipeline] = snapshot["pipelines"]
+    [experiment] = [e for e in store.search_experiments() if e.name != "Default"]
+    assert experiment.name == "sagedrop-digits"
+    runs = {r.info.run_name: r for r in store.search_runs([experiment.experiment_id])}
+    tuning = runs.pop(pipeline["name"])
+    debug = runs.pop(pipeline["debug_job"]["name"])
+    assert tuning.data.tags["sagedrop.kind"] == "tuning"
+    trials = {t["name"]: t for t in pipeline["trials"]}
+    assert set(runs) == set(trials)  # nothing else, nothing twice
+    for name, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == tuning.info.run_id
+        assert run.data.metrics["valid_accuracy"] == trials[name]["objective"]
+        assert len(store.get_metric_history(run.info.run_id, "train_loss")) >= 2  # per epoch
+        assert run.data.params["lr"] == trials[name]["hyperparameters"]["lr"]
+    best = [n for n, r in runs.items() if r.data.tags.get("sagedrop.best") == "true"]
+    assert best == [pipeline["tuning"]["best_job"]]
+    assert debug.data.metrics["test_accuracy"] == pipeline["debug_job"]["test_accuracy"]
+    assert "test_macro_f1" in debug.data.metrics
+    assert debug.data.tags["sagedrop.approval"] == "Approved"
+    assert debug.data.tags["sagedrop.model_package"].endswith("/sagedrop-digits/1")
+    artifacts = {a.path for a in store.list_artifacts(debug.info.run_id)}
+    assert {"rules.json", "report.html", "evaluation.json"} <= artifacts

@@ -32,7 +32,8 @@ ROOMS = {
         "allowed": {"chalice", "chalicelib", "aws_lambda_powertools"},
     },
     "chalice_app/chalicelib": {
-        "allowed": {"chalicelib", "boto3", "botocore", "aws_lambda_powertools"},
+        # mlflow: MLflow's client (mlflow-skinny in the Lambda), for experiment_tracking only
+        "allowed": {"chalicelib", "boto3", "botocore", "aws_lambda_powertools", "mlflow"},
     },
     "training_code": {
         "forbidden": {
