@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/evaluation_cost.py
 	$(BIN)/python bench/data_audit.py
 	$(BIN)/python bench/torchserve_load.py
+	$(BIN)/python bench/tracking_cost.py
 
 clean:
 	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache

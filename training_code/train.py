@@ -48,6 +48,7 @@ from sagedrop_training import (
     graph_export,
     held_out,
     imagenet_weights,
+    run_tracking,
     serving_code,
 )
 from sagedrop_training.data_audit import LEAKAGE_POLICIES, Fingerprint
@@ -302,6 +303,9 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
         runtime.device,
         runtime.world_size,
     )
+    tracking = run_tracking.JobRun.from_environment(
+        os.environ.get("TRAINING_JOB_NAME"), _job_params(), runtime.is_main
+    )
     session: NoProbe = NO_PROBE
     if args.debug and runtime.is_main:
         recorded = model.fc if use_cache else model
@@ -324,7 +328,9 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
             args.epochs,
             runtime,
             session,
-            on_epoch=lambda epoch, train, valid: _log_epoch(args, runtime, epoch, train, valid),
+            on_epoch=lambda epoch, train, valid: _tracked(
+                tracking, _log_epoch(args, runtime, epoch, train, valid)
+            ),
         )
     finally:
         session.finish(os.environ.get("TRAINING_JOB_NAME", "local run"))
@@ -334,6 +340,9 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
     test = fit_loop.evaluate(plan.evaluated, test_batches(), runtime, outputs=outputs)
     unreadable.update(test.unreadable)
     _log_final(runtime, fitted.best, test, unreadable)
+    final = {"valid_accuracy": fitted.best.accuracy, "test_loss": test.loss,
+             "test_accuracy": test.accuracy}  # fmt: skip
+    tracking.finish(final, succeeded=True)
     if outputs is not None:
         _write_evaluation(args, runtime, data, unreadable, outputs)
 
@@ -360,6 +369,7 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
             "freeze": freeze,
             "cached_features": use_cache,
             "seconds": time.perf_counter() - started,
+            "experiment_tracking": tracking.summary(),
         }
         summary["optimised_graph"] = _optimised_graph(args, data, model, pre)
         _save_artifact(args, data, model, pre, pretrained, freeze, summary)
@@ -628,6 +638,22 @@ def _start_debug_session(args, runtime, recorded: nn.Module, rules_config: dict,
         meta,
         stop_within_epoch=not runtime.distributed,
     )
+
+
+def _tracked(tracking: run_tracking.JobRun, record: dict) -> dict:
+    """The epoch's record, also in the job's MLflow run (when it has one)."""
+    tracking.epoch(record)
+    return record
+
+
+def _job_params() -> dict[str, str]:
+    """The job's hyperparameters as the toolkit handed them (``SM_HPS``), less its own keys."""
+    try:
+        given = json.loads(os.environ.get("SM_HPS") or "{}")
+    except ValueError:
+        return {}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()
+            if not k.startswith(("sagemaker_", "_tuning"))}  # fmt: skip
 
 
 def _log_epoch(args, runtime, epoch, train: EpochResult, valid: EpochResult) -> dict:

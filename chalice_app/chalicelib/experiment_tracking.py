@@ -24,23 +24,27 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from chalicelib import bounded_json, job_reports
+from chalicelib import bounded_json, job_contract, job_reports
 
 log = logging.getLogger("sagedrop.tracking")
 
 EXPERIMENT_PREFIX = "sagedrop-"
-TAG_JOB, TAG_KIND, TAG_DATASET = "sagedrop.job", "sagedrop.kind", "sagedrop.dataset"
+TAG_JOB, TAG_KIND, TAG_DATASET = job_contract.RUN_TAG_JOB, "sagedrop.kind", "sagedrop.dataset"
 TAG_TUNING_JOB, TAG_BEST = "sagedrop.tuning_job", "sagedrop.best"
 TAG_MODEL_PACKAGE, TAG_APPROVAL = "sagedrop.model_package", "sagedrop.approval"
 TAG_ARTIFACTS_FAILED = "sagedrop.artifacts_not_uploaded"
-PARENT_TAG = "mlflow.parentRunId"
+# Set once the pipeline has recorded a finished job's run: a re-delivered event stops here.
+TAG_RECORDED = "sagedrop.recorded"
+# Who logged the per-epoch history: the job itself (network isolation off) or the pipeline.
+TAG_LOGGED_BY = job_contract.RUN_TAG_LOGGED_BY
+PARENT_TAG = job_contract.PARENT_RUN_TAG
 SUMMARY = "training_summary.json"
 ARTIFACTS = (job_reports.RULES, job_reports.REPORT, job_reports.EVALUATION, job_reports.AUDIT)
 MAX_MEMBER_BYTES = job_reports.MAX_MEMBER_BYTES
@@ -75,6 +79,7 @@ class JobRecord:
     history: list[dict]
     tags: dict[str, str]
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    problem: str = ""  # why the job could not log its own run (it was given a server)
 
 
 def experiment_name(dataset: str) -> str:
@@ -118,30 +123,43 @@ def read_output(s3, training: dict, names: Iterable[str]) -> dict[str, bytes]:
     return found
 
 
-def history_of(members: dict[str, bytes]) -> list[dict]:
-    """The per-epoch records ``train.py`` wrote in ``training_summary.json``."""
+def summary_of(members: dict[str, bytes]) -> dict:
+    """``training_summary.json`` as ``train.py`` wrote it ({} when missing or unreadable)."""
     if SUMMARY not in members:
-        return []
+        return {}
     try:
         summary = bounded_json.loads(members[SUMMARY], SUMMARY)
     except ValueError:
-        return []
-    history = summary.get("history") if isinstance(summary, dict) else None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def history_of(summary: dict) -> list[dict]:
+    """The per-epoch records of the job's summary."""
+    history = summary.get("history")
     return [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
+
+
+def job_problem(summary: dict) -> str:
+    own = summary.get("experiment_tracking")
+    problem = own.get("problem") if isinstance(own, dict) else ""
+    return str(problem)[:300] if problem else ""
 
 
 def job_record(
     s3, training: dict, tags: dict[str, str], artifacts: Iterable[str] = ()
 ) -> JobRecord:
     members = read_output(s3, training, [SUMMARY, *artifacts])
+    summary = summary_of(members)
     return JobRecord(
         name=training["TrainingJobName"],
         status=training.get("TrainingJobStatus", ""),
         params=params_of(training.get("HyperParameters", {})),
         metrics=final_metrics(training),
-        history=history_of(members),
+        history=history_of(summary),
         tags={TAG_JOB: training["TrainingJobName"], **tags},
         artifacts={name: members[name] for name in artifacts if name in members},
+        problem=job_problem(summary),
     )
 
 
@@ -180,16 +198,34 @@ class Tracker:
         )
         return runs[0] if runs else None
 
-    def record(self, experiment_id: str, job: JobRecord, parent: str | None = None) -> str:
-        """The job's run, made once: an existing one (same ``sagedrop.job``) is returned."""
-        existing = self.find_run(experiment_id, job.name)
+    def start(self, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+        """A run for a job that has not finished (a tuning job, at its start), made once."""
+        existing = self.find_run(experiment_id, name)
         if existing is not None:
             return existing.info.run_id
+        return self.mlflow.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+    def record(self, experiment_id: str, job: JobRecord, parent: str | None = None) -> str:
+        """The finished job's run, recorded once (``sagedrop.recorded``).
+
+        A run that exists already is completed, not duplicated: the tuning job's run made
+        at its start, or a run the job logged itself (network isolation off), which gets
+        what only the pipeline knows (the tuner's objective value, the best trial's tag,
+        the artifacts) and no second copy of its per-epoch history."""
+        existing = self.find_run(experiment_id, job.name)
+        if existing is not None and existing.data.tags.get(TAG_RECORDED) == "true":
+            return existing.info.run_id
         tags = {**job.tags, **({PARENT_TAG: parent} if parent else {})}
-        run = self.mlflow.create_run(experiment_id, run_name=job.name, tags=tags)
-        run_id = run.info.run_id
-        self._log(run_id, job)
+        if existing is None:
+            made = {**tags, TAG_LOGGED_BY: "pipeline"}
+            run_id = self.mlflow.create_run(experiment_id, run_name=job.name, tags=made).info.run_id
+            self._log(run_id, job)
+        else:
+            run_id = existing.info.run_id
+            logged_history = bool(existing.data.metrics)
+            self._log(run_id, job, with_history=not logged_history)
         self._artifacts(run_id, job.artifacts)
+        self.set_tags(run_id, {**tags, TAG_RECORDED: "true"})
         status = "FINISHED" if job.status in ("Completed", "Stopped", "") else "FAILED"
         self.mlflow.set_terminated(run_id, status=status)
         return run_id
@@ -201,7 +237,7 @@ class Tracker:
         for start in range(0, len(items), MAX_TAGS):
             self.mlflow.log_batch(run_id, tags=items[start : start + MAX_TAGS])
 
-    def _log(self, run_id: str, job: JobRecord) -> None:
+    def _log(self, run_id: str, job: JobRecord, with_history: bool = True) -> None:
         """Params, per-epoch metrics (step = epoch) and final metrics, in batches."""
         from mlflow.entities import Metric, Param
 
@@ -210,14 +246,18 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(record[key]), now + step, int(record.get("epoch", step)))
-            for step, record in enumerate(job.history, start=1)
+            for step, record in enumerate(job.history if with_history else [], start=1)
             for key in EPOCH_METRICS
             if isinstance(record.get(key), int | float)
         ]
-        last_step = max((m.step for m in metrics), default=0)
+        last_step = max((m.step for m in metrics), default=len(job.history))
         final_at = now + len(job.history) + 1
-        metrics += [Metric(k, v, final_at, last_step) for k, v in job.metrics.items()]
-        params = [Param(k, v[:6000]) for k, v in sorted(job.params.items())]
+        # The per-epoch curves end where the history ends; of them only valid_accuracy
+        # gets its final value again (the kept epoch's, the tuner's objective).
+        curves = {k for k in EPOCH_METRICS if k != job_contract.OBJECTIVE_METRIC}
+        final = {k: v for k, v in job.metrics.items() if not (job.history and k in curves)}
+        metrics += [Metric(k, v, final_at, last_step) for k, v in final.items()]
+        params = [Param(k, v[:6000]) for k, v in sorted(job.params.items())] if with_history else []
         for start in range(0, len(params), MAX_PARAMS):
             self.mlflow.log_batch(run_id, params=params[start : start + MAX_PARAMS])
         for start in range(0, len(metrics), MAX_METRICS):
@@ -242,11 +282,12 @@ class Tracker:
             self.set_tags(run_id, {TAG_ARTIFACTS_FAILED: "; ".join(failed)[:4000]})
 
 
-def guarded(step: str, work) -> Recorded:
+def guarded(step: str, work: Callable[[], dict[str, str] | Recorded]) -> Recorded:
     """``work()`` → run ids; any failure is one warning and the notice's line, never a
     failed step (MLflow's own exceptions, the network's, a store's)."""
     try:
-        return Recorded(runs=work())
+        result = work()
+        return result if isinstance(result, Recorded) else Recorded(runs=result)
     except Exception as exc:  # tracking must never fail the pipeline
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         log.warning("MLflow tracking for %s failed; the pipeline goes on: %s", step, reason)
@@ -270,7 +311,7 @@ def trial_summaries(sagemaker, tuning_job: str) -> list[dict]:
 
 def record_tuning(
     tracker: Tracker, sagemaker, s3, tuning: dict, dataset: str, artifact_root: str | None
-) -> dict[str, str]:
+) -> Recorded:
     """The tuning job as a parent run and each trial as a nested run under it; the
     trial's ``valid_accuracy`` is the tuner's objective value for it."""
     experiment = tracker.experiment(dataset, artifact_root)
@@ -291,6 +332,7 @@ def record_tuning(
               "sagedrop.best_trial": str(best.get("TrainingJobName", ""))},
     )  # fmt: skip
     runs = {name: tracker.record(experiment, parent)}
+    problems = []
     for summary in trial_summaries(sagemaker, name):
         trial = summary["TrainingJobName"]
         training = sagemaker.describe_training_job(TrainingJobName=trial)
@@ -302,7 +344,9 @@ def record_tuning(
         if objective:
             record.metrics[objective["MetricName"]] = float(objective["Value"])
         runs[trial] = tracker.record(experiment, record, parent=runs[name])
-    return runs
+        if record.problem:
+            problems.append(f"{trial} could not log its own run ({record.problem}); recorded here")
+    return Recorded(runs, "; ".join(problems[:3]))
 
 
 def record_debug(
@@ -313,7 +357,7 @@ def record_debug(
     artifact_root: str | None,
     tags: dict[str, str],
     metrics: dict[str, float],
-) -> dict[str, str]:
+) -> Recorded:
     """The debug job as a run: its history, final and evaluation metrics, the rule
     verdicts, report, evaluation and audit as artifacts, and ``tags`` (its Model
     Registry version and approval), which are set again if the run was already made."""
@@ -322,7 +366,12 @@ def record_debug(
     record.metrics.update(metrics)
     run_id = tracker.record(experiment, record)
     tracker.set_tags(run_id, tags)
-    return {record.name: run_id}
+    problem = (
+        f"{record.name} could not log its own run ({record.problem}); recorded here"
+        if record.problem
+        else ""
+    )
+    return Recorded({record.name: run_id}, problem)
 
 
 def tag_version(

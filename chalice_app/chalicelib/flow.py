@@ -145,7 +145,8 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
             reasons=problems,
         )
         return Outcome("rejected", [rejected], ["DatasetsRejected"])
-    request = requests.tuning_job_request(job_settings, upload)
+    tracked, parent_run = _track_start(job_settings, upload)
+    request = requests.tuning_job_request(job_settings, upload, parent_run)
     sagemaker = client("sagemaker")
     if not aws_errors.create_unless_exists(sagemaker.create_hyper_parameter_tuning_job, request):
         logger.info("tuning job already exists: duplicate event, nothing to do")
@@ -162,9 +163,29 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
             f"({limits['MaxParallelTrainingJobs']} at a time)."
         ),
         metrics=_listing_metrics(report.listing_audit),
-        reasons=report.warnings,
+        reasons=report.warnings + tracked.notice_line(),
     )
     return Outcome("started", [started], ["JobsStarted"])
+
+
+def _track_start(settings: Settings, upload) -> tuple[experiment_tracking.Recorded, str | None]:
+    """The tuning job's run, made at its start when its trials will log themselves
+    (network isolation off): they nest under it. Otherwise it is made when tuning ends."""
+    if not settings.tracking_uri or settings.network_isolation:
+        return experiment_tracking.Recorded(), None
+    name = upload.tuning_job_name
+    dataset = naming.pipeline_name(upload.key)
+
+    def work() -> dict[str, str]:
+        tracker = experiment_tracking.Tracker(settings.tracking_uri)
+        experiment = tracker.experiment(dataset, settings.mlflow_artifact_root or None)
+        tags = {experiment_tracking.TAG_JOB: name, experiment_tracking.TAG_KIND: "tuning",
+                experiment_tracking.TAG_DATASET: dataset,
+                experiment_tracking.TAG_TUNING_JOB: name}  # fmt: skip
+        return {name: tracker.start(experiment, name, tags)}
+
+    recorded = experiment_tracking.guarded(f"tuning job {name}", work)
+    return recorded, recorded.runs.get(name)
 
 
 def _listing_metrics(audit: dict) -> dict[str, float]:

@@ -26,6 +26,15 @@ METRIC_LINE_PREFIX = "metrics: "
 # A float as Python's repr prints it: sign, digits, optional fraction, optional exponent.
 NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
+# --- experiment tracking ---------------------------------------------------------------------
+# A job's MLflow run is found by this tag, whoever made it: the job itself (network
+# isolation off) or the pipeline, from the job's output.
+RUN_TAG_JOB = "sagedrop.job"
+RUN_TAG_LOGGED_BY = "sagedrop.logged_by"
+# The tuning job's run, which each trial's own run nests under (MLflow's parent tag).
+PARENT_RUN_VARIABLE = "SAGEDROP_MLFLOW_PARENT_RUN_ID"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
 # --- rules ----------------------------------------------------------------------------------
 # The debug job's rules, in report order (training_code/rule_set.py checks its classes
 # against these at import, so a rule added there and not here fails every job at once).

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chalicelib import aws_limits, experiment_tracking, hyperparameters, naming
+from chalicelib import aws_limits, experiment_tracking, hyperparameters, job_contract, naming
 from chalicelib.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
@@ -214,7 +214,7 @@ def serving_variant(tag: str) -> dict:
     raise ValueError(f"unknown serving kind in {tag!r}")
 
 
-def tuning_job_request(settings: Settings, upload: Upload) -> dict:
+def tuning_job_request(settings: Settings, upload: Upload, parent_run: str | None = None) -> dict:
     """``CreateHyperParameterTuningJob``: search the ranges, maximise validation accuracy."""
     name = upload.tuning_job_name
     strategy = settings.tuning_strategy
@@ -237,6 +237,7 @@ def tuning_job_request(settings: Settings, upload: Upload) -> dict:
         }
     definition = {
         **_training_definition(settings, upload, name),
+        **_tracking_environment(settings, upload, parent_run),
         "StaticHyperParameters": static_hyperparameters(settings),
         "AlgorithmSpecification": {
             "TrainingImage": settings.training_image,
@@ -313,6 +314,7 @@ def debug_training_job_request(
         },
         "RoleArn": definition["RoleArn"],
         "EnableNetworkIsolation": definition.get("EnableNetworkIsolation", False),
+        **_tracking_environment(settings, upload, None),
         "InputDataConfig": [*definition["InputDataConfig"], *_serving_channel(serving_artifact)],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
@@ -331,6 +333,20 @@ def debug_training_job_request(
             },
         ),
     }
+
+
+def _tracking_environment(settings: Settings, upload: Upload, parent_run: str | None) -> dict:
+    """A job that can reach the tracking server logs its own run (``run_tracking`` in the
+    training code): the server, the experiment and, for a trial, its tuning job's run.
+    An isolated job gets none (it could not reach it); the pipeline records it instead."""
+    if not settings.tracking_uri or settings.network_isolation:
+        return {}
+    experiment = experiment_tracking.experiment_name(naming.pipeline_name(upload.key))
+    environment = {"MLFLOW_TRACKING_URI": settings.tracking_uri,
+                   "MLFLOW_EXPERIMENT_NAME": experiment}  # fmt: skip
+    if parent_run:
+        environment[job_contract.PARENT_RUN_VARIABLE] = parent_run
+    return {"Environment": environment}
 
 
 def _mlflow_config(settings: Settings, upload: Upload, job: str) -> dict:

@@ -208,7 +208,12 @@ class TrainingRun:
         env = container.environment(
             self.job_dir,
             self.name,
-            {"OMP_NUM_THREADS": str(self.threads), **self.extra_env},
+            # the request's Environment, as SageMaker sets it in the container
+            {
+                "OMP_NUM_THREADS": str(self.threads),
+                **self.request.get("Environment", {}),
+                **self.extra_env,
+            },
             isolated=bool(self.request.get("EnableNetworkIsolation")),
         )
         with open(self.job_dir / "logs.txt", "a") as log:

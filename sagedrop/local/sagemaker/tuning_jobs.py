@@ -348,6 +348,7 @@ class TuningRun:
             "AlgorithmSpecification": definition["AlgorithmSpecification"],
             "RoleArn": definition["RoleArn"],
             "EnableNetworkIsolation": definition.get("EnableNetworkIsolation", False),
+            **({"Environment": definition["Environment"]} if "Environment" in definition else {}),
             "InputDataConfig": definition.get("InputDataConfig", []),
             "OutputDataConfig": definition["OutputDataConfig"],
             "ResourceConfig": definition["ResourceConfig"],

@@ -1,0 +1,90 @@
+"""What recording a trial as an MLflow run costs, against the trial itself.
+
+Runs one small local training job (the sample digits, 32 px, ``--epochs`` epochs, through
+SageMaker's training runner as every local trial runs), then records it the way the
+pipeline does after a tuning job (``experiment_tracking.record``: its params, per-epoch
+history and final metrics in batches) into a fresh local MLflow store (SQLite), ``--repeats``
+times under new job names. Prints the trial's wall time, the median time to record one
+run (and the first, which includes creating the store and the experiment), and their
+ratio, all measured in one run.
+
+    python bench/tracking_cost.py [--repeats 5] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "chalice_app"), str(ROOT / "bench")]
+
+from job_startup import request  # noqa: E402
+
+from chalicelib import experiment_tracking  # noqa: E402
+from sagedrop.aws_configure import pack_training_code  # noqa: E402
+from sagedrop.local import tracking_store  # noqa: E402
+from sagedrop.local.s3 import LocalS3  # noqa: E402
+from sagedrop.local.state import State  # noqa: E402
+from sagedrop.local.training import TrainingRun  # noqa: E402
+from sagedrop.sample_data import pack_dataset, write_sample_dataset  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        s3 = LocalS3(base / "cloud", State(base / "state.sqlite"))
+        s3.ensure_bucket("data")
+        dataset = write_sample_dataset(base / "dataset", per_class=30, classes=4)
+        zipped = pack_dataset(dataset, base / "d.zip").read_bytes()
+        s3.put_object(Bucket="data", Key="data.zip", Body=zipped)
+        s3.put_object(Bucket="data", Key="code.tar.gz", Body=pack_training_code())
+        hyperparameters = {"epochs": str(args.epochs), "batch-size": "16", "image-size": "32",
+                           "pretrained": json.dumps("false"), "augment": json.dumps("crop"),
+                           "num-workers": "0"}  # fmt: skip
+        job = request("trial-000", hyperparameters)
+        started = time.perf_counter()
+        result = TrainingRun(s3, base / "jobs" / "trial", job, 1, lambda *_: None).run()
+        trial_s = time.perf_counter() - started
+        if result.status != "Completed":
+            raise SystemExit(f"the trial {result.status}: {result.failure_reason}")
+        training = {
+            **job,
+            "TrainingJobStatus": "Completed",
+            "OutputDataConfig": {"S3OutputPath": "s3://data/jobs"},
+            "FinalMetricDataList": [
+                {"MetricName": k, "Value": v} for k, v in result.final_metrics.items()
+            ],
+        }
+        # TrainingRun uploaded output.tar.gz under the job's own name
+        record = experiment_tracking.job_record(s3, training, {"sagedrop.kind": "trial"})
+        tracker = experiment_tracking.Tracker(tracking_store.store_uri(base))
+        (base / tracking_store.FOLDER).mkdir(exist_ok=True)
+        times = []
+        for i in range(args.repeats):
+            run = replace(record, name=f"trial-{i:03d}", tags={**record.tags,
+                          experiment_tracking.TAG_JOB: f"trial-{i:03d}"})  # fmt: skip
+            start = time.perf_counter()
+            experiment = tracker.experiment("bench", tracking_store.artifact_root(base))
+            tracker.record(experiment, run)
+            times.append(time.perf_counter() - start)
+        first, steady = times[0], statistics.median(times[1:] or times)
+        print(f"MLflow run per trial, local SQLite store, {args.repeats} runs, "
+              f"{len(record.history)} epochs of history")  # fmt: skip
+        print(f"trial wall time            {trial_s:7.2f} s")
+        print(f"record one run (median)    {steady:7.3f} s   {100 * steady / trial_s:5.2f} %")
+        print(f"first run (store created)  {first:7.3f} s   {100 * first / trial_s:5.2f} %")
+
+
+if __name__ == "__main__":
+    main()
