@@ -34,6 +34,11 @@ MAX_THUMBNAIL_SOURCE = 16 * 1024 * 1024  # the largest image file a thumbnail is
 MAX_THUMBNAIL_PIXELS = 64_000_000  # the serving limit (image_io.DEFAULT_MAX_PIXELS)
 
 
+def _dataset_name(pipeline: dict) -> str:
+    """The dataset's slug, from its tuning job's name (``sdt-<dataset>-<digest>``)."""
+    return pipeline["name"].removeprefix("sdt-").rsplit("-", 1)[0]
+
+
 def render(pipeline: dict, root: Path | None = None) -> str:
     """``root``: the local cloud's, where the dataset's zip is (its thumbnails)."""
     tuning = pipeline["tuning"]
@@ -46,6 +51,10 @@ def render(pipeline: dict, root: Path | None = None) -> str:
         f"valid_accuracy {_fmt(tuning['best_objective'])} by "
         f"{html.escape(str(tuning['best_job']))}.</p>",
         "<h2>Trials</h2>",
+        # Side by side, curve by curve, against other uploads' trials: MLflow does that.
+        "<p>Each trial, and the debug job, is also an MLflow run named after its job, in "
+        f"the experiment <code>sagedrop-{html.escape(_dataset_name(pipeline))}</code>: "
+        "<code>sagedrop mlflow</code> opens them.</p>",
     ]
     names = sorted({k for t in trials for k in t["hyperparameters"]})
     rows = [
