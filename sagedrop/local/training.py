@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
+from chalicelib.job_contract import parse_metric_lines
 from sagedrop.local import container
 from sagedrop.local.s3 import LocalS3
 
@@ -49,32 +49,24 @@ class JobResult:
 
 @dataclass
 class MetricReader:
-    """SageMaker's reading of a log: each definition's regex, first group, as a float."""
+    """SageMaker's reading of a log, line by line as it comes: the job contract's own
+    parser (``job_contract.parse_metric_lines``, each definition's first group as a
+    float, every match), so the contract's tests test what the local cloud runs."""
 
     definitions: list[dict]
     on_metrics: Callable[[dict[str, float]], None] | None = None
     final: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[float]] = field(default_factory=dict)
 
-    def __post_init__(self):
-        self._compiled = [(d["Name"], re.compile(d["Regex"])) for d in self.definitions]
-
     def feed(self, line: str) -> None:
-        found = {}
-        for name, pattern in self._compiled:
-            match = pattern.search(line)
-            if match:
-                try:
-                    found[name] = float(match.group(1))
-                except (ValueError, IndexError):
-                    continue
+        found = parse_metric_lines(line, self.definitions)
         if not found:
             return
-        for name, value in found.items():
-            self.final[name] = value
-            self.series.setdefault(name, []).append(value)
+        for name, values in found.items():
+            self.final[name] = values[-1]
+            self.series.setdefault(name, []).extend(values)
         if self.on_metrics:
-            self.on_metrics(found)
+            self.on_metrics({name: values[-1] for name, values in found.items()})
 
 
 class TrainingRun:
