@@ -417,11 +417,11 @@ def _entry(name: str):
 
 def test_hyperparameter_allow_list_mirrors_train_py():
     """The shared list and train.py's parser name the same hyperparameters."""
-    import train
+    from sagedrop_training.job_arguments import build_parser
 
     options = {
         a.option_strings[-1][2:]
-        for a in train.build_parser()._actions
+        for a in build_parser()._actions
         if a.option_strings and a.option_strings[-1].startswith("--")
     } - {"help"}
     listed = set(hyperparameters.SETTABLE) | hyperparameters.PATH_KEYS
