@@ -43,6 +43,31 @@ def tag_problem(tag: dict) -> str | None:
     return None
 
 
+def parameter_ranges(ranges: dict) -> dict:
+    """sagedrop's compact range spec → SageMaker's ``ParameterRanges``."""
+    out: dict[str, list] = {
+        "ContinuousParameterRanges": [],
+        "IntegerParameterRanges": [],
+        "CategoricalParameterRanges": [],
+    }
+    for name, spec in sorted(ranges.items()):
+        if spec["type"] == "categorical":
+            values = [str(v) for v in spec["values"]]
+            out["CategoricalParameterRanges"].append({"Name": name, "Values": values})
+            continue
+        cast = int if spec["type"] == "integer" else float
+        key = "IntegerParameterRanges" if spec["type"] == "integer" else "ContinuousParameterRanges"
+        out[key].append(
+            {
+                "Name": name,
+                "MinValue": str(cast(spec["min"])),
+                "MaxValue": str(cast(spec["max"])),
+                "ScalingType": spec.get("scaling", "Auto"),
+            }
+        )
+    return out
+
+
 def parameter_ranges_problem(strategy: str, ranges: dict) -> str | None:
     """Why SageMaker would refuse these ``ParameterRanges`` for ``strategy``, or None."""
     count = sum(len(ranges.get(kind, [])) for kind in ranges)

@@ -19,7 +19,7 @@ from chalicelib.job_contract import (
     OBJECTIVE_METRIC,
 )
 
-if TYPE_CHECKING:  # settings validates ranges with this module's parameter_ranges
+if TYPE_CHECKING:  # the builders read settings; settings never imports this module
     from chalicelib.settings import Settings
 
 TRAINING_CHANNEL = "training"
@@ -81,31 +81,6 @@ class Upload:
     @property
     def tuning_job_name(self) -> str:
         return naming.tuning_job_name(self.bucket, self.key, self.etag)
-
-
-def parameter_ranges(ranges: dict) -> dict:
-    """sagedrop's compact range spec → SageMaker's ``ParameterRanges``."""
-    out: dict[str, list] = {
-        "ContinuousParameterRanges": [],
-        "IntegerParameterRanges": [],
-        "CategoricalParameterRanges": [],
-    }
-    for name, spec in sorted(ranges.items()):
-        if spec["type"] == "categorical":
-            values = [str(v) for v in spec["values"]]
-            out["CategoricalParameterRanges"].append({"Name": name, "Values": values})
-            continue
-        cast = int if spec["type"] == "integer" else float
-        key = "IntegerParameterRanges" if spec["type"] == "integer" else "ContinuousParameterRanges"
-        out[key].append(
-            {
-                "Name": name,
-                "MinValue": str(cast(spec["min"])),
-                "MaxValue": str(cast(spec["max"])),
-                "ScalingType": spec.get("scaling", "Auto"),
-            }
-        )
-    return out
 
 
 def _training_definition(settings: Settings, upload: Upload, job_name: str) -> dict:
@@ -225,7 +200,7 @@ def tuning_job_request(settings: Settings, upload: Upload, parent_run: str | Non
         "Strategy": strategy,
         "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE_METRIC},
         "ResourceLimits": limits,
-        "ParameterRanges": parameter_ranges(settings.tuning_ranges),
+        "ParameterRanges": aws_limits.parameter_ranges(settings.tuning_ranges),
         # Early stopping is only supported with Bayesian and Random search.
         "TrainingJobEarlyStoppingType": (
             settings.tuning_early_stopping if strategy in _EARLY_STOPPING_STRATEGIES else "Off"

@@ -20,7 +20,6 @@ from typing import Any
 from chalicelib import aws_limits, hyperparameters, naming
 from chalicelib.hyperparameters import HyperparameterError
 from chalicelib.job_contract import RULE_NAMES
-from chalicelib.requests import parameter_ranges
 
 DEFAULT_RANGES: dict[str, dict] = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
@@ -256,7 +255,7 @@ class Settings:
         """What SageMaker refuses in a tuning job (``aws_limits``, the very check the local
         SageMaker applies), refused here, where the setting can still be fixed."""
         problem = aws_limits.parameter_ranges_problem(
-            self.tuning_strategy, parameter_ranges(self.tuning_ranges)
+            self.tuning_strategy, aws_limits.parameter_ranges(self.tuning_ranges)
         )
         if problem:
             raise SettingsError(f"tuning ranges: {problem}")

@@ -115,3 +115,40 @@ def test_a_shared_module_may_import_another_by_its_training_side_name():
     assert set(SHARED.values()) >= {"job_contract", "dataset_rules", "hyperparameter_rules"}
     source = "from job_contract import NUMBER\nimport torch"
     assert violations("chalice_app/chalicelib", source, shared=True) == {"torch"}
+
+
+def _chalicelib_imports() -> dict[str, set[str]]:
+    """Each chalicelib module's imports of its siblings, those for type checking too (a
+    circle there is still two modules that cannot be read apart)."""
+    folder = REPO_ROOT / "chalice_app" / "chalicelib"
+    modules = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "chalicelib":
+                found |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("chalicelib."):
+                found.add(node.module.split(".")[1])
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def test_chalicelib_has_no_import_circle():
+    """Issue 24: settings and the request builders imported each other."""
+    graph = _chalicelib_imports()
+    assert "settings" in graph.get("flow", set())  # the graph is read at all
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            assert state.get(imported) != "open", " -> ".join([*path, module, imported])
+            if imported not in state:
+                visit(imported, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
