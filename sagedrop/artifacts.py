@@ -27,6 +27,8 @@ def load_inference_code(code_dir: str | Path) -> ModuleType:
     sys.path.insert(0, str(code_dir))
     try:
         spec = importlib.util.spec_from_file_location(name, entry)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {entry}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses and pickling look the module up by name
         try:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -27,9 +29,9 @@ class ModelsError(ValueError):
 class Target:
     """Where the registry is: a SageMaker client and the stage's endpoint prefix."""
 
-    sagemaker: object
+    sagemaker: Any  # a boto3 SageMaker client, or the local cloud's
     prefix: str
-    close: object = None
+    close: Callable[[], None] | None = None
 
     def group(self, name: str) -> str:
         return naming.model_package_group(self.prefix, naming.dataset_slug(name))

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import cast
 
 import numpy as np
 import torch
@@ -124,7 +125,8 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
     pretrained = load_imagenet_weights(model, args.backbone, args.pretrained, weights, found)
     freeze = resolve_freeze(args.freeze, pretrained)
     apply_freeze(model, freeze)
-    model.to(runtime.device, memory_format=torch.channels_last)
+    model.to(runtime.device)
+    model.to(memory_format=torch.channels_last)
     use_cache = args.cache_features == "true" or (
         args.cache_features == "auto" and freeze == "backbone"
     )
@@ -142,7 +144,7 @@ def _train_and_save(args, runtime: ddp_runtime.Runtime, source, work_dir: str) -
     )
     session: NoProbe = NO_PROBE
     if args.debug and runtime.is_main:
-        recorded = model.fc if use_cache else model
+        recorded = cast(nn.Module, model.fc) if use_cache else model
         session = _start_debug_session(args, runtime, recorded, rules_config, use_cache)
         log.info("debug run: rules and profiler report are written to %s", args.output_data_dir)
 

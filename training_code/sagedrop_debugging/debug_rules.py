@@ -313,8 +313,8 @@ class PoorWeightInitialization(Rule):
         }
         if len(variances) >= 2:
             self.checked += 1
-            low = min(variances, key=variances.get)
-            high = max(variances, key=variances.get)
+            low = min(variances, key=lambda name: variances[name])
+            high = max(variances, key=lambda name: variances[name])
             ratio = variances[high] / max(variances[low], 1e-30)
             self.worst_ratio = max(self.worst_ratio, ratio)
             if ratio > self.params["threshold"]:

@@ -85,7 +85,7 @@ class DebugSession:
         self._eval_pending: list[tuple[torch.Tensor, int]] = []
         self._eval_step = 0
         self._marks: dict[str, float] = {}
-        self._profiler = None
+        self._profiler: torch.profiler.profile | None = None
         self._started_init = False
         self._emit(
             {
@@ -260,6 +260,8 @@ class DebugSession:
 
     def _stop_torch_profiler(self) -> None:
         profiler, self._profiler = self._profiler, None
+        if profiler is None:
+            return
         profiler.stop()
         folder = os.path.join(self.output_dir, "profiler")
         os.makedirs(folder, exist_ok=True)
@@ -267,7 +269,7 @@ class DebugSession:
         averages = sorted(
             profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True
         )[:TOP_OPERATORS]
-        start, end = self.options.trace_steps
+        start, end = self.options.trace_steps or (0, 0)  # set: the profiler ran for them
         self._emit(
             {
                 "kind": "operators",

@@ -71,7 +71,10 @@ def read_trace(source: str | os.PathLike) -> list[dict]:
         with tarfile.open(path, mode="r:gz") as archive:
             for member in archive.getmembers():
                 if member.isfile() and member.name.lstrip("./") == TRACE_FILE:
-                    text = io.TextIOWrapper(archive.extractfile(member), encoding="utf-8").read()
+                    handle = archive.extractfile(member)
+                    if handle is None:
+                        continue
+                    text = io.TextIOWrapper(handle, encoding="utf-8").read()
                     return _parse(text, f"{path}:{TRACE_FILE}")
         raise FileNotFoundError(f"no {TRACE_FILE} in {path}")
     return _parse(path.read_text(encoding="utf-8"), str(path))

@@ -71,7 +71,8 @@ class Rule:
     name: ClassVar[str]
     kind: ClassVar[str] = "debug"
     defaults: ClassVar[dict[str, object]] = {}
-    advice: ClassVar[str] = ""
+    # What to do about an issue: the class's, or one a rule words for what it measured.
+    advice: str = ""
 
     def __init__(self, **params):
         self.stop = _as_bool(params.pop("stop", False), f"{self.name}.stop")

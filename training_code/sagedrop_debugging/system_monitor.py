@@ -124,7 +124,7 @@ class _GpuReader:
     def _from_smi(self) -> dict:
         out = subprocess.run(
             [
-                self.smi,
+                self.smi or "nvidia-smi",
                 "--query-gpu=utilization.gpu,memory.used,memory.total",
                 "--format=csv,noheader,nounits",
             ],

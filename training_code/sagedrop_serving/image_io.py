@@ -29,6 +29,12 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this pipeline can read; the message says why."""
 
 
+def _three(values) -> tuple[float, float, float]:
+    """An RGB triple (mean or std) from config.json's list."""
+    first, second, third = (float(x) for x in values)
+    return first, second, third
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Everything that decides the tensor a model sees; saved with the model."""
@@ -48,8 +54,8 @@ class Preprocessing:
         return cls(
             image_size=int(data["image_size"]),
             resize_size=int(data["resize_size"]),
-            mean=tuple(float(x) for x in data["mean"]),
-            std=tuple(float(x) for x in data["std"]),
+            mean=_three(data["mean"]),
+            std=_three(data["std"]),
         )
 
     def to_dict(self) -> dict:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +57,7 @@ try:
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
 except ImportError:  # outside the serving container: same fields, same meaning
 
-    class _ToolkitError(Exception):
+    class _ToolkitError(Exception):  # type: ignore[no-redef]
         def __init__(self, status_code: int, message: str, phrase: str):
             self.status_code, self.message, self.phrase = status_code, message, phrase
             super().__init__(status_code, message, phrase)
@@ -95,7 +97,7 @@ class InvalidImage(InferenceRequestError):
 class LoadedModel:
     network: torch.nn.Module | None  # the eager model; None when the graph serves
     labels: list[str]
-    transform: object
+    transform: Callable[[Any], torch.Tensor]  # a PIL image → its tensor
     draft_size: int
     device: torch.device
     top_k: int

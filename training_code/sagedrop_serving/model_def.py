@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,10 +105,11 @@ def apply_freeze(model: nn.Module, freeze: str) -> None:
 
 def backbone_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The pooled features the head sees (everything up to ``fc``)."""
-    x = model.conv1(images)
-    x = model.maxpool(model.relu(model.bn1(x)))
-    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    return torch.flatten(model.avgpool(x), 1)
+    net: Any = model  # a torchvision ResNet: its stages are attributes nn.Module cannot type
+    x = net.conv1(images)
+    x = net.maxpool(net.relu(net.bn1(x)))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
 
 
 def frozen_modules(model: nn.Module) -> Iterator[nn.Module]:

@@ -185,12 +185,15 @@ def _calibration(confidence: np.ndarray, right: np.ndarray) -> dict:
     for b in range(CALIBRATION_BINS):
         inside = which == b
         count = int(inside.sum())
-        entry = {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                 "confidence": None, "accuracy": None}  # fmt: skip
+        entry: dict[str, float | int | None] = {
+            "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
+            "confidence": None, "accuracy": None,
+        }  # fmt: skip
         if count:
-            entry["confidence"] = float(confidence[inside].mean())
-            entry["accuracy"] = float(right[inside].mean())
-            ece += count / n * abs(entry["accuracy"] - entry["confidence"])
+            mean_confidence = float(confidence[inside].mean())
+            accuracy = float(right[inside].mean())
+            entry["confidence"], entry["accuracy"] = mean_confidence, accuracy
+            ece += count / n * abs(accuracy - mean_confidence)
         bins.append(entry)
     return {"ece": float(ece), "bins": bins}
 

@@ -92,8 +92,10 @@ def autocast(device: torch.device):
 def to_device(inputs: torch.Tensor, labels: torch.Tensor, device: torch.device):
     """Images go channels-last (what the convolutions run fastest on); features as they are."""
     non_blocking = device.type == "cuda"
-    layout = {"memory_format": torch.channels_last} if inputs.dim() == 4 else {}
-    inputs = inputs.to(device, non_blocking=non_blocking, **layout)
+    if inputs.dim() == 4:
+        inputs = inputs.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
+    else:
+        inputs = inputs.to(device, non_blocking=non_blocking)
     return inputs, labels.to(device, non_blocking=non_blocking)
 
 
@@ -230,7 +232,8 @@ def extract_features(
                 feats.append(backbone_features(model, images).float())
             labels_out.append(labels)
     if not feats:
-        empty = torch.empty(0, model.fc.in_features, device=runtime.device)
+        head: Any = model.fc  # a torchvision ResNet's Linear head
+        empty = torch.empty(0, head.in_features, device=runtime.device)
         return empty, torch.empty(0, dtype=torch.long, device=runtime.device), unreadable
     return torch.cat(feats), torch.cat(labels_out), unreadable
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from typing import cast
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ def image_fit(args, runtime, data: PreparedDataset, model: nn.Module, pre: Prepr
     draft = pre.resize_size
     train_set = ImageFileDataset(data.splits["train"], train_transform(pre, args.augment), draft)
     generator = torch.Generator().manual_seed(args.seed)
-    sampler = (
+    sampler: DistributedSampler | None = (
         DistributedSampler(train_set, seed=args.seed, drop_last=False)
         if runtime.distributed
         else None
@@ -105,7 +106,7 @@ def cached_feature_fit(args, runtime, data, model: nn.Module, pre: Preprocessing
     features, unreadable, audit = audit_pass.audit_features(
         runtime, data, features, shard_prints, args.leakage, args.seed, served_later(args)
     )
-    head = model.fc
+    head = cast(nn.Module, model.fc)
     optimizer = _optimizer(args, head.parameters())
     generator = torch.Generator().manual_seed(args.seed + runtime.rank)
     per_process_batch = max(1, args.batch_size // runtime.world_size)
@@ -156,8 +157,8 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
         if os.path.exists(cache_file):
             cached = torch.load(cache_file, map_location=runtime.device, weights_only=True)
             log.info("reusing cached %s features from %s", split, cache_file)
-            prints = [Fingerprint.from_dict(p) for p in cached["prints"]]
-            return cached["x"], cached["y"], prints
+            loaded = [Fingerprint.from_dict(p) for p in cached["prints"]]
+            return cached["x"], cached["y"], loaded
     dataset = ImageFileDataset(items, eval_transform(pre), pre.resize_size, fingerprints=True)
     loader = DataLoader(
         dataset,
@@ -170,7 +171,7 @@ def _cached_features(args, runtime, data, model, pre, split, items, workers):
     prints: list[Fingerprint] = []
     x, y, _ = fit_loop.extract_features(model, loader, runtime, prints)
     if cache_file:
-        os.makedirs(cache_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
         tmp = f"{cache_file}.{os.getpid()}.tmp"
         saved = [p.to_dict() for p in prints]
         torch.save({"x": x.cpu(), "y": y.cpu(), "prints": saved}, tmp)

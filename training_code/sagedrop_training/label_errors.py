@@ -117,7 +117,7 @@ def find(
             "confidence": round(float(probabilities[i, suggested]), 4),
             "given_probability": round(float(probabilities[i, labels[i]]), 4),
         })  # fmt: skip
-    unjudged = [names[c] for c in np.flatnonzero(~judged)]
+    unjudged = [names[int(c)] for c in np.flatnonzero(~judged)]
     result = {
         "status": "found",
         "method": METHOD,
