@@ -8,12 +8,13 @@ import json
 import logging
 import os
 
-from hyperparameter_rules import HyperparameterError, check_job_hyperparameters
+from hyperparameter_rules import (
+    SETTABLE,
+    HyperparameterError,
+    check_job_hyperparameters,
+    check_value,
+)
 from sagedrop_debugging.debug_session import parse_trace_steps
-from sagedrop_serving.image_io import AUGMENTATIONS
-from sagedrop_serving.model_def import BACKBONES, FREEZE_MODES, PRETRAINED_MODES
-from sagedrop_training import graph_export
-from sagedrop_training.data_audit import LEAKAGE_POLICIES
 
 log = logging.getLogger("sagedrop.train")
 DESCRIPTION = "Transfer-learn a ResNet on a dogImages-style dataset (SageMaker script mode)."
@@ -48,6 +49,12 @@ class _Parser(argparse.ArgumentParser):
         raise HyperparameterError(f"invalid hyperparameter: {message}")
 
 
+def _choice_of(name: str):
+    """The allow-list's choices for ``name``: the one list the upload, the request
+    builder and this parser all read."""
+    return choice(SETTABLE[name].choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description=DESCRIPTION)
     hp = p.add_argument_group("hyperparameters (SageMaker passes these as --name value)")
@@ -55,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--momentum", type=float, default=0.9)
     hp.add_argument("--batch-size", type=int, default=64, help="global batch, split over processes")
     hp.add_argument("--epochs", type=int, default=5)
-    hp.add_argument("--backbone", type=choice(tuple(BACKBONES)), default="resnet18")
+    hp.add_argument("--backbone", type=_choice_of("backbone"), default="resnet18")
     hp.add_argument(
         "--pretrained",
-        type=choice(PRETRAINED_MODES),
+        type=_choice_of("pretrained"),
         default="auto",
         help="auto: ImageNet weights when a file is there; true: required; false: never "
         "(nothing is ever downloaded)",
@@ -70,19 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hp.add_argument(
         "--freeze",
-        type=choice(FREEZE_MODES),
+        type=_choice_of("freeze"),
         default="auto",
         help="auto: backbone with ImageNet weights, none without",
     )
     hp.add_argument("--weight-decay", type=float, default=1e-4)
     hp.add_argument("--image-size", type=int, default=224)
-    hp.add_argument("--augment", type=choice(AUGMENTATIONS), default="flip-crop")
-    hp.add_argument("--lr-schedule", type=choice(("cosine", "constant")), default="cosine")
+    hp.add_argument("--augment", type=_choice_of("augment"), default="flip-crop")
+    hp.add_argument("--lr-schedule", type=_choice_of("lr-schedule"), default="cosine")
     hp.add_argument("--seed", type=int, default=0)
     hp.add_argument("--num-workers", type=int, default=-1, help="-1: one per spare CPU, up to 8")
     hp.add_argument(
         "--cache-features",
-        type=choice(("auto", "true", "false")),
+        type=_choice_of("cache-features"),
         default="auto",
         help="auto: with a frozen backbone, train the head on features computed once",
     )
@@ -91,21 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--top-k", type=int, default=5, help="labels the served model returns")
     hp.add_argument(
         "--leakage",
-        type=choice(LEAKAGE_POLICIES),
+        type=_choice_of("leakage"),
         default="leave-out",
         help="valid/test images that duplicate a training image: left out of evaluation, "
         "or kept (the data audit counts them either way)",
     )
     hp.add_argument(
         "--export-graph",
-        type=choice(graph_export.EXPORT_MODES),
+        type=_choice_of("export-graph"),
         default="auto",
         help="an ONNX graph beside model.pt, served if it passes parity; auto: for a model "
         "that can be deployed (the debug job, a run by hand), not for tuning trials",
     )
     hp.add_argument(
         "--quantise",
-        type=choice(graph_export.QUANTISE_MODES),
+        type=_choice_of("quantise"),
         default="none",
         help="int8: serve an int8 graph if it costs at most 0.01 validation accuracy",
     )
@@ -164,10 +171,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rules = json.dumps(received["rules"])
     if unknown:
         log.warning("ignoring arguments this script does not know: %s", " ".join(unknown))
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.image_size < 16:
-        raise HyperparameterError("epochs and batch-size must be >= 1, lr > 0, image-size >= 16")
-    if args.debug_save_interval < 1 or args.profiler_interval_ms < 10:
-        raise HyperparameterError("debug-save-interval must be >= 1 and profiler-interval-ms >= 10")
+    # Every bound is the allow-list's, whoever started the job (SageMaker or a person).
+    for name, bound in SETTABLE.items():
+        value = getattr(args, name.replace("-", "_"))
+        if name == "rules" and not value:
+            continue  # no rule parameters: the defaults
+        check_value(name, value, bound)
     try:
         parse_trace_steps(args.profiler_trace_steps)
     except ValueError as exc:
