@@ -20,7 +20,7 @@ app = Chalice(app_name="sagedrop")
 
 DATA_BUCKET = os.environ.get("DATA_BUCKET", "sagedrop-data")
 INFERENCE_BUCKET = os.environ.get("INFERENCE_BUCKET", "sagedrop-inference")
-ENDPOINT_PREFIX = os.environ.get("ENDPOINT_PREFIX", "sagedrop")
+ENDPOINT_PREFIX = naming.endpoint_prefix(os.environ)
 SAGEMAKER = "aws.sagemaker"
 CREATED = "s3:ObjectCreated:*"
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chalicelib import naming
 from chalicelib.datasets import DatasetReport, inspect_path
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
 
@@ -316,7 +317,7 @@ def _report(args) -> int:
     state = State(root / "state.sqlite")
     try:
         pipelines = overview.pipelines(root, state)
-        prefix = os.environ.get("ENDPOINT_PREFIX") or "sagedrop"
+        prefix = naming.endpoint_prefix(os.environ)
         datasets = overview.datasets(root, state, pipelines, prefix)
     finally:
         state.close()

@@ -157,7 +157,7 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
         say(f"Debug report:    {debug['report']}")
     say(f"Quality gate:    {gate.get('decision')}: {gate.get('summary', '')}")
     for dataset in overview.datasets(
-        cloud.root, cloud.state, [pipeline], os.environ.get("ENDPOINT_PREFIX") or "sagedrop"
+        cloud.root, cloud.state, [pipeline], naming.endpoint_prefix(os.environ)
     ):
         for version in dataset["versions"]:
             serving = " (serving)" if version["serving"] else ""

@@ -55,7 +55,7 @@ def local_target(root: Path) -> Target:
         state.add_event("eventbridge", eventbridge_event(detail_type, detail, resources), event_id)
 
     sagemaker = LocalSageMaker(Path(root), state, LocalS3(Path(root), state), emit, print)
-    return Target(sagemaker, os.environ.get("ENDPOINT_PREFIX") or "sagedrop", state.close)
+    return Target(sagemaker, naming.endpoint_prefix(os.environ), state.close)
 
 
 def aws_target(stage: str, config_path: Path | None = None) -> Target:
@@ -68,7 +68,7 @@ def aws_target(stage: str, config_path: Path | None = None) -> Target:
     stages = json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
     if stage not in stages:
         raise ModelsError(f"stage {stage!r} is not configured: run `sagedrop aws configure`")
-    prefix = stages[stage].get("environment_variables", {}).get("ENDPOINT_PREFIX") or "sagedrop"
+    prefix = naming.endpoint_prefix(stages[stage].get("environment_variables", {}))
     return Target(boto3.client("sagemaker"), prefix)
 
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 from chalicelib.job_contract import ERROR, ISSUES
 
-ISSUES_FOUND = ISSUES
-
 
 @dataclass
 class GateDecision:
@@ -80,7 +78,7 @@ def quality_gate(
     else:
         for rule in rules:
             name, status = rule["RuleConfigurationName"], rule["RuleEvaluationStatus"]
-            if status == ISSUES_FOUND and name in blocking_rules:
+            if status == ISSUES and name in blocking_rules:
                 detail = rule.get("StatusDetails") or "issues found"
                 blocked.append(f"blocking rule {name} found issues: {detail}")
         if not blocked:
@@ -88,9 +86,7 @@ def quality_gate(
             checked = ", ".join(ran) or "none configured"
             passed.append(f"no blocking rule found issues ({checked})")
             other = [
-                r["RuleConfigurationName"]
-                for r in rules
-                if r["RuleEvaluationStatus"] == ISSUES_FOUND
+                r["RuleConfigurationName"] for r in rules if r["RuleEvaluationStatus"] == ISSUES
             ]
             if other:
                 passed.append(f"non-blocking rules found issues: {', '.join(other)}")

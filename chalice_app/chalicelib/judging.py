@@ -20,12 +20,12 @@ from chalicelib.clients import client
 from chalicelib.datasets import inspect_zip
 from chalicelib.deploying import describe_endpoint
 from chalicelib.gate import (
-    ISSUES_FOUND,
     GateDecision,
     judge_audit,
     judge_evaluation,
     quality_gate,
 )
+from chalicelib.job_contract import ISSUES
 from chalicelib.outcome import logger
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
@@ -60,7 +60,7 @@ def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint:
     for problem in reports.problems:
         logger.warning("debug job reports: %s", problem)
     for rule in rules or []:
-        if rule["RuleEvaluationStatus"] == ISSUES_FOUND:
+        if rule["RuleEvaluationStatus"] == ISSUES:
             fallback = f"see rules.json and report.html in {job_reports.output_archive(training)}"
             rule["StatusDetails"] = reports.details.get(rule["RuleConfigurationName"]) or fallback
     problems, classes = unservable(training, upload)

@@ -31,6 +31,13 @@ IMAGES_PREFIX = "images/"
 DATASETS_PREFIX = "datasets/"
 # The endpoint prefix leaves room for "-" and the longest pipeline name in 63 characters.
 ENDPOINT_PREFIX_MAX = NAME_MAX - 1 - _SLUG_MAX
+# Each dataset's endpoint and model group is "<prefix>-<dataset>"; the one default.
+DEFAULT_ENDPOINT_PREFIX = "sagedrop"
+
+
+def endpoint_prefix(environment) -> str:
+    """``ENDPOINT_PREFIX`` of an environment (``os.environ``, a stage's variables)."""
+    return environment.get("ENDPOINT_PREFIX") or DEFAULT_ENDPOINT_PREFIX
 
 
 def dataset_slug(key: str) -> str:

@@ -87,7 +87,7 @@ class Settings:
     # artifact ("": the image must already have them, as the local environment does).
     wheels_s3_uri: str = ""
     # Each dataset's pipeline is served by the endpoint "<prefix>-<dataset>".
-    endpoint_prefix: str = "sagedrop"
+    endpoint_prefix: str = naming.DEFAULT_ENDPOINT_PREFIX
     training_instance_type: str = "ml.g4dn.xlarge"
     training_instance_count: int = 1
     debug_instance_type: str = "ml.g4dn.xlarge"

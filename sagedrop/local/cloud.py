@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from chalicelib import naming
 from chalicelib.notify import Notice, publish
 from sagedrop.aws_configure import pack_training_code, upload_training_code
 from sagedrop.local import tracking_store
@@ -47,7 +48,7 @@ FIXED_ENVIRONMENT = {
     "POWERTOOLS_METRICS_DISABLED": "true",  # EMF lines are for CloudWatch; status counts here
 }
 DEFAULT_ENVIRONMENT = {
-    "ENDPOINT_PREFIX": "sagedrop",
+    "ENDPOINT_PREFIX": naming.DEFAULT_ENDPOINT_PREFIX,
     "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
     # Local jobs need no network (the environment holds every package): run them isolated,
     # so one that would fetch anything fails here first.

@@ -72,9 +72,6 @@ class ModelWorker:
         with self._workers:
             return invoke(self.service, self.model_dir, body, content_type, accept)
 
-    def close(self) -> None:
-        """Nothing to stop: requests already holding this worker finish on it."""
-
 
 class EndpointServer:
     """The HTTP side; the worker behind it can be swapped while it serves."""
@@ -163,16 +160,12 @@ class EndpointServer:
         self._thread.start()
 
     def swap(self, worker: ModelWorker) -> None:
-        old, self.worker = self.worker, worker
-        if old is not None:
-            # Requests already holding the old worker finish on it; then its batcher ends.
-            threading.Timer(5.0, old.close).start()
+        # Requests already holding the old worker finish on it; nothing else holds it.
+        self.worker = worker
 
     def close(self) -> None:
         self._http.shutdown()
         self._http.server_close()
-        if self.worker:
-            self.worker.close()
 
 
 def _content_length(headers) -> tuple[int, tuple[int, str] | None]:

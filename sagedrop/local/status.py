@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chalicelib import naming
 from sagedrop.local import overview, tracking_store
 from sagedrop.local.state import State
 
@@ -18,7 +19,7 @@ def status_object(root: Path) -> dict:
                 trial.pop("series", None)
             if pipeline["debug_job"]:
                 pipeline["debug_job"].pop("series", None)
-        prefix = os.environ.get("ENDPOINT_PREFIX") or "sagedrop"
+        prefix = naming.endpoint_prefix(os.environ)
         return {
             "root": str(Path(root).resolve()),
             "datasets": overview.datasets(Path(root), state, pipelines, prefix),
