@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_errors, naming, registry, requests
+from chalicelib import aws_errors, naming, registry, sagemaker_requests, vocabulary
 from chalicelib.clients import client
 from chalicelib.notify import Notice
 from chalicelib.outcome import Outcome, logger
@@ -40,16 +40,16 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
         return _kept_serving(sagemaker, pipeline, group, endpoint, because)
     properties = package.get("CustomerMetadataProperties", {})
     version = package["ModelPackageVersion"]
-    if requests.META_DEBUG_JOB not in properties:
+    if vocabulary.META_DEBUG_JOB not in properties:
         raise ValueError(
-            f"version {version} of {group} has no {requests.META_DEBUG_JOB} property: it was "
+            f"version {version} of {group} has no {vocabulary.META_DEBUG_JOB} property: it was "
             "not registered by sagedrop's gate, so sagedrop does not deploy it"
         )
-    model = requests.model_request(settings, package)
-    config = requests.endpoint_config_request(
-        properties[requests.META_DEBUG_JOB],
+    model = sagemaker_requests.model_request(settings, package)
+    config = sagemaker_requests.endpoint_config_request(
+        properties[vocabulary.META_DEBUG_JOB],
         model["ModelName"],
-        properties.get(requests.META_SERVING) or requests.serving_tag(settings),
+        properties.get(vocabulary.META_SERVING) or sagemaker_requests.serving_tag(settings),
     )
     config_name = config["EndpointConfigName"]
     described = describe_endpoint(endpoint)
@@ -75,7 +75,7 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
     notice = Notice(
         stage="deploy",
         status="rollback" if rollback else "deploying",
-        dataset=properties.get(requests.META_DATASET, pipeline),
+        dataset=properties.get(vocabulary.META_DATASET, pipeline),
         jobs={
             "model package": package["ModelPackageArn"],
             "model": model["ModelName"],
@@ -119,9 +119,13 @@ def _kept_serving(sagemaker, pipeline: str, group: str, endpoint: str, because: 
 def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: dict | None) -> str:
     sagemaker = client("sagemaker")
     if described is None:
-        sagemaker.create_endpoint(**requests.create_endpoint_request(endpoint, endpoint_config))
+        sagemaker.create_endpoint(
+            **sagemaker_requests.create_endpoint_request(endpoint, endpoint_config)
+        )
         return "creating"
     if described["EndpointConfigName"] == endpoint_config:
         return "unchanged"
-    sagemaker.update_endpoint(**requests.update_endpoint_request(endpoint, endpoint_config))
+    sagemaker.update_endpoint(
+        **sagemaker_requests.update_endpoint_request(endpoint, endpoint_config)
+    )
     return "updating"

@@ -32,8 +32,9 @@ from chalicelib import (
     naming,
     predictions,
     registry,
-    requests,
+    sagemaker_requests,
     training_failure,
+    vocabulary,
 )
 from chalicelib.clients import client
 from chalicelib.datasets import CONFIG_NAME, Limits, inspect_zip
@@ -125,7 +126,7 @@ def _notify_failure(stage: str, error: Exception, correlation: dict[str, str]) -
 @concluded
 def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Outcome:
     """Validate the zip from its central directory, then start tuning."""
-    upload = requests.Upload(bucket, key, etag)
+    upload = vocabulary.Upload(bucket, key, etag)
     logger.append_keys(dataset=upload.uri, tuning_job=upload.tuning_job_name)
     source = S3RangedFile(client("s3"), bucket, key)
     report = inspect_zip(source, Limits(min_class_images=settings.dataset_min_class_images))
@@ -146,7 +147,7 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
         )
         return Outcome("rejected", [rejected], ["DatasetsRejected"])
     tracked, parent_run = _track_start(job_settings, upload)
-    request = requests.tuning_job_request(job_settings, upload, parent_run)
+    request = sagemaker_requests.tuning_job_request(job_settings, upload, parent_run)
     sagemaker = client("sagemaker")
     if not aws_errors.create_unless_exists(sagemaker.create_hyper_parameter_tuning_job, request):
         logger.info("tuning job already exists: duplicate event, nothing to do")
@@ -241,13 +242,13 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         return Outcome("failed", [failed], ["JobsFailed"])
     tags = _tags_of(sagemaker, tuning.get("HyperParameterTuningJobArn"))
     endpoint = settings.endpoint_for(naming.pipeline_name(upload.key))
-    request = requests.debug_training_job_request(
+    request = sagemaker_requests.debug_training_job_request(
         settings,
         upload,
         tuning,
-        tags.get(requests.TAG_SERVING),
+        tags.get(vocabulary.TAG_SERVING),
         judging.comparable_serving_artifact(endpoint, upload),
-        tags.get(requests.TAG_MIN_CLASS_RECALL),
+        tags.get(vocabulary.TAG_MIN_CLASS_RECALL),
     )
     created = aws_errors.create_unless_exists(sagemaker.create_training_job, request)
     # Recorded on a re-delivery too (idempotent): the first may have died in between.
@@ -341,10 +342,10 @@ def _failed_trial_reason(sagemaker, tuning_job: str) -> str | None:
     return training_failure.summary(reason) if reason else None
 
 
-def _upload_of(definition: dict) -> requests.Upload:
+def _upload_of(definition: dict) -> vocabulary.Upload:
     uri = definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
     parsed = urlparse(uri)
-    return requests.Upload(parsed.netloc, parsed.path.lstrip("/"), "")
+    return vocabulary.Upload(parsed.netloc, parsed.path.lstrip("/"), "")
 
 
 # --- 3. the debug job ended: judge it, register it as a version ------------------------------
@@ -392,7 +393,7 @@ def training_finished(detail: dict, settings: Settings) -> Outcome:
 def _register(
     settings: Settings,
     training: dict,
-    upload: requests.Upload,
+    upload: vocabulary.Upload,
     group: str,
     endpoint: str,
     judgement: judging.Judgement,
@@ -401,8 +402,8 @@ def _register(
     name = training["TrainingJobName"]
     sagemaker = client("sagemaker")
     decision, approval = judgement.decision, judgement.approval
-    serving = judgement.tags.get(requests.TAG_SERVING)
-    request = requests.model_package_request(
+    serving = judgement.tags.get(vocabulary.TAG_SERVING)
+    request = sagemaker_requests.model_package_request(
         settings,
         upload,
         training,
@@ -413,7 +414,7 @@ def _register(
         judgement.rules,
         judgement.classes,
         judgement.reports.uris,
-        serving or requests.serving_tag(settings),
+        serving or sagemaker_requests.serving_tag(settings),
         judgement.evaluation,
         judgement.audit,
     )
@@ -544,7 +545,7 @@ def _track_approval(settings: Settings, dataset: str, arn: str, approval: str) -
 
     def work() -> dict[str, str]:
         described = registry.describe(client("sagemaker"), arn)
-        debug_job = described.get("CustomerMetadataProperties", {}).get(requests.META_DEBUG_JOB)
+        debug_job = described.get("CustomerMetadataProperties", {}).get(vocabulary.META_DEBUG_JOB)
         if not debug_job:
             return {}
         tracker = experiment_tracking.Tracker(settings.tracking_uri)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import job_contract, job_reports, registry, requests
+from chalicelib import job_contract, job_reports, registry, sagemaker_requests, vocabulary
 from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import inspect_zip
@@ -51,7 +51,9 @@ class Judgement:
         return self.reports.audit
 
 
-def judge(settings: Settings, training: dict, upload: requests.Upload, endpoint: str) -> Judgement:
+def judge(
+    settings: Settings, training: dict, upload: vocabulary.Upload, endpoint: str
+) -> Judgement:
     """The gate's decision on a Completed debug job, and the approval it sets."""
     final = {m["MetricName"]: m["Value"] for m in training.get("FinalMetricDataList", [])}
     test_accuracy = final.get("test_accuracy")
@@ -108,13 +110,13 @@ def class_recall_floor(settings: Settings, tags: dict[str, str]) -> float:
     """The operator's GATE_MIN_CLASS_RECALL, or the dataset's own when it raised it (its
     tag); never lower than the operator's, whatever a tag says."""
     try:
-        raised = float(tags.get(requests.TAG_MIN_CLASS_RECALL, "") or 0.0)
+        raised = float(tags.get(vocabulary.TAG_MIN_CLASS_RECALL, "") or 0.0)
     except ValueError:
         raised = 0.0
     return max(settings.gate_min_class_recall, min(raised, 1.0))
 
 
-def comparable_serving_artifact(endpoint: str, upload: requests.Upload) -> str | None:
+def comparable_serving_artifact(endpoint: str, upload: vocabulary.Upload) -> str | None:
     """The ``model.tar.gz`` the dataset's endpoint serves, when it has the dataset's classes
     (read from the zip's central directory): what the debug job compares itself with."""
     try:
@@ -142,7 +144,7 @@ def rules_config_of(training: dict) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def unservable(training: dict, upload: requests.Upload) -> tuple[list[str], list[str] | None]:
+def unservable(training: dict, upload: vocabulary.Upload) -> tuple[list[str], list[str] | None]:
     """Why the job's artifact cannot serve its dataset ([] when it can), and the dataset's
     classes (folder names in index order; None when they cannot be read).
 
@@ -181,8 +183,10 @@ def serving_accuracy_of(
     if described is None:
         return None, "", None
     model_name, tags, artifact = registry.serving_model_artifact(client("sagemaker"), described)
-    if classes is None or tags.get(requests.TAG_CLASSES) != requests.classes_digest(classes):
-        why = "differ" if requests.TAG_CLASSES in tags else "are not recorded on it"
+    if classes is None or tags.get(vocabulary.TAG_CLASSES) != sagemaker_requests.classes_digest(
+        classes
+    ):
+        why = "differ" if vocabulary.TAG_CLASSES in tags else "are not recorded on it"
         return (
             None,
             (
@@ -191,8 +195,8 @@ def serving_accuracy_of(
             ),
             None,
         )
-    if requests.TAG_TEST_ACCURACY in tags:
-        return float(tags[requests.TAG_TEST_ACCURACY]), "", artifact
+    if vocabulary.TAG_TEST_ACCURACY in tags:
+        return float(tags[vocabulary.TAG_TEST_ACCURACY]), "", artifact
     return None, "", artifact
 
 
@@ -203,7 +207,7 @@ def stale_comparison(training: dict, serving_artifact: str | None) -> str:
         (
             c["DataSource"]["S3DataSource"]["S3Uri"]
             for c in training.get("InputDataConfig", [])
-            if c.get("ChannelName") == requests.SERVING_CHANNEL
+            if c.get("ChannelName") == sagemaker_requests.SERVING_CHANNEL
         ),
         None,
     )

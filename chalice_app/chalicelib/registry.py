@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_errors, aws_limits, requests
+from chalicelib import aws_errors, aws_limits, sagemaker_requests, vocabulary
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 
@@ -39,7 +39,7 @@ class Version:
     worst_class: str = ""
     statistics: str = ""  # S3 URI of its model-quality statistics (ModelMetrics)
     evaluation: str = ""  # S3 URI of its evaluation.json
-    data_audit: str = ""  # the audit's headline (requests.audit_metadata)
+    data_audit: str = ""  # the audit's headline (sagemaker_requests.audit_metadata)
     leaked_test_fraction: float | None = None
     label_error_candidates: int | None = None
     data_audit_report: str = ""  # S3 URI of its data_audit.json
@@ -47,31 +47,31 @@ class Version:
     @classmethod
     def of(cls, package: dict) -> Version:
         properties = package.get("CustomerMetadataProperties", {})
-        accuracy = properties.get(requests.META_TEST_ACCURACY)
-        macro_f1 = properties.get(requests.META_MACRO_F1)
+        accuracy = properties.get(vocabulary.META_TEST_ACCURACY)
+        macro_f1 = properties.get(vocabulary.META_MACRO_F1)
         created = package.get("CreationTime")
         return cls(
             number=int(package["ModelPackageVersion"]),
             arn=package["ModelPackageArn"],
             approval=package.get("ModelApprovalStatus", ""),
             created=created.isoformat() if isinstance(created, dt.datetime) else str(created),
-            debug_job=properties.get(requests.META_DEBUG_JOB, ""),
+            debug_job=properties.get(vocabulary.META_DEBUG_JOB, ""),
             test_accuracy=None if accuracy is None else float(accuracy),
-            rules=properties.get(requests.META_RULES, ""),
-            serving=properties.get(requests.META_SERVING, ""),
+            rules=properties.get(vocabulary.META_RULES, ""),
+            serving=properties.get(vocabulary.META_SERVING, ""),
             description=package.get("ModelPackageDescription", ""),
             approval_description=package.get("ApprovalDescription", ""),
             macro_f1=None if macro_f1 is None else float(macro_f1),
-            worst_class=properties.get(requests.META_WORST_CLASS, ""),
+            worst_class=properties.get(vocabulary.META_WORST_CLASS, ""),
             statistics=package.get("ModelMetrics", {})
             .get("ModelQuality", {})
             .get("Statistics", {})
             .get("S3Uri", ""),
-            evaluation=properties.get(requests.META_EVALUATION, ""),
-            data_audit=properties.get(requests.META_DATA_AUDIT, ""),
-            leaked_test_fraction=_number(properties.get(requests.META_LEAKED_TEST), float),
-            label_error_candidates=_number(properties.get(requests.META_LABEL_ERRORS), int),
-            data_audit_report=properties.get(requests.META_AUDIT_REPORT, ""),
+            evaluation=properties.get(vocabulary.META_EVALUATION, ""),
+            data_audit=properties.get(vocabulary.META_DATA_AUDIT, ""),
+            leaked_test_fraction=_number(properties.get(vocabulary.META_LEAKED_TEST), float),
+            label_error_candidates=_number(properties.get(vocabulary.META_LABEL_ERRORS), int),
+            data_audit_report=properties.get(vocabulary.META_AUDIT_REPORT, ""),
         )
 
 
@@ -99,7 +99,7 @@ def ensure_group(sagemaker, group: str, pipeline: str) -> None:
     if not group_exists(sagemaker, group):
         aws_errors.create_unless_exists(
             sagemaker.create_model_package_group,
-            requests.model_package_group_request(group, pipeline),
+            sagemaker_requests.model_package_group_request(group, pipeline),
         )
 
 
@@ -169,7 +169,10 @@ def version_of_job(sagemaker, group: str, debug_job: str, newest: int = 20) -> d
     """The version registered for ``debug_job``, among the newest ``newest`` (a repeated
     event arrives soon after the first), or None."""
     for package in newest_first(sagemaker, group, limit=newest):
-        if package.get("CustomerMetadataProperties", {}).get(requests.META_DEBUG_JOB) == debug_job:
+        if (
+            package.get("CustomerMetadataProperties", {}).get(vocabulary.META_DEBUG_JOB)
+            == debug_job
+        ):
             return package
     return None
 
@@ -193,7 +196,7 @@ def serving_version(sagemaker, endpoint: dict | None) -> int | None:
     if not endpoint:
         return None
     _, tags = serving_model(sagemaker, endpoint)
-    number = tags.get(requests.TAG_MODEL_PACKAGE, "").rsplit("/", 1)[-1]
+    number = tags.get(vocabulary.TAG_MODEL_PACKAGE, "").rsplit("/", 1)[-1]
     return int(number) if number.isdigit() else None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chalicelib import naming, requests
+from chalicelib import naming, vocabulary
 from sagedrop.local.aws_shapes import arn
 from sagedrop.local.sns import read_notifications
 from sagedrop.local.state import State
@@ -94,14 +94,14 @@ def pipelines(root: Path, state: State) -> list[dict]:
             for n in notices
             if n.get("event", {}).get("status") in ("failed", "rejected")
             and (
-                n["event"].get("dataset") == tags.get(requests.TAG_DATASET)
+                n["event"].get("dataset") == tags.get(vocabulary.TAG_DATASET)
                 or name in n["event"].get("jobs", {}).values()
             )
         ]
         out.append(
             {
                 "name": name,
-                "dataset": tags.get(requests.TAG_DATASET),
+                "dataset": tags.get(vocabulary.TAG_DATASET),
                 "tuning": {
                     "status": tuning["HyperParameterTuningJobStatus"],
                     "strategy": tuning["HyperParameterTuningJobConfig"]["Strategy"],
@@ -207,21 +207,21 @@ def datasets(root: Path, state: State, pipelines_seen: list[dict], prefix: str) 
 
 def _version_row(package: dict, serving: int | None) -> dict:
     properties = package.get("CustomerMetadataProperties", {})
-    accuracy = properties.get(requests.META_TEST_ACCURACY)
-    macro_f1 = properties.get(requests.META_MACRO_F1)
+    accuracy = properties.get(vocabulary.META_TEST_ACCURACY)
+    macro_f1 = properties.get(vocabulary.META_MACRO_F1)
     return {
         "number": package["ModelPackageVersion"],
         "approval": package["ModelApprovalStatus"],
         "test_accuracy": None if accuracy is None else float(accuracy),
-        "rules": properties.get(requests.META_RULES, ""),
-        "debug_job": properties.get(requests.META_DEBUG_JOB, ""),
-        "serving_kind": properties.get(requests.META_SERVING, ""),
+        "rules": properties.get(vocabulary.META_RULES, ""),
+        "debug_job": properties.get(vocabulary.META_DEBUG_JOB, ""),
+        "serving_kind": properties.get(vocabulary.META_SERVING, ""),
         "created": package["CreationTime"],
         "why": package.get("ApprovalDescription") or package.get("ModelPackageDescription", ""),
         "serving": package["ModelPackageVersion"] == serving,
         "macro_f1": None if macro_f1 is None else float(macro_f1),
-        "worst_class": properties.get(requests.META_WORST_CLASS, ""),
-        "data_audit": properties.get(requests.META_DATA_AUDIT, ""),
+        "worst_class": properties.get(vocabulary.META_WORST_CLASS, ""),
+        "data_audit": properties.get(vocabulary.META_DATA_AUDIT, ""),
     }
 
 
@@ -232,7 +232,7 @@ def _serving_version(state: State, endpoint: dict | None) -> int | None:
     model_name = (config.get("ProductionVariants") or [{}])[0].get("ModelName", "")
     model = state.get("model", model_name) or {}
     tags = (state.get("tags", model.get("ModelArn", "")) or {}).get("Tags", [])
-    package = next((t["Value"] for t in tags if t["Key"] == requests.TAG_MODEL_PACKAGE), "")
+    package = next((t["Value"] for t in tags if t["Key"] == vocabulary.TAG_MODEL_PACKAGE), "")
     number = package.rsplit("/", 1)[-1]
     return int(number) if number.isdigit() else None
 

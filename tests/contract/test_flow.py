@@ -12,7 +12,15 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY
 
-from chalicelib import flow, job_contract, naming, predictions, registry, requests
+from chalicelib import (
+    flow,
+    job_contract,
+    naming,
+    predictions,
+    registry,
+    sagemaker_requests,
+    vocabulary,
+)
 from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
@@ -32,8 +40,8 @@ def test_hostile_zip_starts_nothing_and_says_why(cloud):
 
 def test_valid_zip_starts_one_tuning_job_even_if_delivered_twice(cloud):
     etag = cloud.put_zip("datasets/pets.zip", layout(prefix="pets/"))
-    upload = requests.Upload(DATA, "datasets/pets.zip", etag)
-    expected = requests.tuning_job_request(cloud.settings, upload)
+    upload = vocabulary.Upload(DATA, "datasets/pets.zip", etag)
+    expected = sagemaker_requests.tuning_job_request(cloud.settings, upload)
     cloud.stub.add_response(
         "create_hyper_parameter_tuning_job",
         {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/sdt-pets"},
@@ -79,8 +87,8 @@ def test_zip_is_judged_through_a_few_ranged_reads(cloud):
 
 
 def tuning_description(cloud, status="Completed", best=True):
-    upload = requests.Upload(DATA, "datasets/pets.zip", '"e1"')
-    request = requests.tuning_job_request(cloud.settings, upload)
+    upload = vocabulary.Upload(DATA, "datasets/pets.zip", '"e1"')
+    request = sagemaker_requests.tuning_job_request(cloud.settings, upload)
     response = {
         "HyperParameterTuningJobName": request["HyperParameterTuningJobName"],
         "HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/x",
@@ -114,14 +122,14 @@ def test_tuning_completed_starts_the_debug_job(cloud):
     cloud.stub.add_response(
         "describe_hyper_parameter_tuning_job", described, {"HyperParameterTuningJobName": name}
     )
-    serverless = {"Key": requests.TAG_SERVING, "Value": "serverless:2048:4"}
+    serverless = {"Key": vocabulary.TAG_SERVING, "Value": "serverless:2048:4"}
     cloud.stub.add_response(
         "list_tags",
         {"Tags": [serverless]},
         {"ResourceArn": described["HyperParameterTuningJobArn"]},
     )
-    upload = requests.Upload(DATA, "datasets/pets.zip", "")
-    expected = requests.debug_training_job_request(
+    upload = vocabulary.Upload(DATA, "datasets/pets.zip", "")
+    expected = sagemaker_requests.debug_training_job_request(
         cloud.settings, upload, described, "serverless:2048:4"
     )
     assert serverless in expected["Tags"]  # the dataset's choice travels to the gate
@@ -232,7 +240,7 @@ def serving_model(cloud, package_version: int | None, tags=()):
     tags = list(tags)
     if package_version is not None:
         package = f"{ARN}:model-package/sagedrop-pets/{package_version}"
-        tags.append({"Key": requests.TAG_MODEL_PACKAGE, "Value": package})
+        tags.append({"Key": vocabulary.TAG_MODEL_PACKAGE, "Value": package})
     cloud.stub.add_response("list_tags", {"Tags": tags})
 
 
@@ -242,8 +250,8 @@ def serving(cloud, accuracy, same_classes=True):
     zipped = cloud.s3.get_object(Bucket=DATA, Key="datasets/pets.zip")["Body"].read()
     classes = inspect_zip(io.BytesIO(zipped)).classes if same_classes else ["other"]
     tags = [
-        {"Key": requests.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
-        {"Key": requests.TAG_CLASSES, "Value": requests.classes_digest(classes)},
+        {"Key": vocabulary.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
+        {"Key": vocabulary.TAG_CLASSES, "Value": sagemaker_requests.classes_digest(classes)},
     ]
     serving_model(cloud, None, tags)
 
@@ -337,8 +345,10 @@ def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
     [good, blocked] = versions(cloud)
     assert (good.approval, blocked.approval) == ("Approved", "Rejected")
     package = registry.describe(cloud.registry, good.arn)
-    model = requests.model_request(cloud.settings, package)
-    config = requests.endpoint_config_request(name, model["ModelName"], "instance:ml.m5.large:1")
+    model = sagemaker_requests.model_request(cloud.settings, package)
+    config = sagemaker_requests.endpoint_config_request(
+        name, model["ModelName"], "instance:ml.m5.large:1"
+    )
     assert model["PrimaryContainer"]["Environment"]["SAGEDROP_MODEL_VERSION"] == "2"
     stub_serving_endpoint(cloud)
     cloud.stub.add_response("create_model", {"ModelArn": f"{ARN}:model/new-model"}, model)
@@ -349,7 +359,7 @@ def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
-        requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        sagemaker_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert approval_event(cloud, 2, "Approved") == "updating"
     [message] = cloud.messages()
@@ -614,7 +624,7 @@ def test_rejecting_the_serving_version_rolls_back_to_the_one_before(cloud):
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
-        requests.update_endpoint_request(
+        sagemaker_requests.update_endpoint_request(
             "sagedrop-pets", naming.endpoint_config_name("sdd-pets-1111aaaa")
         ),
     )
@@ -859,7 +869,10 @@ def test_a_model_error_reaches_the_answer_file_as_one_line(cloud):
 # --- issue 20: the evaluation decides what the gate lets through ------------------------------
 def _serving_channel(uri: str = SERVING_ARTIFACT) -> dict:
     source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
-    return {"ChannelName": requests.SERVING_CHANNEL, "DataSource": {"S3DataSource": source}}
+    return {
+        "ChannelName": sagemaker_requests.SERVING_CHANNEL,
+        "DataSource": {"S3DataSource": source},
+    }
 
 
 def _paired(new_only: int, serving_only: int, images: int = 200) -> dict:
@@ -894,8 +907,8 @@ def test_tuning_hands_the_comparable_serving_version_to_the_debug_job(cloud):
     cloud.stub.add_response("describe_hyper_parameter_tuning_job", described)
     cloud.stub.add_response("list_tags", {"Tags": []})
     serving(cloud, 0.9)
-    upload = requests.Upload(DATA, "datasets/pets.zip", "")
-    expected = requests.debug_training_job_request(
+    upload = vocabulary.Upload(DATA, "datasets/pets.zip", "")
+    expected = sagemaker_requests.debug_training_job_request(
         cloud.settings, upload, described, None, SERVING_ARTIFACT
     )
     assert expected["InputDataConfig"][-1]["ChannelName"] == "serving"
@@ -1167,8 +1180,8 @@ def test_an_unreachable_tracking_server_never_stops_the_pipeline(cloud, caplog):
     cloud.stub.add_response(
         "create_training_job",
         {"TrainingJobArn": f"{ARN}:training-job/sdd-pets"},
-        requests.debug_training_job_request(
-            settings, requests.Upload(DATA, "datasets/pets.zip", ""), described
+        sagemaker_requests.debug_training_job_request(
+            settings, vocabulary.Upload(DATA, "datasets/pets.zip", ""), described
         ),
     )
     detail = {"HyperParameterTuningJobName": name, "HyperParameterTuningJobStatus": "Completed"}

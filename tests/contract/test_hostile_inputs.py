@@ -17,7 +17,7 @@ import torch
 from botocore.exceptions import ClientError
 from torch import nn
 
-from chalicelib import flow, hyperparameters, notify, requests
+from chalicelib import flow, hyperparameters, notify, sagemaker_requests
 from chalicelib.artifact_check import artifact_problems
 from chalicelib.datasets import inspect_entries, inspect_zip
 from chalicelib.hyperparameters import HyperparameterError
@@ -66,11 +66,13 @@ def test_1_a_dataset_cannot_choose_the_code_a_job_runs(cloud, config):
 
 def test_1_framework_keys_in_a_request_are_always_the_builders():
     settings = Settings(code_s3_uri="s3://data/code/sourcedir.tar.gz")
-    static = requests.static_hyperparameters(settings)
+    static = sagemaker_requests.static_hyperparameters(settings)
     assert json.loads(static["sagemaker_program"]) == "train.py"
     # isolated (the default): the code channel's copy of that very archive
-    assert json.loads(static["sagemaker_submit_directory"]) == requests.CONTAINER_CODE_PATH
-    online = requests.static_hyperparameters(replace(settings, network_isolation=False))
+    assert (
+        json.loads(static["sagemaker_submit_directory"]) == sagemaker_requests.CONTAINER_CODE_PATH
+    )
+    online = sagemaker_requests.static_hyperparameters(replace(settings, network_isolation=False))
     assert json.loads(online["sagemaker_submit_directory"]) == "s3://data/code/sourcedir.tar.gz"
     with pytest.raises(SettingsError, match="reserved"):
         Settings(static_hyperparameters={"sagemaker_program": "evil.py"})

@@ -181,7 +181,7 @@ def test_what_the_api_reference_adds_and_moto_does_not_check(local):
 
 
 def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_path, moto_client):
-    from chalicelib import requests
+    from chalicelib import sagemaker_requests
     from sagedrop.local.s3 import LocalS3
     from sagedrop.local.sagemaker import LocalSageMaker
 
@@ -189,7 +189,9 @@ def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_pa
     local = LocalSageMaker(tmp_path, state, LocalS3(tmp_path, state), lambda *e: None, print)
     model = {"ModelName": "sdd-pets-1-model", "ExecutionRoleArn": "arn:aws:iam::1:role/r",
              "PrimaryContainer": {"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"}}  # fmt: skip
-    config = requests.endpoint_config_request("sdd-pets-1", "sdd-pets-1-model", "serverless:2048:5")
+    config = sagemaker_requests.endpoint_config_request(
+        "sdd-pets-1", "sdd-pets-1-model", "serverless:2048:5"
+    )
     described = []
     for sagemaker in (local, moto_client):
         sagemaker.create_model(**model)
@@ -221,7 +223,7 @@ def test_models_and_rollback_on_aws_through_boto3(tmp_path, moto_client, monkeyp
     import io
     import json
 
-    from chalicelib import requests
+    from chalicelib import sagemaker_requests, vocabulary
     from sagedrop import aws_configure, cli
 
     config = tmp_path / "config.json"
@@ -234,18 +236,18 @@ def test_models_and_rollback_on_aws_through_boto3(tmp_path, moto_client, monkeyp
         sm.create_model_package(
             ModelPackageGroupName="team-a-digits", InferenceSpecification=SPEC,
             ModelApprovalStatus="Approved",
-            CustomerMetadataProperties={requests.META_DEBUG_JOB: f"sdd-digits-{n}",
-                                        requests.META_TEST_ACCURACY: "0.900000"},
+            CustomerMetadataProperties={vocabulary.META_DEBUG_JOB: f"sdd-digits-{n}",
+                                        vocabulary.META_TEST_ACCURACY: "0.900000"},
         )["ModelPackageArn"]
         for n in (1, 2)
     ]  # fmt: skip
     sm.create_model(
         ModelName="sdd-digits-2-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
         PrimaryContainer={"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"},
-        Tags=[{"Key": requests.TAG_MODEL_PACKAGE, "Value": arns[1]}],
+        Tags=[{"Key": vocabulary.TAG_MODEL_PACKAGE, "Value": arns[1]}],
     )  # fmt: skip
     sm.create_endpoint_config(
-        **requests.endpoint_config_request(
+        **sagemaker_requests.endpoint_config_request(
             "sdd-digits-2", "sdd-digits-2-model", "instance:ml.m5.large:1"
         )
     )

@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from chalicelib import aws_limits, naming, requests
+from chalicelib import aws_limits, naming, sagemaker_requests, vocabulary
 from chalicelib.job_contract import METRIC_DEFINITIONS, RULE_NAMES
 from chalicelib.settings import Settings, SettingsError
 
@@ -54,12 +54,14 @@ def _assert_patterns(shape, value, path):
 
 @pytest.fixture
 def upload():
-    return requests.Upload("sagedrop-data", "datasets/Dog Images (v2).zip", '"0123abcd"')
+    return vocabulary.Upload("sagedrop-data", "datasets/Dog Images (v2).zip", '"0123abcd"')
 
 
 @pytest.mark.parametrize("strategy", ["Bayesian", "Random", "Hyperband"])
 def test_tuning_job_request(settings, upload, strategy):
-    request = requests.tuning_job_request(replace(settings, tuning_strategy=strategy), upload)
+    request = sagemaker_requests.tuning_job_request(
+        replace(settings, tuning_strategy=strategy), upload
+    )
     assert_valid("CreateHyperParameterTuningJob", request)
     config = request["HyperParameterTuningJobConfig"]
     assert config["HyperParameterTuningJobObjective"] == {
@@ -91,7 +93,7 @@ def test_grid_search_has_no_job_maximum(settings, upload):
         tuning_strategy="Grid",
         tuning_ranges={"batch-size": {"type": "categorical", "values": [32, 64]}},
     )
-    request = requests.tuning_job_request(grid, upload)
+    request = sagemaker_requests.tuning_job_request(grid, upload)
     assert_valid("CreateHyperParameterTuningJob", request)
     assert (
         "MaxNumberOfTrainingJobs" not in request["HyperParameterTuningJobConfig"]["ResourceLimits"]
@@ -100,7 +102,7 @@ def test_grid_search_has_no_job_maximum(settings, upload):
 
 def describe_tuning(settings, upload):
     """The parts of a DescribeHyperParameterTuningJob response the flow reads."""
-    request = requests.tuning_job_request(settings, upload)
+    request = sagemaker_requests.tuning_job_request(settings, upload)
     name = request["HyperParameterTuningJobName"]
     static = dict(request["TrainingJobDefinition"]["StaticHyperParameters"])
     static["_tuning_objective_metric"] = "valid_accuracy"
@@ -118,7 +120,7 @@ def describe_tuning(settings, upload):
 
 
 def test_debug_training_job_request(settings, upload):
-    request = requests.debug_training_job_request(
+    request = sagemaker_requests.debug_training_job_request(
         settings, upload, describe_tuning(settings, upload)
     )
     assert_valid("CreateTrainingJob", request)
@@ -137,7 +139,9 @@ def test_debug_training_job_request(settings, upload):
 
 def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload):
     staged = replace(settings, debug_rules={"Overfit": {"patience": 3}, "StepOutlier": False})
-    request = requests.debug_training_job_request(staged, upload, describe_tuning(staged, upload))
+    request = sagemaker_requests.debug_training_job_request(
+        staged, upload, describe_tuning(staged, upload)
+    )
     assert_valid("CreateTrainingJob", request)
     # a JSON string holding the rules' JSON: the toolkit decodes it once, to that text
     assert json.loads(json.loads(request["HyperParameters"]["rules"])) == {
@@ -146,7 +150,9 @@ def test_debug_rules_reach_the_debug_job_and_a_datasets_own_win(settings, upload
     }
     own = staged.with_dataset_overrides({"hyperparameters": {"rules": {"Overfit": {"stop": True}}}})
     assert own.static_hyperparameters["rules"] == '{"Overfit":{"stop":true}}'
-    request = requests.debug_training_job_request(own, upload, describe_tuning(own, upload))
+    request = sagemaker_requests.debug_training_job_request(
+        own, upload, describe_tuning(own, upload)
+    )
     rules = json.loads(json.loads(request["HyperParameters"]["rules"]))
     assert rules == {"Overfit": {"stop": True}, "StepOutlier": False}
 
@@ -167,7 +173,7 @@ def test_a_request_built_around_the_upload_check_still_keeps_the_blocking_rules(
     """Defence in depth: static hyperparameters that turn a blocking rule off (a request
     built some other way) do not reach the debug job."""
     turned_off = replace(settings, static_hyperparameters={"rules": '{"ExplodingTensor":false}'})
-    request = requests.debug_training_job_request(
+    request = sagemaker_requests.debug_training_job_request(
         turned_off, upload, describe_tuning(turned_off, upload)
     )
     assert "rules" not in request["HyperParameters"]  # every rule runs, as by default
@@ -194,7 +200,9 @@ def test_rule_settings_are_checked_where_they_are_given(settings):
 
 def registered_version(settings, upload, approval="Approved", serving=None) -> dict:
     """A CreateModelPackage request as the gate builds it, and the package as described."""
-    debug = requests.debug_training_job_request(settings, upload, describe_tuning(settings, upload))
+    debug = sagemaker_requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload)
+    )
     training = {
         "TrainingJobName": debug["TrainingJobName"],
         "ModelArtifacts": {"S3ModelArtifacts": "s3://sagedrop-data/jobs/x/output/model.tar.gz"},
@@ -205,11 +213,11 @@ def registered_version(settings, upload, approval="Approved", serving=None) -> d
         "rules": "s3://sagedrop-data/jobs/x/reports/rules.json",
         "report": "s3://sagedrop-data/jobs/x/reports/report.html",
     }
-    request = requests.model_package_request(
+    request = sagemaker_requests.model_package_request(
         settings, upload, training, "sagedrop-pets", approval,
         "Approved by the quality gate:\nline two\t" + "x" * 2000,
         0.9123, rules, ["001.cat", "002.dog"], reports,
-        serving or requests.serving_tag(settings),
+        serving or sagemaker_requests.serving_tag(settings),
     )  # fmt: skip
     package = {
         **{k: v for k, v in request.items() if k not in ("ClientToken", "Tags")},
@@ -225,12 +233,15 @@ def test_model_package_and_model_requests(settings, upload):
     assert aws_limits.description_problem("description", request["ModelPackageDescription"]) is None
     assert len(request["ModelPackageDescription"]) == aws_limits.DESCRIPTION_MAX
     assert aws_limits.metadata_problem(request["CustomerMetadataProperties"]) is None
-    assert request["CustomerMetadataProperties"][requests.META_RULES] == "Overfit=IssuesFound"
-    assert request["ClientToken"] == request["CustomerMetadataProperties"][requests.META_DEBUG_JOB]
-    assert_valid(
-        "CreateModelPackageGroup", requests.model_package_group_request("sagedrop-pets", "pets")
+    assert request["CustomerMetadataProperties"][vocabulary.META_RULES] == "Overfit=IssuesFound"
+    assert (
+        request["ClientToken"] == request["CustomerMetadataProperties"][vocabulary.META_DEBUG_JOB]
     )
-    model = requests.model_request(settings, package)
+    assert_valid(
+        "CreateModelPackageGroup",
+        sagemaker_requests.model_package_group_request("sagedrop-pets", "pets"),
+    )
+    model = sagemaker_requests.model_request(settings, package)
     assert_valid("CreateModel", model)
     env = model["PrimaryContainer"]["Environment"]
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
@@ -238,22 +249,24 @@ def test_model_package_and_model_requests(settings, upload):
     assert env["SAGEDROP_MODEL_VERSION"] == "3"
     # isolated: the graph's runtime comes in the artifact (code/wheels), never from an index
     assert model["EnableNetworkIsolation"] is True
-    online = requests.model_request(replace(settings, network_isolation=False), package)
+    online = sagemaker_requests.model_request(replace(settings, network_isolation=False), package)
     assert online["EnableNetworkIsolation"] is False
-    assert {"Key": requests.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
-    assert {"Key": requests.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model["Tags"]
-    config = requests.endpoint_config_request(
+    assert {"Key": vocabulary.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
+    assert {"Key": vocabulary.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model[
+        "Tags"
+    ]
+    config = sagemaker_requests.endpoint_config_request(
         "sdd-pets-1", model["ModelName"], "instance:ml.m5.large:2"
     )
     assert_valid("CreateEndpointConfig", config)
     assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2
     assert_valid(
         "CreateEndpoint",
-        requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        sagemaker_requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert_valid(
         "UpdateEndpoint",
-        requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        sagemaker_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
 
 
@@ -261,10 +274,10 @@ def test_a_serverless_dataset_gets_a_serverless_endpoint_config(settings, upload
     chosen = settings.with_dataset_overrides(
         {"serverless": {"memory_mb": 2048, "max_concurrency": 4}}
     )
-    assert requests.serving_tag(chosen) == "serverless:2048:4"
-    tuning = requests.tuning_job_request(chosen, upload)
-    assert {"Key": requests.TAG_SERVING, "Value": "serverless:2048:4"} in tuning["Tags"]
-    config = requests.endpoint_config_request("sdd-pets-1", "m", "serverless:2048:4")
+    assert sagemaker_requests.serving_tag(chosen) == "serverless:2048:4"
+    tuning = sagemaker_requests.tuning_job_request(chosen, upload)
+    assert {"Key": vocabulary.TAG_SERVING, "Value": "serverless:2048:4"} in tuning["Tags"]
+    config = sagemaker_requests.endpoint_config_request("sdd-pets-1", "m", "serverless:2048:4")
     assert_valid("CreateEndpointConfig", config)
     [variant] = config["ProductionVariants"]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 4}
@@ -296,10 +309,10 @@ def test_approval_and_serverless_settings_from_the_environment():
     settings = Settings.from_env({"MODEL_APPROVAL": "manual", "SERVERLESS_MEMORY_MB": "1024",
                                   "SERVERLESS_MAX_CONCURRENCY": "3"})  # fmt: skip
     assert settings.model_approval == "manual"
-    assert requests.serving_tag(settings) == "serverless:1024:3"
-    assert requests.serving_tag(settings.with_dataset_overrides({"serverless": False})) == (
-        "instance:ml.m5.large:1"
-    )
+    assert sagemaker_requests.serving_tag(settings) == "serverless:1024:3"
+    assert sagemaker_requests.serving_tag(
+        settings.with_dataset_overrides({"serverless": False})
+    ) == ("instance:ml.m5.large:1")
     with pytest.raises(SettingsError, match="MODEL_APPROVAL 'sometimes' is not one of auto"):
         Settings.from_env({"MODEL_APPROVAL": "sometimes"})
     with pytest.raises(SettingsError, match="SERVERLESS_CONCURRENCY_LIMIT must be between"):
@@ -354,12 +367,14 @@ def test_values_are_json_encoded_as_the_sagemaker_sdk_sends_them(settings, uploa
     own = settings.with_dataset_overrides(
         {"hyperparameters": {"augment": "crop", "image-size": 64, "weight-decay": 0.001}}
     )
-    static = requests.static_hyperparameters(own)
+    static = sagemaker_requests.static_hyperparameters(own)
     assert static["augment"] == '"crop"' and static["image-size"] == "64"
     assert static["weight-decay"] == "0.001" and static["epochs"] == str(own.tuning_epochs)
     # isolated (the default): the code is the "code" channel, unpacked in the container
-    assert json.loads(static["sagemaker_submit_directory"]) == requests.CONTAINER_CODE_PATH
-    online = requests.static_hyperparameters(replace(own, network_isolation=False))
+    assert (
+        json.loads(static["sagemaker_submit_directory"]) == sagemaker_requests.CONTAINER_CODE_PATH
+    )
+    online = sagemaker_requests.static_hyperparameters(replace(own, network_isolation=False))
     assert json.loads(online["sagemaker_submit_directory"]) == own.code_s3_uri
 
 
@@ -386,14 +401,14 @@ def test_a_retired_setting_is_refused_by_name():
 
 def test_the_debug_job_takes_the_serving_version_as_its_serving_channel(settings, upload):
     artifact = "s3://sagedrop-data/jobs/sdd-x/sdd-x/output/model.tar.gz"
-    request = requests.debug_training_job_request(
+    request = sagemaker_requests.debug_training_job_request(
         settings, upload, describe_tuning(settings, upload), None, artifact, "0.3"
     )
     assert_valid("CreateTrainingJob", request)
     [channel] = [c for c in request["InputDataConfig"] if c["ChannelName"] == "serving"]
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == artifact
-    assert {"Key": requests.TAG_MIN_CLASS_RECALL, "Value": "0.3"} in request["Tags"]
-    without = requests.debug_training_job_request(
+    assert {"Key": vocabulary.TAG_MIN_CLASS_RECALL, "Value": "0.3"} in request["Tags"]
+    without = sagemaker_requests.debug_training_job_request(
         settings, upload, describe_tuning(settings, upload)
     )
     assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["training", "code"]
@@ -414,11 +429,13 @@ def test_a_datasets_leakage_choice_reaches_its_jobs_and_nothing_else(settings, u
     floor = replace(settings, gate_max_leaked_fraction=0.02)
     kept = floor.with_dataset_overrides({"leakage": "keep", "hyperparameters": {"seed": 3}})
     assert kept.gate_max_leaked_fraction == 0.02
-    request = requests.tuning_job_request(kept, upload)
+    request = sagemaker_requests.tuning_job_request(kept, upload)
     assert_valid("CreateHyperParameterTuningJob", request)
     static = request["TrainingJobDefinition"]["StaticHyperParameters"]
     assert json.loads(static["leakage"]) == "keep" and json.loads(static["seed"]) == 3
-    debug = requests.debug_training_job_request(kept, upload, describe_tuning(kept, upload))
+    debug = sagemaker_requests.debug_training_job_request(
+        kept, upload, describe_tuning(kept, upload)
+    )
     assert json.loads(debug["HyperParameters"]["leakage"]) == "keep"
     with pytest.raises(SettingsError, match="'leakage' must be one of leave-out, keep"):
         settings.with_dataset_overrides({"leakage": "hide"})
@@ -439,19 +456,23 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     """Issue 22: with NETWORK_ISOLATION, tuning trials, the debug job and every model run
     with SageMaker's network isolation; their code arrives as the "code" channel (the
     toolkit unpacks it from there); off, neither."""
-    request = requests.tuning_job_request(settings, upload)
+    request = sagemaker_requests.tuning_job_request(settings, upload)
     assert_valid("CreateHyperParameterTuningJob", request)
     definition = request["TrainingJobDefinition"]
     assert definition["EnableNetworkIsolation"] is True
     [code] = [c for c in definition["InputDataConfig"] if c["ChannelName"] == "code"]
     assert code["DataSource"]["S3DataSource"]["S3Uri"] == settings.code_s3_uri
-    debug = requests.debug_training_job_request(settings, upload, describe_tuning(settings, upload))
+    debug = sagemaker_requests.debug_training_job_request(
+        settings, upload, describe_tuning(settings, upload)
+    )
     assert_valid("CreateTrainingJob", debug)
     assert debug["EnableNetworkIsolation"] is True
     assert "code" in [c["ChannelName"] for c in debug["InputDataConfig"]]
     assert Settings.from_env({}).network_isolation is True  # AWS's default, as locally
     assert Settings.from_env({"NETWORK_ISOLATION": "false"}).network_isolation is False
-    request = requests.tuning_job_request(replace(settings, network_isolation=False), upload)
+    request = sagemaker_requests.tuning_job_request(
+        replace(settings, network_isolation=False), upload
+    )
     assert request["TrainingJobDefinition"]["EnableNetworkIsolation"] is False
     assert [c["ChannelName"] for c in request["TrainingJobDefinition"]["InputDataConfig"]] == [
         "training"
@@ -459,7 +480,7 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     with pytest.raises(SettingsError, match="NETWORK_ISOLATION"):
         Settings.from_env({"NETWORK_ISOLATION": "maybe"})
     weighted = replace(settings, weights_s3_uri="s3://sagedrop-data/code/weights/")
-    request = requests.tuning_job_request(weighted, upload)
+    request = sagemaker_requests.tuning_job_request(weighted, upload)
     assert_valid("CreateHyperParameterTuningJob", request)
     [weights] = [c for c in request["TrainingJobDefinition"]["InputDataConfig"]
                  if c["ChannelName"] == "weights"]  # fmt: skip
@@ -467,8 +488,10 @@ def test_an_isolated_stage_isolates_every_job_and_model(settings, upload):
     uri = Settings.from_env({"WHEELS_S3_URI": "s3://sagedrop-data/code/wheels/"}).wheels_s3_uri
     assert uri == "s3://sagedrop-data/code/wheels/"
     wheeled = replace(settings, wheels_s3_uri=uri)
-    tuning = requests.tuning_job_request(wheeled, upload)
-    debug = requests.debug_training_job_request(wheeled, upload, describe_tuning(wheeled, upload))
+    tuning = sagemaker_requests.tuning_job_request(wheeled, upload)
+    debug = sagemaker_requests.debug_training_job_request(
+        wheeled, upload, describe_tuning(wheeled, upload)
+    )
     assert_valid("CreateHyperParameterTuningJob", tuning)
     assert_valid("CreateTrainingJob", debug)
     for definition in (tuning["TrainingJobDefinition"], debug):
@@ -484,7 +507,9 @@ def test_a_managed_mlflow_server_is_named_on_the_debug_job(settings, upload):
 
     arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/sagedrop"
     tracked = replace(settings, mlflow_tracking_arn=arn)
-    request = requests.debug_training_job_request(tracked, upload, describe_tuning(tracked, upload))
+    request = sagemaker_requests.debug_training_job_request(
+        tracked, upload, describe_tuning(tracked, upload)
+    )
     assert_valid("CreateTrainingJob", request)
     config = request["MlflowConfig"]
     assert config == {"MlflowResourceArn": arn, "MlflowExperimentName": "sagedrop-dog-images-v2",
@@ -493,7 +518,7 @@ def test_a_managed_mlflow_server_is_named_on_the_debug_job(settings, upload):
     assert names.fullmatch(config["MlflowExperimentName"]) and names.fullmatch(
         config["MlflowRunName"]
     )
-    untracked = requests.debug_training_job_request(
+    untracked = sagemaker_requests.debug_training_job_request(
         settings, upload, describe_tuning(settings, upload)
     )
     assert "MlflowConfig" not in untracked

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sagemaker_training.mapping import to_cmd_args
 
-from chalicelib import requests, training_failure
+from chalicelib import sagemaker_requests, training_failure, vocabulary
 from chalicelib.hyperparameters import SETTABLE
 from chalicelib.settings import Settings
 from sagedrop.aws_configure import pack_training_code
@@ -80,8 +80,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="module")
-def upload() -> requests.Upload:
-    return requests.Upload("data", "datasets/tiny.zip", '"0123abcd"')
+def upload() -> vocabulary.Upload:
+    return vocabulary.Upload("data", "datasets/tiny.zip", '"0123abcd"')
 
 
 def run_job(s3: LocalS3, folder: Path, request: dict):
@@ -105,9 +105,9 @@ def command_line(log: str) -> list[str]:
     return json.loads(line.split("=", 1)[1])
 
 
-def trial_request(settings: Settings, upload: requests.Upload) -> dict:
+def trial_request(settings: Settings, upload: vocabulary.Upload) -> dict:
     """A tuning trial as SageMaker starts it from the tuning job's definition."""
-    definition = requests.tuning_job_request(settings, upload)["TrainingJobDefinition"]
+    definition = sagemaker_requests.tuning_job_request(settings, upload)["TrainingJobDefinition"]
     return {
         "TrainingJobName": "sagedrop-tiny-001-0a1b2c3d",
         "HyperParameters": {
@@ -120,8 +120,8 @@ def trial_request(settings: Settings, upload: requests.Upload) -> dict:
     }
 
 
-def describe_tuning(settings: Settings, upload: requests.Upload) -> dict:
-    request = requests.tuning_job_request(settings, upload)
+def describe_tuning(settings: Settings, upload: vocabulary.Upload) -> dict:
+    request = sagemaker_requests.tuning_job_request(settings, upload)
     return {
         "HyperParameterTuningJobName": request["HyperParameterTuningJobName"],
         "TrainingJobDefinition": request["TrainingJobDefinition"],
@@ -159,7 +159,9 @@ def test_the_debug_job_gets_its_rules_as_written(bucket, settings, upload, tmp_p
                 k: v for k, v in chosen.static_hyperparameters.items() if k != "rules"
             },
         )
-    request = requests.debug_training_job_request(chosen, upload, describe_tuning(chosen, upload))
+    request = sagemaker_requests.debug_training_job_request(
+        chosen, upload, describe_tuning(chosen, upload)
+    )
     result, config, log, _ = run_job(bucket, tmp_path, request)
     assert result.status == "Completed", result.failure_reason
     received = config["hyperparameters"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import registry, requests
+from chalicelib import registry, sagemaker_requests, vocabulary
 from sagedrop import cli
 from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET, LocalCloud
 from sagedrop.local.s3 import LocalS3
@@ -48,14 +48,14 @@ def register(
         ModelPackageDescription=registry.gate_description(approval, job, list(reasons)),
         InferenceSpecification={
             "Containers": [container],
-            "SupportedContentTypes": requests.IMAGE_CONTENT_TYPES,
+            "SupportedContentTypes": sagemaker_requests.IMAGE_CONTENT_TYPES,
         },
         ModelApprovalStatus=approval,
         CustomerMetadataProperties={
-            requests.META_DATASET: "digits",
-            requests.META_DEBUG_JOB: job,
-            requests.META_SERVING: serving,
-            requests.META_TEST_ACCURACY: "0.900000",
+            vocabulary.META_DATASET: "digits",
+            vocabulary.META_DEBUG_JOB: job,
+            vocabulary.META_SERVING: serving,
+            vocabulary.META_TEST_ACCURACY: "0.900000",
         },
         ClientToken=job,
     )

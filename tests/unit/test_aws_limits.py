@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_limits, requests
+from chalicelib import aws_limits, sagemaker_requests, vocabulary
 from chalicelib.settings import Settings, SettingsError
 from sagedrop.local.aws_shapes import validate
 
@@ -17,11 +17,11 @@ from sagedrop.local.aws_shapes import validate
     ["datasets/Dog Images (2024).zip", "datasets/cats&dogs.zip", "datasets/[test]#1.zip"],
 )
 def test_a_dataset_key_outside_the_tag_pattern_is_sanitised_not_refused(settings, key):
-    request = requests.tuning_job_request(settings, requests.Upload("bucket", key, "e"))
+    request = sagemaker_requests.tuning_job_request(settings, vocabulary.Upload("bucket", key, "e"))
     for tag in request["Tags"]:
         assert aws_limits.tag_problem(tag) is None, tag
     validate("sagemaker", "create_hyper_parameter_tuning_job", request)
-    [dataset] = [t["Value"] for t in request["Tags"] if t["Key"] == requests.TAG_DATASET]
+    [dataset] = [t["Value"] for t in request["Tags"] if t["Key"] == vocabulary.TAG_DATASET]
     assert dataset.startswith("s3://bucket/datasets/") and "_" in dataset
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib import aws_limits, experiment_tracking, hyperparameters, job_contract, naming
@@ -17,6 +16,30 @@ from chalicelib.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     METRIC_DEFINITIONS,
     OBJECTIVE_METRIC,
+)
+from chalicelib.vocabulary import (
+    META_AUDIT_REPORT,
+    META_CLASSES,
+    META_DATA_AUDIT,
+    META_DATASET,
+    META_DEBUG_JOB,
+    META_EVALUATION,
+    META_LABEL_ERRORS,
+    META_LEAKED_TEST,
+    META_MACRO_F1,
+    META_REPORT,
+    META_RULES,
+    META_SERVING,
+    META_TEST_ACCURACY,
+    META_WORST_CLASS,
+    TAG_CLASSES,
+    TAG_DATASET,
+    TAG_MIN_CLASS_RECALL,
+    TAG_MODEL_PACKAGE,
+    TAG_SERVING,
+    TAG_TEST_ACCURACY,
+    TAG_TUNING_JOB,
+    Upload,
 )
 
 if TYPE_CHECKING:  # the builders read settings; settings never imports this module
@@ -30,57 +53,14 @@ WEIGHTS_CHANNEL = "weights"
 WHEELS_CHANNEL = "wheels"
 CONTAINER_CODE_PATH = "/opt/ml/input/data/code/sourcedir.tar.gz"
 VARIANT_NAME = "AllTraffic"
-TAG_DATASET = "sagedrop:dataset"
-TAG_TUNING_JOB = "sagedrop:tuning-job"
-TAG_TEST_ACCURACY = "sagedrop:test-accuracy"
-TAG_CLASSES = "sagedrop:classes"
-TAG_SERVING = "sagedrop:serving"
-TAG_MODEL_PACKAGE = "sagedrop:model-package"
-# The per-class recall floor this dataset's versions must meet (its sagedrop.json may raise
-# the operator's GATE_MIN_CLASS_RECALL): it travels with the jobs to the gate.
-TAG_MIN_CLASS_RECALL = "sagedrop:min-class-recall"
 # The debug job's input channel holding the serving version's model.tar.gz, evaluated on
 # the job's own test split for the gate's paired comparison (SM_CHANNEL_SERVING).
 SERVING_CHANNEL = "serving"
-# CustomerMetadataProperties of a registered version: what `sagedrop models` lists and
-# what deploying it needs, long after the job's dataset zip may have been replaced.
-META_DATASET = "sagedrop:dataset"
-META_DEBUG_JOB = "sagedrop:debug-job"
-META_TEST_ACCURACY = "sagedrop:test-accuracy"
-META_CLASSES = "sagedrop:classes"
-META_RULES = "sagedrop:rules"
-META_SERVING = "sagedrop:serving"
-META_REPORT = "sagedrop:report"
-META_EVALUATION = "sagedrop:evaluation"
-META_MACRO_F1 = "sagedrop:macro-f1"
-META_WORST_CLASS = "sagedrop:worst-class"
-# The data audit's headline (data_audit.json): one line, the two numbers read most, its URI.
-META_DATA_AUDIT = "sagedrop:data-audit"
-META_LEAKED_TEST = "sagedrop:leaked-test"
-META_LABEL_ERRORS = "sagedrop:label-error-candidates"
-META_AUDIT_REPORT = "sagedrop:data-audit-report"
 IMAGE_CONTENT_TYPES = ["image/jpeg", "image/png"]
 # Hyperparameters SageMaker's script mode reads (JSON-encoded, as the SageMaker Python SDK
 # sends them); the tuner adds its own ``_tuning_*`` ones.
 SCRIPT_MODE = {"sagemaker_program": json.dumps("train.py"), "sagemaker_container_log_level": "20"}
 _EARLY_STOPPING_STRATEGIES = ("Bayesian", "Random")
-
-
-@dataclass(frozen=True)
-class Upload:
-    """The S3 object that started a pipeline."""
-
-    bucket: str
-    key: str
-    etag: str
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @property
-    def tuning_job_name(self) -> str:
-        return naming.tuning_job_name(self.bucket, self.key, self.etag)
 
 
 def _training_definition(settings: Settings, upload: Upload, job_name: str) -> dict:
