@@ -26,12 +26,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import (
     aws_errors,
     bounded_json,
-    experiment_tracking,
-    job_reports,
     judging,
     naming,
     predictions,
+    registering,
     registry,
+    run_recording,
     sagemaker_requests,
     training_failure,
     vocabulary,
@@ -146,7 +146,7 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
             reasons=problems,
         )
         return Outcome("rejected", [rejected], ["DatasetsRejected"])
-    tracked, parent_run = _track_start(job_settings, upload)
+    tracked, parent_run = run_recording.at_tuning_start(job_settings, upload)
     request = sagemaker_requests.tuning_job_request(job_settings, upload, parent_run)
     sagemaker = client("sagemaker")
     if not aws_errors.create_unless_exists(sagemaker.create_hyper_parameter_tuning_job, request):
@@ -167,26 +167,6 @@ def dataset_uploaded(bucket: str, key: str, etag: str, settings: Settings) -> Ou
         reasons=report.warnings + tracked.notice_line(),
     )
     return Outcome("started", [started], ["JobsStarted"])
-
-
-def _track_start(settings: Settings, upload) -> tuple[experiment_tracking.Recorded, str | None]:
-    """The tuning job's run, made at its start when its trials will log themselves
-    (network isolation off): they nest under it. Otherwise it is made when tuning ends."""
-    if not settings.tracking_uri or settings.network_isolation:
-        return experiment_tracking.Recorded(), None
-    name = upload.tuning_job_name
-    dataset = naming.pipeline_name(upload.key)
-
-    def work() -> dict[str, str]:
-        tracker = experiment_tracking.Tracker(settings.tracking_uri)
-        experiment = tracker.experiment(dataset, settings.mlflow_artifact_root or None)
-        tags = {experiment_tracking.TAG_JOB: name, experiment_tracking.TAG_KIND: "tuning",
-                experiment_tracking.TAG_DATASET: dataset,
-                experiment_tracking.TAG_TUNING_JOB: name}  # fmt: skip
-        return {name: tracker.start(experiment, name, tags)}
-
-    recorded = experiment_tracking.guarded(f"tuning job {name}", work)
-    return recorded, recorded.runs.get(name)
 
 
 def _listing_metrics(audit: dict) -> dict[str, float]:
@@ -229,7 +209,7 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         trial = _failed_trial_reason(sagemaker, name) if not best else None
         if trial and trial not in reason:  # "All training jobs failed" says nothing of why
             reason = f"{reason}; the first failed trial: {trial}"
-        tracked = _track_tuning(settings, sagemaker, tuning, upload)
+        tracked = run_recording.tuning_ended(settings, sagemaker, tuning, upload)
         failed = Notice(
             stage="tuning",
             status="failed",
@@ -252,7 +232,7 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
     )
     created = aws_errors.create_unless_exists(sagemaker.create_training_job, request)
     # Recorded on a re-delivery too (idempotent): the first may have died in between.
-    tracked = _track_tuning(settings, sagemaker, tuning, upload)
+    tracked = run_recording.tuning_ended(settings, sagemaker, tuning, upload)
     if not created:
         return Outcome("duplicate")
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value")
@@ -273,54 +253,6 @@ def tuning_finished(detail: dict, settings: Settings) -> Outcome:
         reasons=tracked.notice_line(),
     )
     return Outcome("started", [started], ["JobsStarted"])
-
-
-def _track_tuning(
-    settings: Settings, sagemaker, tuning: dict, upload
-) -> experiment_tracking.Recorded:
-    """The tuning job and its trials as MLflow runs (off without a tracking URI)."""
-    if not settings.tracking_uri:
-        return experiment_tracking.Recorded()
-    name = tuning["HyperParameterTuningJobName"]
-    return experiment_tracking.guarded(
-        f"tuning job {name}",
-        lambda: experiment_tracking.record_tuning(
-            experiment_tracking.Tracker(settings.tracking_uri), sagemaker, client("s3"), tuning,
-            naming.pipeline_name(upload.key), settings.mlflow_artifact_root or None,
-        ),
-    )  # fmt: skip
-
-
-def _track_debug(
-    settings: Settings,
-    training: dict,
-    upload,
-    package: dict,
-    metrics: dict[str, float],
-    reports: dict[str, str] | None = None,
-) -> experiment_tracking.Recorded:
-    """The debug job as an MLflow run, tagged with the version the gate registered."""
-    if not settings.tracking_uri:
-        return experiment_tracking.Recorded()
-    tags = {
-        experiment_tracking.TAG_MODEL_PACKAGE: package["ModelPackageArn"],
-        experiment_tracking.TAG_APPROVAL: package["ModelApprovalStatus"],
-        "sagedrop.model_version": str(package["ModelPackageVersion"]),
-        **_tuning_tag(training),
-        **{f"sagedrop.{kind}_uri": uri for kind, uri in (reports or {}).items()},
-    }
-    return experiment_tracking.guarded(
-        f"debug job {training['TrainingJobName']}",
-        lambda: experiment_tracking.record_debug(
-            experiment_tracking.Tracker(settings.tracking_uri), client("s3"), training,
-            naming.pipeline_name(upload.key), settings.mlflow_artifact_root or None, tags,
-            metrics,
-        ),
-    )  # fmt: skip
-
-
-def _tuning_tag(training: dict) -> dict[str, str]:
-    return {experiment_tracking.TAG_TUNING_JOB: naming.tuning_job_of(training["TrainingJobName"])}
 
 
 def _failed_trial_reason(sagemaker, tuning_job: str) -> str | None:
@@ -382,129 +314,14 @@ def training_finished(detail: dict, settings: Settings) -> Outcome:
     registered = registry.version_of_job(sagemaker, group, name)
     if registered is not None:
         logger.info("%s is already registered in %s: duplicate event", name, group)
-        metrics = {k: float(v) for k, v in _debug_metrics(training).items()}
-        _track_debug(settings, training, upload, registered, metrics)  # idempotent
+        metrics = {k: float(v) for k, v in run_recording.debug_metrics(training).items()}
+        run_recording.debug_registered(
+            settings, training, upload, registered, metrics
+        )  # idempotent
         return Outcome("duplicate")
     endpoint = settings.endpoint_for(pipeline)
     judgement = judging.judge(settings, training, upload, endpoint)
-    return _register(settings, training, upload, group, endpoint, judgement)
-
-
-def _register(
-    settings: Settings,
-    training: dict,
-    upload: vocabulary.Upload,
-    group: str,
-    endpoint: str,
-    judgement: judging.Judgement,
-) -> Outcome:
-    """The judged model as the group's next version, with the gate's approval."""
-    name = training["TrainingJobName"]
-    sagemaker = client("sagemaker")
-    decision, approval = judgement.decision, judgement.approval
-    serving = judgement.tags.get(vocabulary.TAG_SERVING)
-    request = sagemaker_requests.model_package_request(
-        settings,
-        upload,
-        training,
-        group,
-        approval,
-        registry.gate_description(approval, name, decision.reasons),
-        judgement.test_accuracy,
-        judgement.rules,
-        judgement.classes,
-        judgement.reports.uris,
-        serving or sagemaker_requests.serving_tag(settings),
-        judgement.evaluation,
-        judgement.audit,
-    )
-    arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
-    version = arn.rsplit("/", 1)[-1]
-    pipeline = naming.pipeline_name(upload.key)
-    summaries = {
-        registry.REJECTED: (
-            "blocked",
-            f"Model from {name} is version {version} of {group}, Rejected: the quality gate "
-            f"blocked it; {endpoint} keeps serving what it serves.",
-        ),
-        registry.PENDING: (
-            "pending-approval",
-            f"Model from {name} passed the gate and is version {version} of {group}, waiting "
-            f"for approval: `sagedrop approve {pipeline} --version {version}` (or approve it "
-            "in SageMaker Studio) deploys it.",
-        ),
-        registry.APPROVED: (
-            "approved",
-            f"Model from {name} passed the gate and is version {version} of {group}, Approved: "
-            f"{endpoint} will serve it.",
-        ),
-    }
-    status, summary = summaries[approval]
-    package = {"ModelPackageArn": arn, "ModelApprovalStatus": approval,
-               "ModelPackageVersion": version}  # fmt: skip
-    tracked = _track_debug(
-        settings, training, upload, package,
-        {**judgement.final_metrics, **_evaluation_metrics(judgement.evaluation)},
-        judgement.reports.uris,
-    )  # fmt: skip
-    notice = Notice(
-        stage="gate",
-        status=status,
-        dataset=upload.uri,
-        jobs={"debug job": name, "model package": arn, "endpoint": endpoint},
-        metrics={
-            **{
-                k: v
-                for k, v in judgement.final_metrics.items()
-                if k.startswith(("test_", "valid_"))
-            },
-            **_evaluation_metrics(judgement.evaluation),
-            **_audit_metrics(judgement.audit),
-        },
-        decision=decision.verdict,
-        reasons=decision.reasons
-        + _worst_class_line(judgement.evaluation)
-        + ([job_reports.audit_line(judgement.audit)] if judgement.audit else [])
-        + [f"report: {p}" for p in judgement.reports.problems]
-        + tracked.notice_line(),
-        summary=summary,
-    )
-    return Outcome(status, [notice], [f"ModelVersions{approval}"])
-
-
-def _debug_metrics(training: dict) -> dict[str, float]:
-    return experiment_tracking.final_metrics(training)
-
-
-def _evaluation_metrics(evaluation: dict) -> dict[str, float]:
-    overall = evaluation.get("overall") or {}
-    names = {"macro_f1": "test_macro_f1", "balanced_accuracy": "test_balanced_accuracy",
-             "top5_accuracy": "test_top5_accuracy"}  # fmt: skip
-    metrics = {label: float(overall[key]) for key, label in names.items() if key in overall}
-    if evaluation.get("calibration"):
-        metrics["test_ece"] = float(evaluation["calibration"]["ece"])
-    return metrics
-
-
-def _audit_metrics(audit: dict | None) -> dict[str, float]:
-    if not audit:
-        return {}
-    metrics = {
-        "leaked test images": float(audit["leaked"]["test"]),
-        "leaked test fraction": audit["leaked_test_fraction"],
-        "near duplicates": float(audit["near_duplicates"]),
-    }
-    if audit.get("label_error_candidates") is not None:
-        metrics["label-error candidates"] = float(audit["label_error_candidates"])
-    return metrics
-
-
-def _worst_class_line(evaluation: dict) -> list[str]:
-    worst = evaluation.get("worst_class")
-    if not worst:
-        return []
-    return [f"worst class: {worst['label']} (recall {worst['recall']:.4f} on "
-            f"{worst['support']} test images)"]  # fmt: skip
+    return registering.register(settings, training, upload, group, endpoint, judgement)
 
 
 def _tags_of(sagemaker, arn: str | None) -> dict[str, str]:
@@ -529,30 +346,13 @@ def model_package_changed(detail: dict, settings: Settings) -> Outcome:
         return Outcome("ignored")
     arn = detail.get("ModelPackageArn", "")
     logger.append_keys(model_package=arn)
-    _track_approval(settings, pipeline, arn, detail["ModelApprovalStatus"])
+    run_recording.approval_changed(settings, pipeline, arn, detail["ModelApprovalStatus"])
     because = ""
     if detail.get("ModelApprovalStatus") == registry.REJECTED and arn:
         rejected = registry.describe(client("sagemaker"), arn)
         why = rejected.get("ApprovalDescription") or rejected.get("ModelPackageDescription", "")
         because = f"version {rejected['ModelPackageVersion']} was rejected: {why}"
     return deploy_latest(settings, pipeline, because)
-
-
-def _track_approval(settings: Settings, dataset: str, arn: str, approval: str) -> None:
-    """A version approved or rejected later (a person, a rollback): its debug run's tag."""
-    if not settings.tracking_uri or not arn:
-        return
-
-    def work() -> dict[str, str]:
-        described = registry.describe(client("sagemaker"), arn)
-        debug_job = described.get("CustomerMetadataProperties", {}).get(vocabulary.META_DEBUG_JOB)
-        if not debug_job:
-            return {}
-        tracker = experiment_tracking.Tracker(settings.tracking_uri)
-        tags = {experiment_tracking.TAG_APPROVAL: approval}
-        return experiment_tracking.tag_version(tracker, dataset, debug_job, tags)
-
-    experiment_tracking.guarded(f"version {arn}", work)
 
 
 # --- 5. an endpoint changed state ---------------------------------------------------------------
