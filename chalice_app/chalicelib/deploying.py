@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_errors, naming, registry, sagemaker_requests, vocabulary
+from chalicelib import (
+    aws_errors,
+    naming,
+    registry,
+    registry_requests,
+    sagemaker_requests,
+    vocabulary,
+)
 from chalicelib.clients import client
 from chalicelib.notify import Notice
 from chalicelib.outcome import Outcome, logger
@@ -45,8 +52,8 @@ def deploy_latest(settings: Settings, pipeline: str, because: str = "") -> Outco
             f"version {version} of {group} has no {vocabulary.META_DEBUG_JOB} property: it was "
             "not registered by sagedrop's gate, so sagedrop does not deploy it"
         )
-    model = sagemaker_requests.model_request(settings, package)
-    config = sagemaker_requests.endpoint_config_request(
+    model = registry_requests.model_request(settings, package)
+    config = registry_requests.endpoint_config_request(
         properties[vocabulary.META_DEBUG_JOB],
         model["ModelName"],
         properties.get(vocabulary.META_SERVING) or sagemaker_requests.serving_tag(settings),
@@ -120,12 +127,12 @@ def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: d
     sagemaker = client("sagemaker")
     if described is None:
         sagemaker.create_endpoint(
-            **sagemaker_requests.create_endpoint_request(endpoint, endpoint_config)
+            **registry_requests.create_endpoint_request(endpoint, endpoint_config)
         )
         return "creating"
     if described["EndpointConfigName"] == endpoint_config:
         return "unchanged"
     sagemaker.update_endpoint(
-        **sagemaker_requests.update_endpoint_request(endpoint, endpoint_config)
+        **registry_requests.update_endpoint_request(endpoint, endpoint_config)
     )
     return "updating"

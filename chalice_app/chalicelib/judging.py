@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import job_contract, job_reports, registry, sagemaker_requests, vocabulary
+from chalicelib import (
+    job_contract,
+    job_reports,
+    registry,
+    registry_requests,
+    sagemaker_requests,
+    vocabulary,
+)
 from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
 from chalicelib.datasets import inspect_zip
@@ -183,7 +190,7 @@ def serving_accuracy_of(
     if described is None:
         return None, "", None
     model_name, tags, artifact = registry.serving_model_artifact(client("sagemaker"), described)
-    if classes is None or tags.get(vocabulary.TAG_CLASSES) != sagemaker_requests.classes_digest(
+    if classes is None or tags.get(vocabulary.TAG_CLASSES) != registry_requests.classes_digest(
         classes
     ):
         why = "differ" if vocabulary.TAG_CLASSES in tags else "are not recorded on it"

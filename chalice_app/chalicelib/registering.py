@@ -9,6 +9,7 @@ from chalicelib import (
     judging,
     naming,
     registry,
+    registry_requests,
     run_recording,
     sagemaker_requests,
     vocabulary,
@@ -32,7 +33,7 @@ def register(
     sagemaker = client("sagemaker")
     decision, approval = judgement.decision, judgement.approval
     serving = judgement.tags.get(vocabulary.TAG_SERVING)
-    request = sagemaker_requests.model_package_request(
+    request = registry_requests.model_package_request(
         settings,
         upload,
         training,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws_errors, aws_limits, sagemaker_requests, vocabulary
+from chalicelib import aws_errors, aws_limits, registry_requests, vocabulary
 
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 
@@ -39,7 +39,7 @@ class Version:
     worst_class: str = ""
     statistics: str = ""  # S3 URI of its model-quality statistics (ModelMetrics)
     evaluation: str = ""  # S3 URI of its evaluation.json
-    data_audit: str = ""  # the audit's headline (sagemaker_requests.audit_metadata)
+    data_audit: str = ""  # the audit's headline (registry_requests.audit_metadata)
     leaked_test_fraction: float | None = None
     label_error_candidates: int | None = None
     data_audit_report: str = ""  # S3 URI of its data_audit.json
@@ -99,7 +99,7 @@ def ensure_group(sagemaker, group: str, pipeline: str) -> None:
     if not group_exists(sagemaker, group):
         aws_errors.create_unless_exists(
             sagemaker.create_model_package_group,
-            sagemaker_requests.model_package_group_request(group, pipeline),
+            registry_requests.model_package_group_request(group, pipeline),
         )
 
 

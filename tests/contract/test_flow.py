@@ -18,6 +18,7 @@ from chalicelib import (
     naming,
     predictions,
     registry,
+    registry_requests,
     sagemaker_requests,
     vocabulary,
 )
@@ -251,7 +252,7 @@ def serving(cloud, accuracy, same_classes=True):
     classes = inspect_zip(io.BytesIO(zipped)).classes if same_classes else ["other"]
     tags = [
         {"Key": vocabulary.TAG_TEST_ACCURACY, "Value": f"{accuracy:.6f}"},
-        {"Key": vocabulary.TAG_CLASSES, "Value": sagemaker_requests.classes_digest(classes)},
+        {"Key": vocabulary.TAG_CLASSES, "Value": registry_requests.classes_digest(classes)},
     ]
     serving_model(cloud, None, tags)
 
@@ -345,8 +346,8 @@ def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
     [good, blocked] = versions(cloud)
     assert (good.approval, blocked.approval) == ("Approved", "Rejected")
     package = registry.describe(cloud.registry, good.arn)
-    model = sagemaker_requests.model_request(cloud.settings, package)
-    config = sagemaker_requests.endpoint_config_request(
+    model = registry_requests.model_request(cloud.settings, package)
+    config = registry_requests.endpoint_config_request(
         name, model["ModelName"], "instance:ml.m5.large:1"
     )
     assert model["PrimaryContainer"]["Environment"]["SAGEDROP_MODEL_VERSION"] == "2"
@@ -359,7 +360,7 @@ def test_gate_blocks_on_a_blocking_rule_and_a_good_model_is_deployed(cloud):
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
-        sagemaker_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        registry_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert approval_event(cloud, 2, "Approved") == "updating"
     [message] = cloud.messages()
@@ -624,7 +625,7 @@ def test_rejecting_the_serving_version_rolls_back_to_the_one_before(cloud):
     cloud.stub.add_response(
         "update_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/sagedrop-pets"},
-        sagemaker_requests.update_endpoint_request(
+        registry_requests.update_endpoint_request(
             "sagedrop-pets", naming.endpoint_config_name("sdd-pets-1111aaaa")
         ),
     )

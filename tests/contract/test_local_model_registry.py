@@ -7,7 +7,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
-from chalicelib import registry
+from chalicelib import registry, registry_requests
 from sagedrop.local.sagemaker.model_registry import PACKAGE_EVENT, LocalModelRegistry
 from sagedrop.local.state import State
 
@@ -181,7 +181,6 @@ def test_what_the_api_reference_adds_and_moto_does_not_check(local):
 
 
 def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_path, moto_client):
-    from chalicelib import sagemaker_requests
     from sagedrop.local.s3 import LocalS3
     from sagedrop.local.sagemaker import LocalSageMaker
 
@@ -189,7 +188,7 @@ def test_a_serverless_endpoint_config_as_moto_keeps_it_and_the_api_limits(tmp_pa
     local = LocalSageMaker(tmp_path, state, LocalS3(tmp_path, state), lambda *e: None, print)
     model = {"ModelName": "sdd-pets-1-model", "ExecutionRoleArn": "arn:aws:iam::1:role/r",
              "PrimaryContainer": {"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"}}  # fmt: skip
-    config = sagemaker_requests.endpoint_config_request(
+    config = registry_requests.endpoint_config_request(
         "sdd-pets-1", "sdd-pets-1-model", "serverless:2048:5"
     )
     described = []
@@ -223,7 +222,7 @@ def test_models_and_rollback_on_aws_through_boto3(tmp_path, moto_client, monkeyp
     import io
     import json
 
-    from chalicelib import sagemaker_requests, vocabulary
+    from chalicelib import vocabulary
     from sagedrop import aws_configure, cli
 
     config = tmp_path / "config.json"
@@ -247,7 +246,7 @@ def test_models_and_rollback_on_aws_through_boto3(tmp_path, moto_client, monkeyp
         Tags=[{"Key": vocabulary.TAG_MODEL_PACKAGE, "Value": arns[1]}],
     )  # fmt: skip
     sm.create_endpoint_config(
-        **sagemaker_requests.endpoint_config_request(
+        **registry_requests.endpoint_config_request(
             "sdd-digits-2", "sdd-digits-2-model", "instance:ml.m5.large:1"
         )
     )

@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from chalicelib import aws_limits, naming, sagemaker_requests, vocabulary
+from chalicelib import aws_limits, naming, registry_requests, sagemaker_requests, vocabulary
 from chalicelib.job_contract import METRIC_DEFINITIONS, RULE_NAMES
 from chalicelib.settings import Settings, SettingsError
 
@@ -213,7 +213,7 @@ def registered_version(settings, upload, approval="Approved", serving=None) -> d
         "rules": "s3://sagedrop-data/jobs/x/reports/rules.json",
         "report": "s3://sagedrop-data/jobs/x/reports/report.html",
     }
-    request = sagemaker_requests.model_package_request(
+    request = registry_requests.model_package_request(
         settings, upload, training, "sagedrop-pets", approval,
         "Approved by the quality gate:\nline two\t" + "x" * 2000,
         0.9123, rules, ["001.cat", "002.dog"], reports,
@@ -239,9 +239,9 @@ def test_model_package_and_model_requests(settings, upload):
     )
     assert_valid(
         "CreateModelPackageGroup",
-        sagemaker_requests.model_package_group_request("sagedrop-pets", "pets"),
+        registry_requests.model_package_group_request("sagedrop-pets", "pets"),
     )
-    model = sagemaker_requests.model_request(settings, package)
+    model = registry_requests.model_request(settings, package)
     assert_valid("CreateModel", model)
     env = model["PrimaryContainer"]["Environment"]
     assert env["SAGEMAKER_PROGRAM"] == "inference.py"
@@ -249,24 +249,24 @@ def test_model_package_and_model_requests(settings, upload):
     assert env["SAGEDROP_MODEL_VERSION"] == "3"
     # isolated: the graph's runtime comes in the artifact (code/wheels), never from an index
     assert model["EnableNetworkIsolation"] is True
-    online = sagemaker_requests.model_request(replace(settings, network_isolation=False), package)
+    online = registry_requests.model_request(replace(settings, network_isolation=False), package)
     assert online["EnableNetworkIsolation"] is False
     assert {"Key": vocabulary.TAG_TEST_ACCURACY, "Value": "0.912300"} in model["Tags"]
     assert {"Key": vocabulary.TAG_MODEL_PACKAGE, "Value": package["ModelPackageArn"]} in model[
         "Tags"
     ]
-    config = sagemaker_requests.endpoint_config_request(
+    config = registry_requests.endpoint_config_request(
         "sdd-pets-1", model["ModelName"], "instance:ml.m5.large:2"
     )
     assert_valid("CreateEndpointConfig", config)
     assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2
     assert_valid(
         "CreateEndpoint",
-        sagemaker_requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        registry_requests.create_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
     assert_valid(
         "UpdateEndpoint",
-        sagemaker_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
+        registry_requests.update_endpoint_request("sagedrop-pets", config["EndpointConfigName"]),
     )
 
 
@@ -277,7 +277,7 @@ def test_a_serverless_dataset_gets_a_serverless_endpoint_config(settings, upload
     assert sagemaker_requests.serving_tag(chosen) == "serverless:2048:4"
     tuning = sagemaker_requests.tuning_job_request(chosen, upload)
     assert {"Key": vocabulary.TAG_SERVING, "Value": "serverless:2048:4"} in tuning["Tags"]
-    config = sagemaker_requests.endpoint_config_request("sdd-pets-1", "m", "serverless:2048:4")
+    config = registry_requests.endpoint_config_request("sdd-pets-1", "m", "serverless:2048:4")
     assert_valid("CreateEndpointConfig", config)
     [variant] = config["ProductionVariants"]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 4}
