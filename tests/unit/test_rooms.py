@@ -152,3 +152,15 @@ def test_chalicelib_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+def test_no_module_in_the_code_rooms_is_over_500_lines():
+    """Issue 24: small modules with one job each; train.py reads as the job's outline."""
+    rooms = ("chalice_app", "sagedrop", "training_code")
+    long = {
+        str(path.relative_to(REPO_ROOT)): count
+        for room in rooms
+        for path in (REPO_ROOT / room).rglob("*.py")
+        if ".chalice" not in path.parts and (count := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
