@@ -33,20 +33,23 @@ def register(
     sagemaker = client("sagemaker")
     decision, approval = judgement.decision, judgement.approval
     serving = judgement.tags.get(vocabulary.TAG_SERVING)
+    evidence = registry_requests.Evidence(
+        test_accuracy=judgement.test_accuracy,
+        rules=judgement.rules,
+        classes=judgement.classes,
+        reports=judgement.reports.uris,
+        evaluation=judgement.evaluation,
+        audit=judgement.audit,
+    )
     request = registry_requests.model_package_request(
         settings,
         upload,
         training,
         group,
-        approval,
-        registry.gate_description(approval, name, decision.reasons),
-        judgement.test_accuracy,
-        judgement.rules,
-        judgement.classes,
-        judgement.reports.uris,
-        serving or sagemaker_requests.serving_tag(settings),
-        judgement.evaluation,
-        judgement.audit,
+        approval=approval,
+        description=registry.gate_description(approval, name, decision.reasons),
+        serving=serving or sagemaker_requests.serving_tag(settings),
+        evidence=evidence,
     )
     arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
     version = arn.rsplit("/", 1)[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib import aws_limits, naming
@@ -83,20 +84,28 @@ def audit_metadata(audit: dict) -> dict[str, str]:
     return metadata
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate found in the debug job, as the version records it."""
+
+    test_accuracy: float | None
+    rules: list[dict] | None
+    classes: list[str] | None
+    reports: dict[str, str]  # kind → S3 URI (job_reports)
+    evaluation: dict | None = None
+    audit: dict | None = None
+
+
 def model_package_request(
     settings: Settings,
     upload: Upload,
     training: dict,
     group: str,
+    *,
     approval: str,
     description: str,
-    test_accuracy: float | None,
-    rules: list[dict] | None,
-    classes: list[str] | None,
-    reports: dict[str, str],
     serving: str,
-    evaluation: dict | None = None,
-    audit: dict | None = None,
+    evidence: Evidence,
 ) -> dict:
     """``CreateModelPackage``: the debug job's model as one version of its dataset's group.
 
@@ -106,6 +115,8 @@ def model_package_request(
     ``ClientToken`` is the debug job's name: SageMaker's own guard against a second
     version from a repeated event, under the flow's lookup by that name.
     """
+    test_accuracy, rules, classes = evidence.test_accuracy, evidence.rules, evidence.classes
+    reports, evaluation, audit = evidence.reports, evidence.evaluation, evidence.audit
     job = training["TrainingJobName"]
     container = _inference_container(settings, training["ModelArtifacts"]["S3ModelArtifacts"])
     properties = {

@@ -214,10 +214,10 @@ def registered_version(settings, upload, approval="Approved", serving=None) -> d
         "report": "s3://sagedrop-data/jobs/x/reports/report.html",
     }
     request = registry_requests.model_package_request(
-        settings, upload, training, "sagedrop-pets", approval,
-        "Approved by the quality gate:\nline two\t" + "x" * 2000,
-        0.9123, rules, ["001.cat", "002.dog"], reports,
-        serving or sagemaker_requests.serving_tag(settings),
+        settings, upload, training, "sagedrop-pets", approval=approval,
+        description="Approved by the quality gate:\nline two\t" + "x" * 2000,
+        serving=serving or sagemaker_requests.serving_tag(settings),
+        evidence=registry_requests.Evidence(0.9123, rules, ["001.cat", "002.dog"], reports),
     )  # fmt: skip
     package = {
         **{k: v for k, v in request.items() if k not in ("ClientToken", "Tags")},
