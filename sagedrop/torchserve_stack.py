@@ -14,6 +14,7 @@ index and the internet out of reach, and removes what it wrote and started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -163,11 +164,8 @@ def _stop(process: subprocess.Popen) -> None:
     (the Java server and its Python workers share the session started for it)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
+        # A server that ignores it is killed with the rest of its group below.
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
