@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
 from sagedrop.local.status import status_object
-from tests.e2e.test_local_pipeline import TINY, tiny_zip
+from tests.e2e.test_local_pipeline import TINY, endpoint_in_service, tiny_zip
 from tests.helpers import TINY_HYPERPARAMETERS, run_train
 
 pytestmark = pytest.mark.slow
@@ -27,13 +27,7 @@ def test_jobs_that_reach_the_server_log_their_own_runs(tmp_path, monkeypatch):
     cloud.start()
     cloud.s3.put_object(Bucket=DATA_BUCKET, Key="datasets/digits.zip", Body=dataset.read_bytes())
     try:
-        assert cloud.wait_until(
-            lambda: (
-                (cloud.state.get("endpoint", "sagedrop-digits") or {}).get("EndpointStatus")
-                == "InService"
-            ),
-            400,
-        )
+        assert cloud.wait_until(lambda: endpoint_in_service(cloud, "sagedrop-digits"), 400)
     finally:
         cloud.stop()
     snapshot = status_object(root)

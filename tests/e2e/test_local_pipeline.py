@@ -72,6 +72,10 @@ def without_network() -> dict[str, str]:
     }  # fmt: skip
 
 
+def endpoint_in_service(cloud: LocalCloud, name: str) -> bool:
+    return (cloud.state.get("endpoint", name) or {}).get("EndpointStatus") == "InService"
+
+
 def wait(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -186,13 +190,7 @@ def test_restart_during_tuning_runs_nothing_twice(tmp_path, monkeypatch):
     cloud = LocalCloud(root, say=lambda _: None)
     cloud.start()
     try:
-        assert cloud.wait_until(
-            lambda: (
-                (cloud.state.get("endpoint", "sagedrop-digits") or {}).get("EndpointStatus")
-                == "InService"
-            ),
-            400,
-        )
+        assert cloud.wait_until(lambda: endpoint_in_service(cloud, "sagedrop-digits"), 400)
         jobs = cloud.state.all("training-job")
     finally:
         cloud.stop()
