@@ -71,13 +71,14 @@ def test_garbage_is_400_and_a_wrong_accept_is_406(torchserve):
     assert torchserve_stack.request(f"{torchserve.url}/ping")[0] == 200
 
 
-def test_the_model_loads_well_inside_torchserves_load_timeout(torchserve):
-    """Nothing installs at load: each worker's load (TorchServe's own WorkerLoadTime
-    metric) and the start to a READY worker stay far inside the 120 s a worker gets."""
+def test_the_worker_loads_once_within_torchserves_own_timeout(torchserve):
+    """Nothing installs at load, so the one worker loads once: TorchServe never killed it
+    at its 120 s model-load timeout and started it again (what an index that trickles did).
+    The judge is TorchServe's own timeout, not this machine's speed; how long a load
+    takes is bench/torchserve_load.py's to measure."""
     loads = torchserve.worker_load_seconds()
-    assert loads, torchserve.log.read_text(errors="replace")[-3000:]
-    assert max(loads) < TORCHSERVE_LOAD_TIMEOUT_S / 4, loads
-    assert torchserve.ready_s < TORCHSERVE_LOAD_TIMEOUT_S / 2, torchserve.ready_s
+    assert len(loads) == 1, (loads, torchserve.log.read_text(errors="replace")[-3000:])
+    assert loads[0] < TORCHSERVE_LOAD_TIMEOUT_S
 
 
 def test_torchserve_listens_on_loopback_only(torchserve):
