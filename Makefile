@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/tracking_cost.py
 
 clean:
-	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache
+	rm -rf $(VENV) .sagedrop-demo .sagedrop .pytest_cache .ruff_cache chalice_app/vendor build

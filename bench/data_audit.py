@@ -32,24 +32,21 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader
+
 import sagedrop  # noqa: F401 - import paths
-from sagedrop.paths import ensure_training_code_importable
-
-ensure_training_code_importable()
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from sagedrop_serving.image_io import Preprocessing, decode_image, eval_transform  # noqa: E402
-from sagedrop_serving.model_def import build_classifier  # noqa: E402
-from sagedrop_training import ddp_runtime, fit_loop  # noqa: E402
-from sagedrop_training.data_audit import (  # noqa: E402
+from sagedrop_serving.image_io import Preprocessing, decode_image, eval_transform
+from sagedrop_serving.model_def import build_classifier
+from sagedrop_training import ddp_runtime, fit_loop
+from sagedrop_training.data_audit import (
     audit,
     duplicate_groups,
     fingerprint_all,
     fingerprint_pixels,
     named_images,
 )
-from sagedrop_training.data_pipeline import (  # noqa: E402
+from sagedrop_training.data_pipeline import (
     ImageFileDataset,
     collate_skipping_unreadable,
     prepare_dataset,

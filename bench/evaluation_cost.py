@@ -22,10 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sagedrop  # noqa: F401 - import paths
 from chalicelib.model_quality import statistics_document
-from sagedrop.paths import ensure_training_code_importable
-
-ensure_training_code_importable()
-from sagedrop_training.evaluation import SplitOutcomes, evaluate  # noqa: E402
+from sagedrop_training.evaluation import SplitOutcomes, evaluate
 
 CLASSES, IMAGES, RUNS = 133, 836, 7
 

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, S3Eve
 from chalice import Chalice
 
 from chalicelib import flow, naming
+from chalicelib.notify import Stage
 
 app = Chalice(app_name="sagedrop")
 
@@ -36,7 +37,7 @@ def _detail(event) -> dict:
     return EventBridgeEvent(event.to_dict()).detail
 
 
-def _sagemaker_event(event, stage: str, step):
+def _sagemaker_event(event, stage: Stage, step):
     """An EventBridge event's detail to one flow step, with the event's delivery id."""
     return flow.handle(event.context, stage, step, _detail(event), delivery=delivery_of(event))
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from sagedrop.paths import CHALICE_APP, TRAINING_CODE
+from sagedrop.paths import CHALICE_APP, CONTRACT, TRAINING_CODE
 from sagedrop.weights_upload import download, environment_value, upload_weights
 from sagedrop.wheels_upload import Fetch, WheelsError, pip_download, upload_wheels
 
@@ -114,27 +115,56 @@ def resolve_images(
     return training, inference
 
 
-def pack_training_code(source: Path = TRAINING_CODE) -> bytes:
-    """``training_code/`` as a reproducible ``sourcedir.tar.gz``.
+def pack_training_code(source: Path = TRAINING_CODE, contract: Path = CONTRACT) -> bytes:
+    """``training_code/`` with the shared contract beside it, as a reproducible
+    ``sourcedir.tar.gz``.
 
-    Symlinks are followed (``dataset_rules.py`` links to chalicelib's copy, and the
-    container must get the file), caches are left out, and timestamps and owners are
-    fixed, so unchanged code gives the same bytes and the same S3 key.
+    The container puts the archive's root on the path, so ``sagedrop_contract/`` there is
+    imported by the same name as everywhere else. Caches are left out, and timestamps and
+    owners are fixed, so unchanged code gives the same bytes and the same S3 key.
     """
+    files = [(path, path.relative_to(source)) for path in _code_files(source)] + [
+        (path, Path(contract.name) / path.relative_to(contract)) for path in _code_files(contract)
+    ]
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
         tarfile.open(fileobj=zipped, mode="w") as archive,
     ):
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if "__pycache__" in relative.parts or path.suffix == ".pyc" or path.is_dir():
-                continue
-            data = path.read_bytes()  # follows symlinks
+        for path, relative in sorted(files, key=lambda pair: pair[1].as_posix()):
+            data = path.read_bytes()
             info = tarfile.TarInfo(relative.as_posix())
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def _code_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` that code needs: no caches, no build metadata, no folders."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.suffix != ".pyc"
+        and not any(
+            part == "__pycache__" or part.endswith(".egg-info")
+            for part in path.relative_to(folder).parts
+        )
+    ]
+
+
+def vendor_contract(app_dir: Path = CHALICE_APP, contract: Path = CONTRACT) -> Path:
+    """Copy the shared contract into the Chalice app's ``vendor/`` folder, whose contents
+    Chalice puts at the top of the Lambda package: there it is ``sagedrop_contract``, the
+    name ``chalicelib`` imports. Replaced whole each time, so a deleted module leaves no
+    stale copy; ``vendor/`` is not committed."""
+    target = app_dir / "vendor" / contract.name
+    shutil.rmtree(target, ignore_errors=True)
+    for path in _code_files(contract):
+        destination = target / path.relative_to(contract)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
+    return target
 
 
 def upload_training_code(s3, bucket: str, archive: bytes) -> str:
@@ -249,5 +279,7 @@ def deploy_command(stage: str, config_path: Path = CHALICE_CONFIG) -> tuple[list
 
 
 def deploy(stage: str, config_path: Path = CHALICE_CONFIG) -> int:
+    """``chalice deploy`` of the stage, with the shared contract vendored first."""
     command, environment = deploy_command(stage, config_path)
+    vendor_contract()
     return subprocess.run(command, cwd=CHALICE_APP, env=environment, check=False).returncode

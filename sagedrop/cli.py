@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from chalicelib import naming
-from chalicelib.datasets import DatasetReport, inspect_path
 from sagedrop.sample_data import pack_dataset, write_sample_dataset
+from sagedrop_contract.dataset_rules import DatasetReport, inspect_path
 
 DEFAULT_ROOT = ".sagedrop"
 
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the only dataset being served (or dropped)",
     )
     drop.set_defaults(handler=_drop)
-    status = commands.add_parser("status", help="pipelines and endpoints at a glance")
+    status = commands.add_parser(
+        "status", help="datasets, their runs (one per upload) and endpoints at a glance"
+    )
     status.add_argument("--root", default=DEFAULT_ROOT)
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(handler=_status)
@@ -92,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     mlflow_ui.add_argument("--port", type=int, default=5000)
     mlflow_ui.set_defaults(handler=_mlflow)
     report = commands.add_parser(
-        "report", help="one HTML page: a dataset's versions side by side, or one pipeline"
+        "report", help="one HTML page: a dataset's versions side by side, or one run"
     )
-    report.add_argument("name", help="a dataset, or a pipeline's tuning job name (see status)")
+    report.add_argument("name", help="a dataset, or a run: its tuning job's name (see status)")
     report.add_argument("--root", default=DEFAULT_ROOT)
     report.add_argument("--out", default=None, help="default: <root>/reports/NAME.html")
     report.set_defaults(handler=_report)
@@ -316,15 +318,15 @@ def _report(args) -> int:
         return 1
     state = State(root / "state.sqlite")
     try:
-        pipelines = overview.pipelines(root, state)
+        runs = overview.runs(root, state)
         prefix = naming.endpoint_prefix(os.environ)
-        datasets = overview.datasets(root, state, pipelines, prefix)
+        datasets = overview.datasets(root, state, runs, prefix)
     finally:
         state.close()
-    found = [p for p in pipelines if p["name"] == args.name]
+    found = [p for p in runs if p["name"] == args.name]
     dataset = [d for d in datasets if d["name"] == args.name]
     if not found and not dataset:
-        print(f"sagedrop report: no dataset or pipeline named {args.name!r} (see sagedrop status)",
+        print(f"sagedrop report: no dataset or run named {args.name!r} (see sagedrop status)",
               file=sys.stderr)  # fmt: skip
         return 1
     out = Path(args.out) if args.out else root / "reports" / f"{args.name}.html"

@@ -79,11 +79,11 @@ def _run(cloud: LocalCloud, dataset_zip: Path, folder: Path, started: float, say
         Bucket=DATA_BUCKET, Key=f"datasets/{dataset_zip.name}", Body=dataset_zip.read_bytes()
     )
     outcome = _wait_for_pipeline(cloud)
-    state_pipelines = overview.pipelines(cloud.root, cloud.state)
-    if outcome != "deployed" or not state_pipelines:
+    runs = overview.runs(cloud.root, cloud.state)
+    if outcome != "deployed" or not runs:
         say(f"demo FAILED: the pipeline ended {outcome!r}; see {cloud.topic_file}")
         return 1
-    pipeline = state_pipelines[-1]
+    run = runs[-1]
     held_out = _one_test_image_per_class(folder)
     expected = {}
     for label, image in held_out:
@@ -94,11 +94,11 @@ def _run(cloud: LocalCloud, dataset_zip: Path, folder: Path, started: float, say
     cloud.wait_until(
         lambda: all((bucket / f"{k}.json").exists() for k in expected), PREDICTION_TIMEOUT
     )
-    report_path = cloud.root / "reports" / f"{pipeline['name']}.html"
+    report_path = cloud.root / "reports" / f"{run['name']}.html"
     report_path.parent.mkdir(exist_ok=True)
-    pipeline = overview.pipelines(cloud.root, cloud.state)[-1]
-    report_path.write_text(render(pipeline, cloud.root))
-    return _summary(cloud, pipeline, expected, bucket, report_path, started, say)
+    run = overview.runs(cloud.root, cloud.state)[-1]
+    report_path.write_text(render(run, cloud.root))
+    return _summary(cloud, run, expected, bucket, report_path, started, say)
 
 
 def _wait_for_pipeline(cloud: LocalCloud) -> str:
@@ -127,10 +127,10 @@ def _one_test_image_per_class(folder: Path) -> list[tuple[str, Path]]:
     return picks
 
 
-def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> int:
-    tuning = pipeline["tuning"]
+def _summary(cloud, run, expected, bucket, report_path, started, say) -> int:
+    tuning = run["tuning"]
     say("")
-    say(f"Tuning job {pipeline['name']}: {tuning['status']}, {tuning['trials_started']} trials")
+    say(f"Tuning job {run['name']}: {tuning['status']}, {tuning['trials_started']} trials")
     rows = [
         (
             t["name"],
@@ -138,11 +138,11 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
             " ".join(f"{k}={_short(v)}" for k, v in sorted(t["hyperparameters"].items())),
             "-" if t["objective"] is None else f"{t['objective']:.4f}",
         )
-        for t in pipeline["trials"]
+        for t in run["trials"]
     ]
     _print_table(("trial", "status", "hyperparameters", "valid_accuracy"), rows, say)
-    debug = pipeline["debug_job"] or {}
-    gate = pipeline["gate"] or {}
+    debug = run["debug_job"] or {}
+    gate = run["gate"] or {}
     say("")
     say(f"Best trial:      {tuning['best_job']} (valid_accuracy {tuning['best_objective']:.4f})")
     say(f"Debug job:       {debug.get('name')}: {debug.get('status')}, "
@@ -157,7 +157,7 @@ def _summary(cloud, pipeline, expected, bucket, report_path, started, say) -> in
         say(f"Debug report:    {debug['report']}")
     say(f"Quality gate:    {gate.get('decision')}: {gate.get('summary', '')}")
     for dataset in overview.datasets(
-        cloud.root, cloud.state, [pipeline], naming.endpoint_prefix(os.environ)
+        cloud.root, cloud.state, [run], naming.endpoint_prefix(os.environ)
     ):
         for version in dataset["versions"]:
             serving = " (serving)" if version["serving"] else ""

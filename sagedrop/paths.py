@@ -1,35 +1,26 @@
-"""Where the other rooms of the repository live, seen from the ``sagedrop`` package.
+"""Where the rooms sagedrop deploys as files live: a checkout, or a wheel's bundle.
 
-sagedrop runs from a checkout (``pip install -e .``): the Lambda code in ``chalice_app/``
-and the container code in ``training_code/`` are deployed as they are, so the local cloud
-uses them from their own folders instead of a packaged copy that could drift.
+The local cloud packs the container code (``training_code/``) into ``sourcedir.tar.gz``
+and loads the Chalice app (``chalice_app/app.py``) from its file, as AWS gets them. From a
+checkout (``pip install -e .``) these are the repository's own folders, so nothing can
+drift; from a wheel they are the copies ``setup.py`` bundled under ``sagedrop/_bundled/``.
+Python modules are never found through here: every room's packages are installed under
+their import names (``pyproject.toml``).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHALICE_APP = REPO_ROOT / "chalice_app"
-TRAINING_CODE = REPO_ROOT / "training_code"
+import sagedrop_contract
+
+PACKAGE = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE.parent
+BUNDLED = PACKAGE / "_bundled"
+FROM_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "training_code").is_dir()
+ROOMS = REPO_ROOT if FROM_CHECKOUT else BUNDLED
+CHALICE_APP = ROOMS / "chalice_app"
+TRAINING_CODE = ROOMS / "training_code"
 TRAIN_SCRIPT = TRAINING_CODE / "train.py"
-
-
-def ensure_import_paths() -> None:
-    """Make ``import chalicelib`` work (the Lambda package's own top-level name)."""
-    path = str(CHALICE_APP)
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-
-def ensure_training_code_importable() -> None:
-    """Make ``training_code/offline_api.py`` importable: the container code's one public
-    module for sagedrop (charts, trace reader, rules), standard library only.
-
-    Appended, not prepended: a model artifact's own ``code/`` folder, which
-    ``sagedrop.artifacts`` puts first while it loads, still wins over these.
-    """
-    path = str(TRAINING_CODE)
-    if path not in sys.path:
-        sys.path.append(path)
+# The shared contract, as the Lambda package and the container each get a copy of it.
+CONTRACT = Path(sagedrop_contract.__file__).resolve().parent

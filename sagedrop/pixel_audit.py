@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from sagedrop.paths import ensure_training_code_importable
-
-ensure_training_code_importable()
-from offline_api import audit_dataset, dataset_error  # noqa: E402 - training_code/'s door
+from offline_api import audit_dataset, dataset_error  # training_code/'s door
 
 
 class AuditError(ValueError):

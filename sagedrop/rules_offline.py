@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sagedrop.paths import ensure_training_code_importable
-
-ensure_training_code_importable()
-from offline_api import (  # noqa: E402 - training_code/'s public module
+from offline_api import (  # training_code/'s public module
     ISSUES,
     Verdict,
     evaluate_records,

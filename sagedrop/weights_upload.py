@@ -14,8 +14,6 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from sagedrop.paths import ensure_training_code_importable
-
 WEIGHTS_PREFIX = "code/weights/"
 
 
@@ -39,7 +37,6 @@ def upload_weights(
 ) -> str:
     """Upload what is missing; the prefix's URI, or "" when not one file could be had
     (``fetch`` None: the hub cache only)."""
-    ensure_training_code_importable()
     from offline_api import imagenet_weight_files
 
     uploaded = 0

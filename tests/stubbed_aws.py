@@ -12,8 +12,9 @@ import zipfile
 import boto3
 from botocore.stub import Stubber
 
-from chalicelib import job_contract, notify
+from chalicelib import notify
 from chalicelib.settings import Settings
+from sagedrop_contract import job_contract
 from tests.helpers import evaluation_document, layout
 
 REGION = "eu-west-1"
@@ -119,10 +120,15 @@ def in_use(operation: str) -> dict:
 
 
 def model_archive(
-    classes=("001.cat", "002.dog"), untested=(), omit=(), coverage=True, classes_json=None
+    classes=("001.cat", "002.dog"),
+    untested=(),
+    omit=(),
+    coverage=True,
+    classes_json=None,
+    config=None,
 ) -> bytes:
     """A model.tar.gz as train.py writes it (tiny stand-in weights); ``classes_json``
-    replaces its classes.json with other bytes."""
+    replaces its classes.json with other bytes, ``config`` changes config.json's keys."""
     members = {
         "model.pt": b"weights",
         "code/inference.py": b"def model_fn(model_dir): ...\n",
@@ -131,9 +137,18 @@ def model_archive(
             [{"index": i, "folder": c, "label": c.split(".")[-1]} for i, c in enumerate(classes)]
         ).encode(),
         "config.json": json.dumps(
-            {"test_coverage": {"classes": len(classes), "untested_classes": list(untested)}}
-            if coverage
-            else {}
+            {
+                "format_version": 1,
+                "backbone": "resnet18",
+                "num_classes": len(classes),
+                "preprocessing": {"image_size": 224},
+                **(
+                    {"test_coverage": {"classes": len(classes), "untested_classes": list(untested)}}
+                    if coverage
+                    else {}
+                ),
+                **(config or {}),
+            }
         ).encode(),
     }
     buffer = io.BytesIO()

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hyperparameter_rules import HyperparameterError
-from job_contract import emit_metrics
+from sagedrop_contract.hyperparameter_rules import HyperparameterError
+from sagedrop_contract.job_contract import emit_metrics
 from sagedrop_debugging.debug_session import DebugOptions, DebugSession, parse_trace_steps
 from sagedrop_debugging.rule_base import RuleConfigError
 from sagedrop_debugging.rule_set import parse_rules_config

@@ -13,10 +13,8 @@ import json
 import tarfile
 from urllib.parse import urlparse
 
-# What the PyTorch inference container needs in the archive to serve.
-REQUIRED = ("code/inference.py", "model.pt", "classes.json", "config.json")
-_JSON_MEMBERS = ("classes.json", "config.json")
-_MAX_JSON_BYTES = 4 * 1024 * 1024
+from sagedrop_contract import artifact_layout
+from sagedrop_contract.artifact_layout import ArtifactError
 
 
 def read_artifact(s3, uri: str) -> tuple[dict[str, int], dict[str, object]]:
@@ -31,7 +29,10 @@ def read_artifact(s3, uri: str) -> tuple[dict[str, int], dict[str, object]]:
                 continue
             name = member.name.removeprefix("./")
             sizes[name] = member.size
-            if name in _JSON_MEMBERS and member.size <= _MAX_JSON_BYTES:
+            if (
+                name in artifact_layout.DESCRIPTORS
+                and member.size <= artifact_layout.MAX_DESCRIPTOR_BYTES
+            ):
                 handle = archive.extractfile(member)
                 try:
                     documents[name] = json.loads(handle.read()) if handle else None
@@ -45,17 +46,18 @@ def artifact_problems(
 ) -> list[str]:
     """Every reason the artifact cannot serve ``dataset_classes`` (folder names), or []."""
     problems = []
-    for name in REQUIRED:
+    for name in artifact_layout.REQUIRED:
         if name not in sizes:
             problems.append(f"the model artifact has no {name}")
         elif sizes[name] == 0:
             problems.append(f"the model artifact's {name} is empty")
-    classes = documents.get("classes.json")
     folders = None
-    if isinstance(classes, list) and all(isinstance(c, dict) for c in classes):
-        folders = [str(c.get("folder")) for c in sorted(classes, key=lambda c: c.get("index", 0))]
-    elif "classes.json" in sizes:
-        problems.append("the model artifact's classes.json is not a list of classes")
+    if artifact_layout.CLASSES in sizes:
+        try:
+            classes = artifact_layout.parse_classes(documents.get(artifact_layout.CLASSES))
+            folders = [str(c["folder"]) for c in classes]
+        except ArtifactError as exc:
+            problems.append(f"the model artifact's {exc}")
     if folders is not None and dataset_classes is not None and folders != list(dataset_classes):
         missing = sorted(set(dataset_classes) - set(folders))
         extra = sorted(set(folders) - set(dataset_classes))
@@ -69,7 +71,12 @@ def artifact_problems(
             if part
         )
         problems.append(f"the model's classes differ from the dataset's ({detail})")
-    config = documents.get("config.json")
+    config = documents.get(artifact_layout.CONFIG)
+    if artifact_layout.CONFIG in sizes and folders is not None:
+        try:  # the endpoint reads config.json with this very parser
+            artifact_layout.parse_descriptors(config, documents.get(artifact_layout.CLASSES))
+        except ArtifactError as exc:
+            problems.append(f"the model artifact's {exc}")
     coverage = config.get("test_coverage") if isinstance(config, dict) else None
     if isinstance(coverage, dict) and coverage.get("untested_classes"):
         untested = [str(c) for c in coverage["untested_classes"]]

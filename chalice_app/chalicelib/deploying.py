@@ -7,6 +7,8 @@ all lead to the same endpoint, and the second of two identical calls changes not
 
 from __future__ import annotations
 
+from typing import Literal
+
 from botocore.exceptions import ClientError
 
 from chalicelib import (
@@ -123,7 +125,9 @@ def _kept_serving(sagemaker, pipeline: str, group: str, endpoint: str, because: 
     return Outcome("kept-serving", [notice], ["RejectedStillServing"])
 
 
-def _create_or_update_endpoint(endpoint: str, endpoint_config: str, described: dict | None) -> str:
+def _create_or_update_endpoint(
+    endpoint: str, endpoint_config: str, described: dict | None
+) -> Literal["creating", "unchanged", "updating"]:
     sagemaker = client("sagemaker")
     if described is None:
         sagemaker.create_endpoint(

@@ -31,7 +31,8 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from chalicelib import bounded_json, job_contract, job_reports
+from chalicelib import bounded_json, job_reports
+from sagedrop_contract import job_contract
 
 log = logging.getLogger("sagedrop.tracking")
 

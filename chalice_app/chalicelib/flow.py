@@ -37,12 +37,12 @@ from chalicelib import (
     vocabulary,
 )
 from chalicelib.clients import client
-from chalicelib.datasets import CONFIG_NAME, Limits, inspect_zip
 from chalicelib.deploying import deploy_latest
-from chalicelib.notify import DELIVERY, Notice, publish
-from chalicelib.outcome import Outcome, RetryLater, concluded, logger, metrics
+from chalicelib.notify import DELIVERY, Notice, Stage, publish
+from chalicelib.outcome import Outcome, Result, RetryLater, concluded, logger, metrics
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings, SettingsError
+from sagedrop_contract.dataset_rules import CONFIG_NAME, Limits, inspect_zip
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 MAX_CONFIG_BYTES = 64 * 1024
@@ -72,8 +72,13 @@ def handling(context, **correlation: str):
 
 
 def handle(
-    context, stage: str, step: Callable[..., str], *args, delivery: str = "", **correlation: str
-) -> str:
+    context,
+    stage: Stage,
+    step: Callable[..., Result],
+    *args,
+    delivery: str = "",
+    **correlation: str,
+) -> Result:
     """Run one pipeline step for a handler, so that no failure ends only in a log.
 
     A transient error is raised again, for Lambda's retries; any other failure (a bug,
@@ -89,7 +94,7 @@ def handle(
         DELIVERY.reset(token)
 
 
-def _handle(context, stage: str, step: Callable[..., str], args, correlation) -> str:
+def _handle(context, stage: Stage, step: Callable[..., Result], args, correlation) -> Result:
     with handling(context, **correlation):
         try:
             return step(*args)
@@ -102,7 +107,7 @@ def _handle(context, stage: str, step: Callable[..., str], args, correlation) ->
             return "failed"
 
 
-def _notify_failure(stage: str, error: Exception, correlation: dict[str, str]) -> None:
+def _notify_failure(stage: Stage, error: Exception, correlation: dict[str, str]) -> None:
     """The notice of a step that raised: it never reached its own outcome."""
     reason = "".join(traceback.format_exception_only(error)).strip()
     notice = Notice(

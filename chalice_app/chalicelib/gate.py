@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
-from chalicelib.job_contract import ERROR, ISSUES
+from sagedrop_contract.job_contract import ERROR, ISSUES
 
 
 @dataclass
@@ -19,7 +20,7 @@ class GateDecision:
     rule: str = ""  # what decided the comparison with the serving version
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Literal["deploy", "blocked"]:
         return "deploy" if self.deploy else "blocked"
 
 

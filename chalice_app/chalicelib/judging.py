@@ -14,17 +14,9 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib import (
-    job_contract,
-    job_reports,
-    registry,
-    registry_requests,
-    sagemaker_requests,
-    vocabulary,
-)
+from chalicelib import job_reports, registry, registry_requests, sagemaker_requests, vocabulary
 from chalicelib.artifact_check import artifact_problems, read_artifact
 from chalicelib.clients import client
-from chalicelib.datasets import inspect_zip
 from chalicelib.deploying import describe_endpoint
 from chalicelib.gate import (
     GateDecision,
@@ -32,10 +24,12 @@ from chalicelib.gate import (
     judge_evaluation,
     quality_gate,
 )
-from chalicelib.job_contract import ISSUES
 from chalicelib.outcome import logger
 from chalicelib.s3_ranged import S3RangedFile
 from chalicelib.settings import Settings
+from sagedrop_contract import job_contract
+from sagedrop_contract.dataset_rules import inspect_zip
+from sagedrop_contract.job_contract import ISSUES
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A name is derived from the triggering object (bucket, key, ETag), so a duplicate S3 event
 (S3 delivers at least once) or a repeated SageMaker state-change event asks for a job that
 already exists, gets ``ResourceInUse``, and starts nothing twice. Re-uploading changed
-bytes changes the ETag and so starts a new pipeline.
+bytes changes the ETag and so starts a new run of the dataset's pipeline.
 
 A dataset's file name names its pipeline: ``datasets/Dog Images.zip`` is the pipeline
 ``dog-images``, served by the endpoint ``<prefix>-dog-images`` and fed by images under

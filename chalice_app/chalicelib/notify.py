@@ -11,6 +11,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 SUBJECT_LIMIT = 100  # SNS: at most 100 printable ASCII characters, no newlines
 # SNS refuses a message over 262,144 bytes (UTF-8). Notices stay well below it: the
@@ -26,10 +27,30 @@ DELIVERY: contextvars.ContextVar[str] = contextvars.ContextVar("delivery", defau
 NOTICE_ID_ATTRIBUTE = "sagedrop.notice_id"
 
 
+# The words a subscriber filters on (the subject is "sagedrop <stage> <status>: <name>").
+# "lambda" is the on-failure destination's notice of a handler that failed its retries.
+Stage = Literal[
+    "dataset", "tuning", "debug-training", "gate", "deploy", "endpoint", "prediction", "lambda"
+]
+NoticeStatus = Literal[
+    "started",
+    "failed",
+    "error",
+    "rejected",
+    "blocked",
+    "pending-approval",
+    "approved",
+    "deploying",
+    "rollback",
+    "kept-serving",
+    "ready",
+]
+
+
 @dataclass
 class Notice:
-    stage: str  # dataset | tuning | debug-training | gate | endpoint | prediction
-    status: str  # started | succeeded | failed | rejected | deployed | blocked | ready
+    stage: Stage
+    status: NoticeStatus
     summary: str
     dataset: str | None = None
     jobs: dict[str, str] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -23,9 +24,32 @@ from chalicelib.settings import Settings
 
 logger = Logger(service="sagedrop")
 metrics = Metrics(namespace="sagedrop", service="sagedrop")
+# Every word a step may end with: what the handler returns, and what the tests assert.
+Result = Literal[
+    "started",
+    "ignored",
+    "duplicate",
+    "failed",
+    "failed-before",
+    "rejected",
+    "blocked",
+    "pending-approval",
+    "approved",
+    "none-approved",
+    "kept-serving",
+    "creating",
+    "updating",
+    "unchanged",
+    "waiting",
+    "ready",
+    "predicted",
+    "error",
+    "throttled",
+]
+RESULTS: frozenset[Result] = frozenset(get_args(Result))
 # Results that owe nobody a notice: nothing happened (an event not ours, a duplicate, an
 # endpoint already right or busy), or the answer is a file next to the image.
-QUIET = frozenset(
+QUIET: frozenset[Result] = frozenset(
     {
         "ignored",
         "duplicate",
@@ -42,12 +66,14 @@ QUIET = frozenset(
 
 @dataclass
 class Outcome:
-    result: str
+    result: Result
     notices: list[Notice] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
     milliseconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.result not in RESULTS:
+            raise ValueError(f"{self.result!r} is not a step's result ({sorted(RESULTS)})")
         if self.result not in QUIET and not self.notices:
             raise ValueError(f"a step that ends {self.result!r} owes a notice and gave none")
 
@@ -70,7 +96,7 @@ class RetryLater(Exception):
         self.outcome = outcome
 
 
-def conclude(settings: Settings, outcome: Outcome) -> str:
+def conclude(settings: Settings, outcome: Outcome) -> Result:
     """Log and publish every notice, add every metric; the step's result word."""
     for notice in outcome.notices:
         logger.info(
@@ -95,7 +121,7 @@ def concluded(step: Callable[..., Outcome]) -> Callable[..., str]:
     signature = inspect.signature(step)
 
     @functools.wraps(step)
-    def run(*args, **kwargs) -> str:
+    def run(*args, **kwargs) -> Result:
         bound = signature.bind_partial(*args, **kwargs)
         settings = bound.arguments.get("settings") or Settings.from_env()
         bound.arguments["settings"] = settings

@@ -4,6 +4,8 @@ worst class, the data audit's headline, the rules' reasons."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from chalicelib import (
     job_reports,
     judging,
@@ -54,7 +56,7 @@ def register(
     arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
     version = arn.rsplit("/", 1)[-1]
     pipeline = naming.pipeline_name(upload.key)
-    summaries = {
+    summaries: dict[str, tuple[Literal["blocked", "pending-approval", "approved"], str]] = {
         registry.REJECTED: (
             "blocked",
             f"Model from {name} is version {version} of {group}, Rejected: the quality gate "

@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from chalicelib import aws_limits, experiment_tracking, hyperparameters, job_contract, naming
-from chalicelib.job_contract import (
-    DEBUG_METRIC_DEFINITIONS,
-    METRIC_DEFINITIONS,
-    OBJECTIVE_METRIC,
-)
+from chalicelib import aws_limits, experiment_tracking, naming
 from chalicelib.vocabulary import (
     TAG_DATASET,
     TAG_MIN_CLASS_RECALL,
     TAG_SERVING,
     TAG_TUNING_JOB,
     Upload,
+)
+from sagedrop_contract import hyperparameter_rules, job_contract
+from sagedrop_contract.job_contract import (
+    DEBUG_METRIC_DEFINITIONS,
+    METRIC_DEFINITIONS,
+    OBJECTIVE_METRIC,
 )
 
 if TYPE_CHECKING:  # the builders read settings; settings never imports this module
@@ -113,7 +114,7 @@ def static_hyperparameters(settings: Settings) -> dict[str, str]:
     """
     values = {
         "epochs": str(settings.tuning_epochs),
-        **hyperparameters.check_settable(settings.static_hyperparameters),
+        **hyperparameter_rules.check_settable(settings.static_hyperparameters),
     }
     # A tuned hyperparameter must not also be static: SageMaker rejects the request.
     values = {k: v for k, v in values.items() if k not in settings.tuning_ranges}
@@ -122,7 +123,7 @@ def static_hyperparameters(settings: Settings) -> dict[str, str]:
     # arranges it for an isolated estimator).
     code = CONTAINER_CODE_PATH if settings.network_isolation else settings.code_s3_uri
     return {
-        **hyperparameters.sdk_encoded_all(values),
+        **hyperparameter_rules.sdk_encoded_all(values),
         **SCRIPT_MODE,
         "sagemaker_submit_directory": json.dumps(code),
     }
@@ -230,15 +231,15 @@ def debug_training_job_request(
     # SageMaker passes the tuned values as it chose them ("0.0123", "resnet18"): the
     # toolkit decodes those as it decodes the SDK's encoding.
     values.update(tuning["BestTrainingJob"]["TunedHyperParameters"])
-    values["debug"] = hyperparameters.sdk_encoded("debug", "true")
+    values["debug"] = hyperparameter_rules.sdk_encoded("debug", "true")
     values.setdefault(
         "debug-save-interval",
-        hyperparameters.sdk_encoded("debug-save-interval", str(settings.debug_save_interval)),
+        hyperparameter_rules.sdk_encoded("debug-save-interval", str(settings.debug_save_interval)),
     )
     rules = merged_rules(settings, values.pop("rules", None))
     if rules:
         text = json.dumps(rules, separators=(",", ":"))
-        values["rules"] = hyperparameters.sdk_encoded("rules", text)
+        values["rules"] = hyperparameter_rules.sdk_encoded("rules", text)
     output_path = f"s3://{settings.data_bucket}/jobs/{name}"
     return {
         "TrainingJobName": name,

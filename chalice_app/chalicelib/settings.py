@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chalicelib import aws_limits, hyperparameters, naming
-from chalicelib.hyperparameters import HyperparameterError
-from chalicelib.job_contract import RULE_NAMES
+from chalicelib import aws_limits, naming
+from sagedrop_contract import hyperparameter_rules
+from sagedrop_contract.hyperparameter_rules import HyperparameterError
+from sagedrop_contract.job_contract import RULE_NAMES
 
 DEFAULT_RANGES: dict[str, dict] = {
     "lr": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
@@ -31,7 +32,7 @@ EARLY_STOPPING = ("Auto", "Off")
 RANGE_TYPES = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 # What a dataset's sagedrop.json may set, with the type each value must have; which
-# hyperparameters (and ranges) it may name is ``hyperparameters.SETTABLE``.
+# hyperparameters (and ranges) it may name is ``hyperparameter_rules.SETTABLE``.
 DATASET_OVERRIDES: dict[str, Any] = {  # key -> the JSON type its value must have
     "strategy": str,
     "max_jobs": int,
@@ -52,9 +53,9 @@ SERVERLESS_KEYS = {
 }
 # Upper bounds of a dataset's own limits (the README lists them).
 DATASET_MAXIMA = {
-    "max_jobs": hyperparameters.MAX_TRIALS,
-    "max_parallel_jobs": hyperparameters.MAX_PARALLEL_TRIALS,
-    "epochs": hyperparameters.MAX_EPOCHS,
+    "max_jobs": hyperparameter_rules.MAX_TRIALS,
+    "max_parallel_jobs": hyperparameter_rules.MAX_PARALLEL_TRIALS,
+    "epochs": hyperparameter_rules.MAX_EPOCHS,
 }
 
 
@@ -169,7 +170,7 @@ class Settings:
         validate_ranges(self.tuning_ranges)
         self._check_ranges_for_strategy()
         try:
-            hyperparameters.check_settable(self.static_hyperparameters)
+            hyperparameter_rules.check_settable(self.static_hyperparameters)
         except HyperparameterError as exc:
             raise SettingsError(f"hyperparameters: {exc}") from None
         if not 0 <= self.gate_tolerance <= 1:
@@ -191,7 +192,7 @@ class Settings:
                 "blocking: a blocking rule must run"
             )
         try:
-            hyperparameters.sdk_encoded(
+            hyperparameter_rules.sdk_encoded(
                 "rules", json.dumps(self.debug_rules, separators=(",", ":"))
             )
         except HyperparameterError as exc:
@@ -299,7 +300,7 @@ class Settings:
                 continue
             if key == "leakage":
                 try:
-                    leakage = hyperparameters.check_value("leakage", value)
+                    leakage = hyperparameter_rules.check_value("leakage", value)
                 except HyperparameterError as exc:
                     raise SettingsError(f"sagedrop.json: {exc}") from None
                 continue
@@ -317,7 +318,7 @@ class Settings:
             changes[attribute] = value
         if "static_hyperparameters" in changes:
             try:
-                given = hyperparameters.check_settable(changes["static_hyperparameters"])
+                given = hyperparameter_rules.check_settable(changes["static_hyperparameters"])
             except HyperparameterError as exc:
                 raise SettingsError(f"sagedrop.json: hyperparameters: {exc}") from None
             if "rules" in given:
@@ -359,7 +360,7 @@ def validate_ranges(ranges: Mapping) -> None:
         if not isinstance(spec, Mapping) or spec.get("type") not in RANGE_TYPES:
             raise SettingsError(f"range '{name}' needs a type: one of {', '.join(RANGE_TYPES)}")
         try:
-            hyperparameters.check_range(str(name), spec)
+            hyperparameter_rules.check_range(str(name), spec)
         except HyperparameterError as exc:
             raise SettingsError(str(exc)) from None
         if spec["type"] == "categorical":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from sagedrop.local.s3 import FolderWatcher, LocalS3
 from sagedrop.local.sagemaker import LocalSageMaker
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
+from sagedrop.paths import CHALICE_APP
 from sagedrop.weights_upload import environment_value, upload_weights
 
 DATA_BUCKET = "sagedrop-data"
@@ -220,6 +222,18 @@ def _import_app():
         for name in ("DATA_BUCKET", "INFERENCE_BUCKET", "ENDPOINT_PREFIX")
     ):
         return loaded
-    if "app" in sys.modules:
-        return importlib.reload(sys.modules["app"])
-    return importlib.import_module("app")
+    if loaded is not None:
+        return importlib.reload(loaded)
+    # Loaded from its file under the name Lambda gives it: no folder joins sys.path,
+    # and chalicelib is the installed package, as it is beside app.py in the zip.
+    spec = importlib.util.spec_from_file_location("app", CHALICE_APP / "app.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {CHALICE_APP / 'app.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop("app", None)
+        raise
+    return module

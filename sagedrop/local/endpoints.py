@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from sagedrop.local.handler_service import invoke, start_handler_service
+from sagedrop_contract import artifact_layout
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's limit for real-time endpoints
 # What the container itself accepts: TorchServe's max_request_size in the PyTorch inference
@@ -60,10 +61,9 @@ class ModelWorker:
 
     def __init__(self, model_dir: Path, environment: dict[str, str]):
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "code" / "inference.py").is_file():
-            raise FileNotFoundError(
-                f"{self.model_dir / 'code' / 'inference.py'} is missing: the artifact cannot serve"
-            )
+        entry = self.model_dir / artifact_layout.CODE / artifact_layout.ENTRY_POINT
+        if not entry.is_file():
+            raise FileNotFoundError(f"{entry} is missing: the artifact cannot serve")
         self.service = start_handler_service(self.model_dir, environment)
         self._workers = threading.BoundedSemaphore(os.cpu_count() or 1)
 

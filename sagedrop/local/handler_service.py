@@ -12,24 +12,22 @@ anything else into 500. This module runs that very code in process.
 What is imitated, because it is TorchServe's (a Java server) and not a Python library:
 the context object (``TorchServeContext``), and the worker process: TorchServe gives each
 model its own process, so here each artifact's ``inference`` module and helpers are
-imported under isolation (``sys.modules`` and ``sys.path`` restored after the import)
-and two artifacts in one process never share module state.
+imported under isolation (``sagedrop.artifacts.artifact_code_importable``) and two
+artifacts in one process never share module state.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 from pathlib import Path
 
 import torch
 from sagemaker_pytorch_serving_container.handler_service import HandlerService
 
-# Module names an artifact's code/ brings (inference.py imports its helpers by these names).
-ARTIFACT_MODULES = ("inference", "image_io", "model_def", "graph_runtime")
-_IMPORT_LOCK = threading.Lock()
+from sagedrop.artifacts import artifact_code_importable
+from sagedrop_contract import artifact_layout
+
 log = logging.getLogger("sagedrop.local.endpoint")
 
 
@@ -66,21 +64,15 @@ class TorchServeContext:
 def start_handler_service(model_dir: Path, environment: dict[str, str]) -> HandlerService:
     """``HandlerService().initialize(context)`` on ``model_dir``, in the container's
     environment (``SAGEMAKER_PROGRAM`` names the entry module), with the artifact's
-    modules imported in isolation."""
+    modules imported in isolation (``sagedrop.artifacts``)."""
     service = HandlerService()
-    code_dir = str(Path(model_dir) / "code")
-    with _IMPORT_LOCK:
-        saved_modules = {m: sys.modules.pop(m) for m in ARTIFACT_MODULES if m in sys.modules}
+    code_dir = Path(model_dir) / artifact_layout.CODE
+    with artifact_code_importable(code_dir):
         saved_environment = {k: os.environ.get(k) for k in (*environment, "PYTHONPATH")}
         os.environ.update(environment)
-        sys.path.insert(0, code_dir)
         try:
             service.initialize(TorchServeContext(Path(model_dir)))
         finally:
-            sys.path.remove(code_dir)
-            for name in ARTIFACT_MODULES:
-                sys.modules.pop(name, None)
-            sys.modules.update(saved_modules)
             for key, value in saved_environment.items():
                 if value is None:
                     os.environ.pop(key, None)

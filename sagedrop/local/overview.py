@@ -1,6 +1,8 @@
-"""What ``sagedrop status`` and ``sagedrop report`` show: one summary per pipeline.
+"""What ``sagedrop status`` and ``sagedrop report`` show: per dataset (its pipeline), and
+per run.
 
-A pipeline is one dataset upload: its tuning job, trials, debug job, rule verdicts, gate
+A pipeline belongs to a dataset (its name, endpoint and registry versions); a run is one
+upload of it: its tuning job, trials, debug job, rule verdicts, gate
 decision, endpoint and predictions, gathered from the state, the job folders and the
 notification log. Read-only, so it works while ``sagedrop up`` runs in another process.
 """
@@ -47,7 +49,8 @@ def rules_of(root: Path, job: str) -> list[dict]:
     return []
 
 
-def pipelines(root: Path, state: State) -> list[dict]:
+def runs(root: Path, state: State) -> list[dict]:
+    """One summary per upload's run, oldest first; a run is named by its tuning job."""
     root = Path(root)
     notices = notifications(root)
     made = predictions(root)
@@ -170,10 +173,10 @@ def endpoints(state: State) -> list[dict]:
     return out
 
 
-def datasets(root: Path, state: State, pipelines_seen: list[dict], prefix: str) -> list[dict]:
-    """Per dataset: its pipelines (uploads), its registry versions newest first, the one
+def datasets(root: Path, state: State, runs_seen: list[dict], prefix: str) -> list[dict]:
+    """Per dataset: its runs (one per upload), its registry versions newest first, the one
     its endpoint serves, and how many predictions it made."""
-    names = {naming.pipeline_name(p["dataset"] or p["name"]) for p in pipelines_seen}
+    names = {naming.pipeline_name(p["dataset"] or p["name"]) for p in runs_seen}
     packages: dict[str, list[dict]] = {}
     for package in state.all("model-package"):
         pipeline = naming.pipeline_of_group(prefix, package["ModelPackageGroupName"])
@@ -190,9 +193,9 @@ def datasets(root: Path, state: State, pipelines_seen: list[dict], prefix: str) 
         out.append(
             {
                 "name": name,
-                "pipelines": [
+                "runs": [
                     p["name"]
-                    for p in pipelines_seen
+                    for p in runs_seen
                     if naming.pipeline_name(p["dataset"] or p["name"]) == name
                 ],
                 "endpoint": endpoint_name,

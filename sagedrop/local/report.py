@@ -16,10 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sagedrop.paths import ensure_training_code_importable
-
-ensure_training_code_importable()
-from offline_api import (  # noqa: E402 - training_code/'s door
+from offline_api import (  # training_code/'s door
     audit_section,
     evaluation_section,
     line_chart,
@@ -171,7 +168,7 @@ def render_dataset(dataset: dict, root: Path) -> str:
         f"<p>Endpoint <code>{html.escape(dataset['endpoint'])}</code>: "
         f"{html.escape(str(dataset['endpoint_status'] or 'not created'))}"
         + ("" if serving is None else f", serving version {serving}")
-        + f". Uploads: {len(dataset['pipelines'])}; predictions: {dataset['predictions']}.</p>",
+        + f". Uploads: {len(dataset['runs'])}; predictions: {dataset['predictions']}.</p>",
         "<h2>Versions</h2>",
     ]
     rows = [

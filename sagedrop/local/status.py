@@ -1,4 +1,4 @@
-"""``sagedrop status``: the local cloud's pipelines and endpoints, as text or one JSON."""
+"""``sagedrop status``: the local cloud's datasets, their runs and endpoints, as text or JSON."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from sagedrop.local.state import State
 def status_object(root: Path) -> dict:
     state = State(Path(root) / "state.sqlite")
     try:
-        pipelines = overview.pipelines(Path(root), state)
-        for pipeline in pipelines:  # the per-epoch series are for reports, not the summary
-            for trial in pipeline["trials"]:
+        runs = overview.runs(Path(root), state)
+        for run in runs:  # the per-epoch series are for reports, not the summary
+            for trial in run["trials"]:
                 trial.pop("series", None)
-            if pipeline["debug_job"]:
-                pipeline["debug_job"].pop("series", None)
+            if run["debug_job"]:
+                run["debug_job"].pop("series", None)
         prefix = naming.endpoint_prefix(os.environ)
         return {
             "root": str(Path(root).resolve()),
-            "datasets": overview.datasets(Path(root), state, pipelines, prefix),
-            "pipelines": pipelines,
+            "datasets": overview.datasets(Path(root), state, runs, prefix),
+            "runs": runs,
             "endpoints": overview.endpoints(state),
             "rejected_uploads": overview.rejected_uploads(Path(root)),
             "predictions": len(overview.predictions(Path(root))),
@@ -36,18 +36,18 @@ def status_object(root: Path) -> dict:
 
 
 def print_status(snapshot: dict) -> None:
-    if not snapshot["pipelines"] and not snapshot["rejected_uploads"]:
-        print("no pipelines yet: drop a dataset zip with `sagedrop drop PATH`")
+    if not snapshot["runs"] and not snapshot["rejected_uploads"]:
+        print("no runs yet: drop a dataset zip with `sagedrop drop PATH`")
     shown: set[str] = set()
     for dataset in snapshot["datasets"]:
         _print_dataset(dataset)
-        for p in snapshot["pipelines"]:
-            if p["name"] in dataset["pipelines"]:
-                _print_pipeline(p)
+        for p in snapshot["runs"]:
+            if p["name"] in dataset["runs"]:
+                _print_run(p)
                 shown.add(p["name"])
-    for p in snapshot["pipelines"]:
+    for p in snapshot["runs"]:
         if p["name"] not in shown:
-            _print_pipeline(p)
+            _print_run(p)
     for rejected in snapshot["rejected_uploads"]:
         print(f"rejected {rejected.get('dataset')}: {'; '.join(rejected.get('reasons', []))}")
     for endpoint in snapshot["endpoints"]:
@@ -64,7 +64,7 @@ def _print_dataset(dataset: dict) -> None:
     print(
         f"dataset {dataset['name']}: endpoint {dataset['endpoint']} {status}"
         + ("" if serving is None else f", serving version {serving}")
-        + f"; {len(dataset['pipelines'])} upload(s), {dataset['predictions']} prediction(s)"
+        + f"; {len(dataset['runs'])} upload(s), {dataset['predictions']} prediction(s)"
     )
     for v in dataset["versions"]:
         accuracy = "-" if v["test_accuracy"] is None else f"{v['test_accuracy']:.4f}"
@@ -73,7 +73,7 @@ def _print_dataset(dataset: dict) -> None:
               f"{v['debug_job']}")  # fmt: skip
 
 
-def _print_pipeline(p: dict) -> None:
+def _print_run(p: dict) -> None:
     tuning = p["tuning"]
     best = tuning["best_objective"]
     print(f"{p['name']}  dataset {p['dataset']}")

@@ -29,9 +29,9 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from chalicelib.job_contract import parse_metric_lines
 from sagedrop.local import container
 from sagedrop.local.s3 import LocalS3
+from sagedrop_contract.job_contract import parse_metric_lines
 
 CONTAINER_OUTPUT = "/opt/ml/output"
 CONTAINER_TENSORBOARD = "/opt/ml/output/tensorboard"  # TensorBoardOutputConfig's default

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from sagedrop import aws_configure, cli, wheels_upload
-from sagedrop.paths import REPO_ROOT, TRAINING_CODE
+from sagedrop.paths import CONTRACT, REPO_ROOT
 
 REGION = "eu-west-1"
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
@@ -109,10 +112,11 @@ def test_configure_writes_the_stage_and_uploads_the_code(session, tmp_path, monk
     body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as archive:
         members = {m.name: m for m in archive.getmembers()}
-        assert members["dataset_rules.py"].isfile()  # the symlink's content, not a link
-        assert archive.extractfile("dataset_rules.py").read() == (
-            (TRAINING_CODE / "dataset_rules.py").read_bytes()
-        )
+        # The shared contract travels beside train.py, under its one import name.
+        for name in ("__init__.py", "dataset_rules.py", "job_contract.py", "artifact_layout.py"):
+            member = members[f"sagedrop_contract/{name}"]
+            assert member.isfile()
+            assert archive.extractfile(member).read() == (CONTRACT / name).read_bytes()
     serving = {f"sagedrop_serving/{n}" for n in ("inference.py", "model_def.py", "image_io.py")}
     assert {"train.py", "offline_api.py", *serving} <= set(members)
     assert not any("__pycache__" in name for name in members)
@@ -194,6 +198,19 @@ def test_code_archive_is_reproducible():
     assert aws_configure.pack_training_code() == aws_configure.pack_training_code()
 
 
+def test_deploy_vendors_the_contract_into_the_lambda_package(tmp_path):
+    """Chalice puts ``vendor/``'s contents at the top of the zip: ``sagedrop_contract`` there
+    is what ``chalicelib`` imports. A module no longer in the contract does not linger."""
+    stale = tmp_path / "vendor" / "sagedrop_contract" / "removed_module.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("x = 1\n")
+    target = aws_configure.vendor_contract(tmp_path)
+    assert target == tmp_path / "vendor" / "sagedrop_contract"
+    copied = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    assert copied == sorted(p.name for p in CONTRACT.glob("*.py"))
+    assert (target / "job_contract.py").read_bytes() == (CONTRACT / "job_contract.py").read_bytes()
+
+
 def test_missing_stack_says_how_to_create_it(session, tmp_path, capsys, monkeypatch):
     with pytest.raises(aws_configure.ConfigureError, match="cloudformation deploy"):
         aws_configure.configure(
@@ -228,3 +245,38 @@ def test_deploy_exports_the_stage_variables_to_chalice(tmp_path):
 def test_cli_reports_a_missing_stack(session, capsys):
     assert cli.main(["aws", "configure", "--stack", "nope", "--region", REGION]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+class _NoDependencies:
+    """Chalice's dependency builder, minus pip: the Lambda's third-party packages are not
+    what this test is about (and nothing downloads in tests)."""
+
+    def build_site_packages(self, abi, requirements_filepath, target_directory) -> None:
+        return None
+
+
+def test_chalices_own_packager_puts_the_vendored_contract_where_chalicelib_imports_it(tmp_path):
+    """The zip ``chalice deploy`` uploads, assembled by Chalice's packager from a copy of
+    the app with the contract vendored: ``sagedrop_contract`` at the top, beside
+    ``chalicelib``, and ``import app`` from the unpacked zip finds it there."""
+    import zipfile
+
+    from chalice.deploy.packager import LambdaDeploymentPackager
+    from chalice.utils import UI, OSUtils
+
+    app_dir = tmp_path / "app"
+    shutil.copytree(REPO_ROOT / "chalice_app", app_dir,
+                    ignore=shutil.ignore_patterns("__pycache__", ".chalice", "vendor"))  # fmt: skip
+    aws_configure.vendor_contract(app_dir)
+    packager = LambdaDeploymentPackager(OSUtils(), _NoDependencies(), UI())
+    package = packager.create_deployment_package(str(app_dir), "python3.11")
+    with zipfile.ZipFile(package) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "lambda")
+    assert {"app.py", "chalicelib/flow.py", "sagedrop_contract/job_contract.py"} <= names
+    probe = "import app, sagedrop_contract, chalicelib; print(sagedrop_contract.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "lambda",
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "AWS_DEFAULT_REGION": REGION})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(tmp_path / "lambda")

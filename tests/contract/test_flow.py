@@ -14,7 +14,6 @@ from botocore.stub import ANY
 
 from chalicelib import (
     flow,
-    job_contract,
     naming,
     predictions,
     registry,
@@ -22,9 +21,10 @@ from chalicelib import (
     sagemaker_requests,
     vocabulary,
 )
-from chalicelib.datasets import inspect_zip
 from chalicelib.gate import quality_gate
 from chalicelib.s3_ranged import S3RangedFile
+from sagedrop_contract import job_contract
+from sagedrop_contract.dataset_rules import inspect_zip
 from tests.helpers import evaluation_document, jpeg_bytes, layout
 from tests.stubbed_aws import ARN, DATA, INFERENCE, debug_job, in_use
 
@@ -80,7 +80,7 @@ def test_zip_is_judged_through_a_few_ranged_reads(cloud):
     members["train/001.cat/big.jpg"] = bytes(range(256)) * 16_000  # 4 MB of incompressible-ish data
     cloud.put_zip("datasets/big.zip", members)
     source = S3RangedFile(cloud.s3, DATA, "datasets/big.zip", block_size=256 * 1024)
-    from chalicelib.datasets import inspect_zip
+    from sagedrop_contract.dataset_rules import inspect_zip
 
     report = inspect_zip(source)
     assert report.usable and report.image_count() == 241

@@ -17,14 +17,15 @@ import torch
 from botocore.exceptions import ClientError
 from torch import nn
 
-from chalicelib import flow, hyperparameters, notify, sagemaker_requests
+from chalicelib import flow, notify, sagemaker_requests
 from chalicelib.artifact_check import artifact_problems
-from chalicelib.datasets import inspect_entries, inspect_zip
-from chalicelib.hyperparameters import HyperparameterError
 from chalicelib.settings import Settings, SettingsError
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
+from sagedrop_contract import hyperparameter_rules
+from sagedrop_contract.dataset_rules import inspect_entries, inspect_zip
+from sagedrop_contract.hyperparameter_rules import HyperparameterError
 from sagedrop_training import fit_loop
 from sagedrop_training.ddp_runtime import Runtime
 from tests.helpers import failure_line, jpeg_bytes, layout, make_zip, run_train
@@ -115,6 +116,9 @@ def test_2_train_py_refuses_a_path_it_was_handed_as_a_hyperparameter(tmp_path, t
         ),
         ({"classes_json": b'{"0": "cat"}'}, "classes.json is not a list of classes"),
         ({"coverage": False}, "does not say which classes its test split covered"),
+        # what the endpoint's model_fn reads with the same parser (artifact_layout)
+        ({"config": {"format_version": 2}}, "config.json is format 2; this code reads format 1"),
+        ({"config": {"num_classes": 3}}, "config.json says 3 classes, classes.json lists 2"),
     ],
 )
 def test_2_the_gate_refuses_an_artifact_that_cannot_serve(cloud, archive, expected):
@@ -412,7 +416,7 @@ def test_13_names_differing_only_in_case_or_normalisation_are_one_class(pair):
 
 
 def _entry(name: str):
-    from chalicelib.datasets import Entry
+    from sagedrop_contract.dataset_rules import Entry
 
     return Entry(name=name, size=100, compressed_size=90)
 
@@ -426,15 +430,15 @@ def test_hyperparameter_allow_list_mirrors_train_py():
         for a in build_parser()._actions
         if a.option_strings and a.option_strings[-1].startswith("--")
     } - {"help"}
-    listed = set(hyperparameters.SETTABLE) | hyperparameters.PATH_KEYS
-    assert listed | hyperparameters.PIPELINE_KEYS == options
+    listed = set(hyperparameter_rules.SETTABLE) | hyperparameter_rules.PATH_KEYS
+    assert listed | hyperparameter_rules.PIPELINE_KEYS == options
     # ...and the same choices: a backbone added to train.py is settable only once listed.
     from sagedrop_serving.image_io import AUGMENTATIONS
     from sagedrop_serving.model_def import BACKBONES, FREEZE_MODES, PRETRAINED_MODES
     from sagedrop_training import graph_export
     from sagedrop_training.data_audit import LEAKAGE_POLICIES
 
-    choices = {n: b.choices for n, b in hyperparameters.SETTABLE.items() if b.kind == "choice"}
+    choices = {n: b.choices for n, b in hyperparameter_rules.SETTABLE.items() if b.kind == "choice"}
     assert choices == {
         "backbone": tuple(BACKBONES),
         "pretrained": PRETRAINED_MODES,
@@ -447,17 +451,17 @@ def test_hyperparameter_allow_list_mirrors_train_py():
         "leakage": LEAKAGE_POLICIES,
     }
     # A job's own list: the toolkit's keys pass through (it consumed them), paths never do.
-    assert hyperparameters.check_job_hyperparameters(
+    assert hyperparameter_rules.check_job_hyperparameters(
         {"sagemaker_program": "train.py", "_tuning_objective_metric": "x", "lr": "0.1"}
     ) == {"lr": "0.1"}
     with pytest.raises(HyperparameterError, match="names a path"):
-        hyperparameters.check_job_hyperparameters({"work-dir": "/"})
+        hyperparameter_rules.check_job_hyperparameters({"work-dir": "/"})
 
 
 # 14. rules that had too little data say so, through the metrics, to the gate ----------------
 def test_14_a_not_judged_rule_reaches_the_gate_as_such():
     from chalicelib.gate import quality_gate
-    from chalicelib.job_contract import rule_statuses
+    from sagedrop_contract.job_contract import rule_statuses
 
     rules = rule_statuses({"rule_VanishingGradient": 0.0, "rule_CPUBottleneck": 3.0})
     assert [(r["RuleEvaluationStatus"], r["Judged"]) for r in rules] == [

@@ -11,8 +11,8 @@ import pytest
 from botocore.validate import ParamValidator
 
 from chalicelib import aws_limits, naming, registry_requests, sagemaker_requests, vocabulary
-from chalicelib.job_contract import METRIC_DEFINITIONS, RULE_NAMES
 from chalicelib.settings import Settings, SettingsError
+from sagedrop_contract.job_contract import METRIC_DEFINITIONS, RULE_NAMES
 
 SAGEMAKER = botocore.session.get_session().get_service_model("sagemaker")
 

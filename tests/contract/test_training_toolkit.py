@@ -18,12 +18,12 @@ import pytest
 from sagemaker_training.mapping import to_cmd_args
 
 from chalicelib import sagemaker_requests, training_failure, vocabulary
-from chalicelib.hyperparameters import SETTABLE
 from chalicelib.settings import Settings
 from sagedrop.aws_configure import pack_training_code
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.state import State
 from sagedrop.local.training import TrainingRun
+from sagedrop_contract.hyperparameter_rules import SETTABLE
 from tests.helpers import TRAINING_CODE
 
 ROLE = "arn:aws:iam::123456789012:role/sagedrop-sagemaker"

@@ -103,14 +103,14 @@ def _the_demos_runs_are_in_mlflow(root):
 
     snapshot = status_object(root)
     store = MlflowClient(tracking_uri=snapshot["mlflow_tracking_uri"])
-    [pipeline] = snapshot["pipelines"]
+    [upload_run] = snapshot["runs"]
     [experiment] = [e for e in store.search_experiments() if e.name != "Default"]
     assert experiment.name == "sagedrop-digits"
     runs = {r.info.run_name: r for r in store.search_runs([experiment.experiment_id])}
-    tuning = runs.pop(pipeline["name"])
-    debug = runs.pop(pipeline["debug_job"]["name"])
+    tuning = runs.pop(upload_run["name"])
+    debug = runs.pop(upload_run["debug_job"]["name"])
     assert tuning.data.tags["sagedrop.kind"] == "tuning"
-    trials = {t["name"]: t for t in pipeline["trials"]}
+    trials = {t["name"]: t for t in upload_run["trials"]}
     assert set(runs) == set(trials)  # nothing else, nothing twice
     for name, run in runs.items():
         assert run.data.tags["mlflow.parentRunId"] == tuning.info.run_id
@@ -118,8 +118,8 @@ def _the_demos_runs_are_in_mlflow(root):
         assert len(store.get_metric_history(run.info.run_id, "train_loss")) >= 2  # per epoch
         assert run.data.params["lr"] == trials[name]["hyperparameters"]["lr"]
     best = [n for n, r in runs.items() if r.data.tags.get("sagedrop.best") == "true"]
-    assert best == [pipeline["tuning"]["best_job"]]
-    assert debug.data.metrics["test_accuracy"] == pipeline["debug_job"]["test_accuracy"]
+    assert best == [upload_run["tuning"]["best_job"]]
+    assert debug.data.metrics["test_accuracy"] == upload_run["debug_job"]["test_accuracy"]
     assert "test_macro_f1" in debug.data.metrics
     assert debug.data.tags["sagedrop.approval"] == "Approved"
     assert debug.data.tags["sagedrop.model_package"].endswith("/sagedrop-digits/1")

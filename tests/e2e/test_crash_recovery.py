@@ -283,7 +283,7 @@ def test_5_status_shows_jobs_waiting_for_a_slot(capsys):
     print_status(
         {
             "datasets": [],
-            "pipelines": [pipeline],
+            "runs": [pipeline],
             "rejected_uploads": [],
             "endpoints": [],
             "predictions": 0,

@@ -13,14 +13,14 @@ from html.parser import HTMLParser
 
 import pytest
 
-from chalicelib.job_contract import (
+from sagedrop import cli
+from sagedrop_contract.job_contract import (
     DEBUG_METRIC_DEFINITIONS,
     RULE_NAMES,
     RULE_STATUSES,
     parse_metric_lines,
     rule_statuses,
 )
-from sagedrop import cli
 from sagedrop_debugging.debug_trace import read_trace
 from tests.helpers import TINY_HYPERPARAMETERS, failure_line, run_train
 

@@ -31,13 +31,13 @@ def test_jobs_that_reach_the_server_log_their_own_runs(tmp_path, monkeypatch):
     finally:
         cloud.stop()
     snapshot = status_object(root)
-    [pipeline] = snapshot["pipelines"]
+    [upload_run] = snapshot["runs"]
     store = MlflowClient(tracking_uri=snapshot["mlflow_tracking_uri"])
     experiment = store.get_experiment_by_name("sagedrop-digits")
     runs = {r.info.run_name: r for r in store.search_runs([experiment.experiment_id])}
-    tuning = runs.pop(pipeline["name"])
-    debug = runs.pop(pipeline["debug_job"]["name"])
-    trials = {t["name"]: t for t in pipeline["trials"]}
+    tuning = runs.pop(upload_run["name"])
+    debug = runs.pop(upload_run["debug_job"]["name"])
+    trials = {t["name"]: t for t in upload_run["trials"]}
     assert set(runs) == set(trials)
     for name, run in runs.items():
         assert run.data.tags["sagedrop.logged_by"] == "job"  # the trial logged itself
@@ -48,7 +48,7 @@ def test_jobs_that_reach_the_server_log_their_own_runs(tmp_path, monkeypatch):
         assert sorted(m.step for m in history) == [1, 2]  # once per epoch, not twice
         assert run.info.status == "FINISHED"
     assert tuning.info.status == "FINISHED"
-    assert tuning.data.tags["sagedrop.best_trial"] == pipeline["tuning"]["best_job"]
+    assert tuning.data.tags["sagedrop.best_trial"] == upload_run["tuning"]["best_job"]
     assert debug.data.tags["sagedrop.logged_by"] == "job"
     assert debug.data.tags["sagedrop.approval"] == "Approved"
     assert {"rules.json", "evaluation.json"} <= {

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.job_contract import RULE_NAMES
 from sagedrop.local.cloud import DATA_BUCKET, LocalCloud
 from sagedrop.local.sns import read_notifications
 from sagedrop.sample_data import pack_dataset
+from sagedrop_contract.job_contract import RULE_NAMES
 from tests.helpers import colour_dataset, make_zip
 
 pytestmark = pytest.mark.slow
@@ -121,18 +121,18 @@ def test_pipeline_through_the_cli(tmp_path):
         output, _ = up.communicate(timeout=60)
     assert up.returncode == 0, output
     snapshot = status(root)
-    [pipeline] = snapshot["pipelines"]  # the duplicate drop started nothing
-    assert pipeline["tuning"]["status"] == "Completed"
-    assert pipeline["tuning"]["trials_started"] == 2
-    debug = pipeline["debug_job"]
+    [upload_run] = snapshot["runs"]  # the duplicate drop started nothing
+    assert upload_run["tuning"]["status"] == "Completed"
+    assert upload_run["tuning"]["trials_started"] == 2
+    debug = upload_run["debug_job"]
     assert debug["status"] == "Completed"
     # the debug job's rules, report and TensorBoard files, on the pipeline's own paths
     assert [r["RuleConfigurationName"] for r in debug["rules"]] == list(RULE_NAMES)
     assert debug["report"].endswith("report.html") and debug["tensorboard"]
     tensorboard = root / "buckets" / "sagedrop-data" / "jobs" / debug["name"] / "tensorboard"
     assert any(p.name.startswith("events.out.tfevents") for p in tensorboard.iterdir())
-    assert pipeline["gate"]["decision"].startswith("deploy")
-    assert pipeline["predictions"] == 1
+    assert upload_run["gate"]["decision"].startswith("deploy")
+    assert upload_run["predictions"] == 1
     [rejected] = snapshot["rejected_uploads"]
     assert "escape" in " ".join(rejected["reasons"])
     assert snapshot["endpoints"] == [
@@ -152,10 +152,10 @@ def test_pipeline_through_the_cli(tmp_path):
     assert (version["approval"], version["debug_job"]) == ("Approved", debug["name"])
     assert version["data_audit"].startswith("leaked-test=0/")  # the audit, on the version
     assert "trial" in output and "[sns]" in output
-    report = cli("report", pipeline["name"], root=root)
+    report = cli("report", upload_run["name"], root=root)
     assert report.returncode == 0
-    page = (root / "reports" / f"{pipeline['name']}.html").read_text()
-    assert page.count("<svg") >= 3 and pipeline["tuning"]["best_job"] in page
+    page = (root / "reports" / f"{upload_run['name']}.html").read_text()
+    assert page.count("<svg") >= 3 and upload_run["tuning"]["best_job"] in page
     assert "VanishingGradient" in page and "report.html" in page
     assert "<h2>Data audit</h2>" in page and "Likely label errors" in page
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from chalicelib.job_contract import (
+from sagedrop_contract.job_contract import (
     EPOCH_METRICS,
     METRIC_DEFINITIONS,
     OBJECTIVE_METRIC,

@@ -8,12 +8,12 @@ import zipfile
 
 import pytest
 
-from chalicelib import datasets
+from sagedrop_contract import dataset_rules
 from tests.helpers import jpeg_bytes, layout, make_zip
 
 
 def inspect(tmp_path, members, **kwargs):
-    return datasets.inspect_zip(str(make_zip(tmp_path / "d.zip", members, **kwargs)))
+    return dataset_rules.inspect_zip(str(make_zip(tmp_path / "d.zip", members, **kwargs)))
 
 
 def test_well_formed_dataset_is_usable_with_sorted_classes(tmp_path):
@@ -41,7 +41,7 @@ def test_single_top_level_folder_is_stripped(tmp_path):
     [("001.Affenpinscher", "Affenpinscher"), ("12_husky", "husky"), ("cat", "cat"), ("007", "007")],
 )
 def test_labels_drop_numeric_prefix(folder, label):
-    assert datasets.label_for(folder) == label
+    assert dataset_rules.label_for(folder) == label
 
 
 @pytest.mark.parametrize(
@@ -68,18 +68,19 @@ def test_zip_bomb_by_compression_ratio(tmp_path):
 
 def test_total_size_and_entry_count_limits(tmp_path):
     archive = make_zip(tmp_path / "d.zip", layout(n=3))
-    small = datasets.Limits(max_total_bytes=1000)
-    assert any("expands to" in p for p in datasets.inspect_zip(str(archive), small).problems)
-    few = datasets.Limits(max_entries=5)
+    small = dataset_rules.Limits(max_total_bytes=1000)
+    assert any("expands to" in p for p in dataset_rules.inspect_zip(str(archive), small).problems)
+    few = dataset_rules.Limits(max_entries=5)
     assert any(
-        "entries; the limit is 5" in p for p in datasets.inspect_zip(str(archive), few).problems
+        "entries; the limit is 5" in p
+        for p in dataset_rules.inspect_zip(str(archive), few).problems
     )
 
 
 def test_sizes_declared_by_the_central_directory_are_used_not_trusted_blindly(tmp_path):
     """A member that inflates beyond its declared size fails extraction instead of filling disk."""
     archive_path = make_zip(tmp_path / "d.zip", layout())
-    report = datasets.inspect_zip(str(archive_path))
+    report = dataset_rules.inspect_zip(str(archive_path))
     with zipfile.ZipFile(archive_path) as archive:
         declared = sum(i.file_size for i in archive.infolist())
     assert report.total_bytes == declared
@@ -135,7 +136,7 @@ def test_missing_splits_are_a_warning_not_a_problem(tmp_path):
 def test_not_a_zip(tmp_path):
     path = tmp_path / "d.zip"
     path.write_bytes(b"PK\x03\x04 but not really a zip")
-    report = datasets.inspect_zip(str(path))
+    report = dataset_rules.inspect_zip(str(path))
     assert not report.usable
     assert "not a readable zip" in report.problems[0]
 
@@ -160,7 +161,7 @@ def test_encrypted_and_duplicate_entries(tmp_path):
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate we add on purpose
         archive.writestr("train/001.cat/img_0.jpg", jpeg_bytes())
     _mark_encrypted(path, "train/001.cat/secret.jpg")
-    report = datasets.inspect_zip(str(path))
+    report = dataset_rules.inspect_zip(str(path))
     assert any("secret.jpg" in p and "encrypted" in p for p in report.problems)
     assert any("img_0.jpg' appears 2 times" in p for p in report.problems)
 
@@ -176,15 +177,15 @@ def test_folder_datasets_refuse_symlinks(tmp_path):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     (root / "train" / "001.cat" / "link.jpg").symlink_to("/etc/hostname")
-    report = datasets.inspect_path(str(root))
+    report = dataset_rules.inspect_path(str(root))
     assert any("link.jpg" in p and "symbolic link" in p for p in report.problems)
 
 
 def test_extract_writes_only_the_accepted_images(tmp_path):
     members = {**layout(prefix="ds/"), "ds/train/001.cat/readme.txt": b"hi"}
     archive = make_zip(tmp_path / "d.zip", members)
-    report = datasets.inspect_zip(str(archive))
-    datasets.extract_zip(str(archive), str(tmp_path / "out"), report)
+    report = dataset_rules.inspect_zip(str(archive))
+    dataset_rules.extract_zip(str(archive), str(tmp_path / "out"), report)
     written = sorted(
         p.relative_to(tmp_path / "out").as_posix()
         for p in (tmp_path / "out").rglob("*")
@@ -195,7 +196,7 @@ def test_extract_writes_only_the_accepted_images(tmp_path):
 
 def test_extract_refuses_a_dataset_with_problems(tmp_path):
     archive = make_zip(tmp_path / "d.zip", {**layout(), "../evil.jpg": b"x"})
-    report = datasets.inspect_zip(str(archive))
+    report = dataset_rules.inspect_zip(str(archive))
     with pytest.raises(ValueError, match="refusing to extract"):
-        datasets.extract_zip(str(archive), str(tmp_path / "out"), report)
+        dataset_rules.extract_zip(str(archive), str(tmp_path / "out"), report)
     assert not (tmp_path / "evil.jpg").exists()

@@ -12,7 +12,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from chalicelib.job_contract import DEBUG_RULES as DEBUG_RULE_NAMES
+from sagedrop_contract.job_contract import DEBUG_RULES as DEBUG_RULE_NAMES
 from sagedrop_debugging.debug_session import DebugOptions, DebugSession
 from sagedrop_debugging.debug_trace import read_trace
 from sagedrop_debugging.rule_base import ISSUES, NO_ISSUES

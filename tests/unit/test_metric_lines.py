@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from chalicelib.job_contract import METRIC_DEFINITIONS, parse_metric_lines
-from job_contract import format_metrics
+from sagedrop_contract.job_contract import METRIC_DEFINITIONS, format_metrics, parse_metric_lines
 
 
 @pytest.mark.parametrize(

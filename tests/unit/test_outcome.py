@@ -36,9 +36,15 @@ NOTICE = Notice(stage="deploy", status="deploying", summary="Endpoint e updating
 
 
 def test_an_outcome_that_owes_a_notice_cannot_be_made_without_one():
-    with pytest.raises(ValueError, match="'deploying' owes a notice"):
-        Outcome("deploying")
+    with pytest.raises(ValueError, match="'updating' owes a notice"):
+        Outcome("updating")
     assert Outcome("duplicate").notices == []  # nothing happened: nothing to say
+
+
+def test_an_outcome_ends_with_one_of_the_result_words():
+    """A misspelt word would slip past every test that asserts the right one."""
+    with pytest.raises(ValueError, match="'deployed' is not a step's result"):
+        Outcome("deployed", [NOTICE])  # type: ignore[arg-type]
 
 
 def test_a_concluded_step_publishes_its_notices_and_counts_once(topic):

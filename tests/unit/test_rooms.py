@@ -19,21 +19,26 @@ STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 TRAINING_MODULES = {p.stem for p in (REPO_ROOT / "training_code").glob("*.py")} | {
     p.name for p in (REPO_ROOT / "training_code").iterdir() if p.is_dir() and p.name[0] != "_"
 }
-# chalicelib modules linked into training_code (stdlib only, carried by both rooms): the
-# training-side name of each, by the file it links to.
-SHARED = {
-    link.resolve(): link.stem
-    for link in (REPO_ROOT / "training_code").glob("*.py")
-    if link.is_symlink()
-}
+CODE_ROOMS = ("chalice_app", "sagedrop", "sagedrop_contract", "training_code")
 # What each room may import besides the standard library (None: anything but `forbidden`).
 ROOMS = {
+    "sagedrop_contract": {
+        # every room carries it: the Lambda, the container, the artifact's code/
+        "allowed": {"sagedrop_contract"},
+    },
     "chalice_app/app.py": {
         "allowed": {"chalice", "chalicelib", "aws_lambda_powertools"},
     },
     "chalice_app/chalicelib": {
         # mlflow: MLflow's client (mlflow-skinny in the Lambda), for experiment_tracking only
-        "allowed": {"chalicelib", "boto3", "botocore", "aws_lambda_powertools", "mlflow"},
+        "allowed": {
+            "chalicelib",
+            "sagedrop_contract",
+            "boto3",
+            "botocore",
+            "aws_lambda_powertools",
+            "mlflow",
+        },
     },
     "training_code": {
         "forbidden": {
@@ -64,14 +69,12 @@ def imported_roots(source: str) -> set[str]:
     return roots
 
 
-def violations(room: str, source: str, shared: bool = False) -> set[str]:
-    """What ``source`` imports that its room may not; a shared module may also import
-    the other shared modules by their training-side names (its fallback in a container)."""
+def violations(room: str, source: str) -> set[str]:
+    """What ``source`` imports that its room may not."""
     rule = ROOMS[room]
     roots = imported_roots(source)
     if "allowed" in rule:
-        allowed = rule["allowed"] | (set(SHARED.values()) if shared else set())
-        return roots - STDLIB - allowed
+        return roots - STDLIB - rule["allowed"]
     return roots & rule["forbidden"]
 
 
@@ -84,9 +87,7 @@ def files_of(room: str) -> list[Path]:
 def test_every_room_imports_only_what_the_design_allows(room):
     found = {}
     for path in files_of(room):
-        if path.is_symlink():  # a shared module lives in (and is checked with) its own room
-            continue
-        bad = violations(room, path.read_text(), shared=path.resolve() in SHARED)
+        bad = violations(room, path.read_text())
         if bad:
             found[str(path.relative_to(REPO_ROOT))] = sorted(bad)
     assert found == {}
@@ -103,7 +104,8 @@ def test_every_room_imports_only_what_the_design_allows(room):
             "from sagedrop_reports.svg_charts import table\nfrom offline_api import page",
             {"sagedrop_reports"},
         ),
-        # only a shared module may fall back to a shared module's training-side name
+        ("sagedrop_contract", "from chalicelib import naming\nimport json", {"chalicelib"}),
+        # the old second names of the contract's modules are gone
         ("chalice_app/chalicelib", "from job_contract import NUMBER", {"job_contract"}),
     ],
 )
@@ -111,10 +113,58 @@ def test_the_check_fires_on_a_crafted_file(room, source, expected):
     assert violations(room, source) == expected
 
 
-def test_a_shared_module_may_import_another_by_its_training_side_name():
-    assert set(SHARED.values()) >= {"job_contract", "dataset_rules", "hyperparameter_rules"}
-    source = "from job_contract import NUMBER\nimport torch"
-    assert violations("chalice_app/chalicelib", source, shared=True) == {"torch"}
+def test_no_symbolic_link_and_no_path_edit_outside_the_artifact_loader():
+    """Issue 24: one file, one module name. A link made a second name (and a second
+    class of every exception); a ``sys.path`` edit made the package work only from a
+    checkout. Only ``sagedrop.artifacts`` puts a folder on the path: an artifact's
+    ``code/``, as the inference toolkit does."""
+    links = [
+        str(path.relative_to(REPO_ROOT))
+        for room in CODE_ROOMS
+        for path in (REPO_ROOT / room).rglob("*")
+        if path.is_symlink()
+    ]
+    assert links == []
+    editing = sorted(
+        str(path.relative_to(REPO_ROOT))
+        for room in CODE_ROOMS
+        for path in (REPO_ROOT / room).rglob("*.py")
+        if _edits_sys_path(path.read_text())
+    )
+    assert editing == ["sagedrop/artifacts.py"]
+
+
+def _edits_sys_path(source: str) -> bool:
+    """Whether ``source`` calls a method of ``sys.path`` or assigns to it."""
+    for node in ast.walk(ast.parse(source)):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func.value
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            target = next((t.value for t in targets if isinstance(t, ast.Subscript)), None)
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "path"
+            and isinstance(target.value, ast.Name)
+            and target.value.id == "sys"
+        ):
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("source", "edits"),
+    [
+        ("import sys\nsys.path.insert(0, 'x')", True),
+        ("import sys\nsys.path[:0] = ['x']", True),
+        ("import sys\nsys.path.append('x')", True),
+        ("import sys\nprint(sys.path)", False),
+        ("import os\nos.path.join('a')", False),
+    ],
+)
+def test_the_path_edit_check_fires(source, edits):
+    assert _edits_sys_path(source) is edits
 
 
 def _chalicelib_imports() -> dict[str, set[str]]:
@@ -156,10 +206,9 @@ def test_chalicelib_has_no_import_circle():
 
 def test_no_module_in_the_code_rooms_is_over_500_lines():
     """Issue 24: small modules with one job each; train.py reads as the job's outline."""
-    rooms = ("chalice_app", "sagedrop", "training_code")
     long = {
         str(path.relative_to(REPO_ROOT)): count
-        for room in rooms
+        for room in CODE_ROOMS
         for path in (REPO_ROOT / room).rglob("*.py")
         if ".chalice" not in path.parts and (count := len(path.read_text().splitlines())) > 500
     }

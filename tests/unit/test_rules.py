@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from chalicelib import job_contract
+from sagedrop_contract import job_contract
 from sagedrop_debugging import debug_rules, profiler_rules
 from sagedrop_debugging.rule_base import ERROR, ISSUES, NO_ISSUES, RuleConfigError
 from sagedrop_debugging.rule_set import (

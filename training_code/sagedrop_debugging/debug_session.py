@@ -20,7 +20,7 @@ import psutil
 import torch
 from torch import nn
 
-from job_contract import emit_metrics
+from sagedrop_contract.job_contract import emit_metrics
 from sagedrop_debugging.debug_trace import TRACE_FILE, TraceWriter, read_trace
 from sagedrop_debugging.rule_base import Rule, Verdict
 from sagedrop_debugging.rule_set import RuleSet, metric_values, write_verdicts

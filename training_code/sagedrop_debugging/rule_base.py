@@ -13,7 +13,7 @@ from typing import ClassVar
 
 # SageMaker's status words and the codes the ``rule_<Name>=`` metric lines carry to the
 # gate are the job contract's (one module for both sides).
-from job_contract import ERROR, ISSUES, NO_ISSUES, NOT_JUDGED, STATUS_CODES
+from sagedrop_contract.job_contract import ERROR, ISSUES, NO_ISSUES, NOT_JUDGED, STATUS_CODES
 
 __all__ = ["ERROR", "ISSUES", "NO_ISSUES", "Rule", "RuleConfigError", "Verdict"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-import job_contract
+from sagedrop_contract import job_contract
 from sagedrop_debugging.debug_rules import DEBUG_RULES
 from sagedrop_debugging.profiler_rules import PROFILER_RULES
 from sagedrop_debugging.rule_base import Rule, RuleConfigError, Verdict

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-GRAPH_FILE = "model.onnx"
+from sagedrop_contract import artifact_layout
+
+GRAPH_FILE = artifact_layout.GRAPH
 log = logging.getLogger("sagedrop.serving")
 
 

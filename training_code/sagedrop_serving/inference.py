@@ -44,6 +44,8 @@ from image_io import (
 )
 from model_def import build_classifier
 
+from sagedrop_contract import artifact_layout
+
 log = logging.getLogger("sagedrop.serving")
 
 JSON = "application/json"
@@ -114,30 +116,27 @@ _current: LoadedModel | None = None
 def model_fn(model_dir: str) -> LoadedModel:
     """Load the artifact in ``model_dir`` (SageMaker passes /opt/ml/model)."""
     global _current
-    with open(os.path.join(model_dir, "config.json")) as handle:
-        config = json.load(handle)
-    with open(os.path.join(model_dir, "classes.json")) as handle:
-        classes = json.load(handle)
-    labels = [c["label"] for c in sorted(classes, key=lambda c: c["index"])]
+    artifact = artifact_layout.read_descriptors(model_dir)
+    config, labels = artifact.config, artifact.labels
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    graph, why_eager = _load_graph(model_dir, config, device)
+    graph, why_eager = _load_graph(model_dir, artifact.graph_verdict, device)
     network = None
     if graph is None:
-        network = build_classifier(config["backbone"], len(labels))
-        weights = os.path.join(model_dir, "model.pt")
+        network = build_classifier(artifact.backbone, len(labels))
+        weights = os.path.join(model_dir, artifact_layout.WEIGHTS)
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         network.eval().to(device, memory_format=torch.channels_last)
         log.warning("serving the eager PyTorch model on %s: %s", device, why_eager)
     else:
         log.info("serving %s under ONNX Runtime %s (%s)", graph.path, graph.version,
                  ", ".join(graph.providers))  # fmt: skip
-    pre = Preprocessing.from_dict(config["preprocessing"])
-    top_k = int(os.environ.get("SAGEDROP_TOP_K", config.get("top_k", 5)))
+    pre = Preprocessing.from_dict(artifact.preprocessing)
+    top_k = int(os.environ.get("SAGEDROP_TOP_K") or artifact.top_k())
     info = {
-        "backbone": config["backbone"],
+        "backbone": artifact.backbone,
         "num_classes": len(labels),
         "image_size": pre.image_size,
-        "test_accuracy": config.get("metrics", {}).get("test_accuracy"),
+        "test_accuracy": artifact.test_accuracy,
         "created_at": config.get("created_at"),
         "training_job": config.get("training_job"),
         # What answers: the optimised graph, or the eager model (and the log says why).
@@ -151,7 +150,7 @@ def model_fn(model_dir: str) -> LoadedModel:
         network=network,
         labels=labels,
         transform=eval_transform(pre),
-        draft_size=int(config.get("draft_size", pre.resize_size)),
+        draft_size=artifact.draft_size(pre.resize_size),
         device=device,
         top_k=max(1, min(top_k, len(labels))),
         info=info,
@@ -161,9 +160,8 @@ def model_fn(model_dir: str) -> LoadedModel:
     return _current
 
 
-def _load_graph(model_dir: str, config: dict, device: torch.device):
+def _load_graph(model_dir: str, verdict: dict, device: torch.device):
     """The artifact's ONNX graph in a session, or None and why the eager model serves."""
-    verdict = config.get("optimised_graph") or {}
     path = os.path.join(model_dir, os.path.basename(verdict.get("file") or GRAPH_FILE))
     if os.environ.get("SAGEDROP_SERVE_GRAPH", "").lower() == "false":
         return None, "SAGEDROP_SERVE_GRAPH=false"

@@ -1,6 +1,6 @@
 """The model artifact as ``train.py`` leaves it in ``SM_MODEL_DIR`` (SageMaker tars it
-into ``model.tar.gz``): ``model.pt``, ``classes.json``, ``config.json`` and the serving
-``code/`` (``serving_code``), plus the job's ``training_summary.json`` beside it."""
+into ``model.tar.gz``): the weights, the descriptors ``artifact_layout`` writes and reads,
+and the serving ``code/`` (``serving_code``), plus the job's summary beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from sagedrop_contract import artifact_layout
 from sagedrop_training import serving_code
 
 # What the model artifact's code/ folder needs to serve on its own, laid there flat.
@@ -17,27 +18,19 @@ SERVING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "sagedrop_serving")  # fmt: skip
 
 
-ARTIFACT_FORMAT = 1  # config.json's format_version
-
-
 def save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
     """Weights, classes, config and serving code: everything the endpoint needs, in one dir."""
     os.makedirs(args.model_dir, exist_ok=True)
     os.makedirs(args.output_data_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, os.path.join(args.model_dir, "model.pt"))
-    classes = [
-        {"index": i, "folder": folder, "label": label}
-        for i, (folder, label) in enumerate(zip(data.classes, data.labels, strict=True))
-    ]
-    write_json(os.path.join(args.model_dir, "classes.json"), classes)
+    torch.save(state, os.path.join(args.model_dir, artifact_layout.WEIGHTS))
     hyperparameters = {
         k: v
         for k, v in vars(args).items()
         if k not in ("data", "model_dir", "output_data_dir", "work_dir")
     }
     config = {
-        "format_version": ARTIFACT_FORMAT,
+        "format_version": artifact_layout.FORMAT_VERSION,
         "backbone": args.backbone,
         "num_classes": len(data.classes),
         "preprocessing": pre.to_dict(),
@@ -55,14 +48,15 @@ def save_artifact(args, data, model, pre, pretrained, freeze, summary) -> None:
         # The model's version: the job that made it (SageMaker sets TRAINING_JOB_NAME).
         "training_job": os.environ.get("TRAINING_JOB_NAME"),
     }
-    write_json(os.path.join(args.model_dir, "config.json"), config)
+    classes = artifact_layout.class_entries(data.classes, data.labels)
+    artifact_layout.write_descriptors(args.model_dir, config, classes)
     serving_code.write_serving_code(
         args.model_dir,
         SERVING_DIR,
         bool(summary["optimised_graph"].get("served")),
         serving_code.inference_wheels(),
     )
-    write_json(os.path.join(args.output_data_dir, "training_summary.json"), summary)
+    write_json(os.path.join(args.output_data_dir, artifact_layout.SUMMARY), summary)
 
 
 def write_json(path: str, data) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-import dataset_rules
+from sagedrop_contract import dataset_rules
 from sagedrop_serving.image_io import ImageDecodeError, decode_image
 from sagedrop_training.data_audit import fingerprint_image
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from sagedrop_contract import artifact_layout
 from sagedrop_serving.graph_runtime import GRAPH_FILE, GraphModel, import_runtime, softmax
 
 # train.py's --export-graph: auto exports for a model that can be deployed (not a trial).
@@ -34,7 +35,7 @@ EXPORT_MODES = ("auto", "onnx", "none")
 QUANTISE_MODES = ("none", "int8")
 MAX_ABS_DPROB = 1e-3
 MAX_INT8_ACCURACY_DROP = 0.01
-INT8_FILE = "model.int8.onnx"
+INT8_FILE = artifact_layout.INT8_GRAPH
 CALIBRATION_IMAGES = 128
 EAGER_SERVES = "the artifact serves the eager model"
 FP32_SERVES = "the fp32 graph serves"

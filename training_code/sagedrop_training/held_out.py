@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sagedrop_contract import artifact_layout
 from sagedrop_serving.image_io import Preprocessing, eval_transform
 from sagedrop_serving.model_def import build_classifier
 from sagedrop_training import evaluation
@@ -97,21 +98,20 @@ def _evaluate_artifact(archive: Path, folder: Path, items, labels, root, device)
         raise ValueError(f"{archive.name} is over {MAX_SERVING_ARTIFACT_BYTES:,} bytes")
     with tarfile.open(archive, "r:gz") as tar:
         wanted = [m for m in tar.getmembers() if m.name.removeprefix("./") in
-                  ("config.json", "classes.json", "model.pt")]  # fmt: skip
+                  (*artifact_layout.DESCRIPTORS, artifact_layout.WEIGHTS)]  # fmt: skip
         tar.extractall(folder, members=wanted, filter="data")
-    config = json.loads((folder / "config.json").read_text())
-    classes = json.loads((folder / "classes.json").read_text())
-    theirs = [c["label"] for c in sorted(classes, key=lambda c: c["index"])]
-    about = {"training_job": config.get("training_job"),
-             "test_accuracy_own_split": config.get("metrics", {}).get("test_accuracy")}  # fmt: skip
+    artifact = artifact_layout.read_descriptors(str(folder))
+    theirs = artifact.labels
+    about = {"training_job": artifact.config.get("training_job"),
+             "test_accuracy_own_split": artifact.test_accuracy}  # fmt: skip
     if theirs != list(labels):
         return None, {**about, "status": "not-compared", "reason": "its classes differ"}
-    network = build_classifier(config["backbone"], len(theirs))
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
+    network = build_classifier(artifact.backbone, len(theirs))
+    weights = folder / artifact_layout.WEIGHTS
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     network.eval().to(device)
-    pre = Preprocessing.from_dict(config["preprocessing"])
-    draft = int(config.get("draft_size", pre.resize_size))
+    pre = Preprocessing.from_dict(artifact.preprocessing)
+    draft = artifact.draft_size(pre.resize_size)
     dataset = ImageFileDataset(items, eval_transform(pre), draft)
     names, true, rows = [], [], []
     with torch.inference_mode():

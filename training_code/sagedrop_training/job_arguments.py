@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from hyperparameter_rules import (
+from sagedrop_contract.hyperparameter_rules import (
     SETTABLE,
     HyperparameterError,
     check_job_hyperparameters,

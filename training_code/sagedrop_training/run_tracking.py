@@ -22,7 +22,12 @@ import queue
 import threading
 import time
 
-from job_contract import PARENT_RUN_TAG, PARENT_RUN_VARIABLE, RUN_TAG_JOB, RUN_TAG_LOGGED_BY
+from sagedrop_contract.job_contract import (
+    PARENT_RUN_TAG,
+    PARENT_RUN_VARIABLE,
+    RUN_TAG_JOB,
+    RUN_TAG_LOGGED_BY,
+)
 
 log = logging.getLogger("sagedrop.train")
 

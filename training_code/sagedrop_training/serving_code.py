@@ -18,11 +18,15 @@ from __future__ import annotations
 import os
 import shutil
 
-SERVING_FILES = ("inference.py", "image_io.py", "model_def.py", "graph_runtime.py")
+import sagedrop_contract
+from sagedrop_contract import artifact_layout
+
+SERVING_FILES = tuple(f"{name}.py" for name in artifact_layout.SERVING_MODULES)
 RUNTIME_REQUIREMENTS = "runtime-requirements.txt"
 WHEELS_CHANNEL = "SM_CHANNEL_WHEELS"
 INFERENCE_WHEELS = "inference"
-WHEELS_FOLDER = "wheels"
+WHEELS_FOLDER = artifact_layout.CODE_WHEELS
+CONTRACT_DIR = os.path.dirname(os.path.abspath(sagedrop_contract.__file__))
 # pip reads a requirements file's relative --find-links from the file's own folder.
 REQUIREMENTS_HEADER = (
     "# Installed by SageMaker's inference toolkit before TorchServe starts: the optimised\n"
@@ -47,14 +51,19 @@ def inference_wheels(channel: str | None = None) -> list[str]:
 def write_serving_code(
     model_dir: str, serving_dir: str, graph_served: bool, wheels: list[str]
 ) -> list[str]:
-    """Copy the serving modules, and the graph's runtime (its wheels and the
-    requirements file that installs them) when the graph serves and the job has the
-    wheels; the names written under ``code/``."""
-    code_dir = os.path.join(model_dir, "code")
-    os.makedirs(code_dir, exist_ok=True)
+    """Copy the serving modules and the artifact's part of the contract (which reads
+    the descriptors), and the graph's runtime (its wheels and the requirements file
+    that installs them) when the graph serves and the job has the wheels; the names
+    written under ``code/``."""
+    code_dir = os.path.join(model_dir, artifact_layout.CODE)
+    contract_dir = os.path.join(code_dir, artifact_layout.CONTRACT_PACKAGE)
+    os.makedirs(contract_dir, exist_ok=True)
     written = list(SERVING_FILES)
     for name in SERVING_FILES:
         shutil.copyfile(os.path.join(serving_dir, name), os.path.join(code_dir, name))
+    for name in artifact_layout.CONTRACT_FILES:
+        shutil.copyfile(os.path.join(CONTRACT_DIR, name), os.path.join(contract_dir, name))
+        written.append(f"{artifact_layout.CONTRACT_PACKAGE}/{name}")
     if not graph_served or not wheels:
         return written
     pins = os.path.join(serving_dir, RUNTIME_REQUIREMENTS)
@@ -65,7 +74,7 @@ def write_serving_code(
         written.append(f"{WHEELS_FOLDER}/{os.path.basename(wheel)}")
     with open(pins) as handle:
         listed = "".join(line for line in handle if not line.startswith("#"))
-    with open(os.path.join(code_dir, "requirements.txt"), "w") as handle:
+    with open(os.path.join(code_dir, artifact_layout.CODE_REQUIREMENTS), "w") as handle:
         handle.write(REQUIREMENTS_HEADER + listed)
-    written.append("requirements.txt")
+    written.append(artifact_layout.CODE_REQUIREMENTS)
     return written

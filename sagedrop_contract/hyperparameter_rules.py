@@ -20,10 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
-try:  # in the Lambda package
-    from chalicelib.job_contract import FRAMEWORK_PREFIXES
-except ImportError:  # in the training container, where this file is hyperparameter_rules.py
-    from job_contract import FRAMEWORK_PREFIXES
+from sagedrop_contract.job_contract import FRAMEWORK_PREFIXES
+
 # Keys that name places on the training host: never settable by anyone through a request.
 PATH_KEYS = frozenset(
     {"data", "model-dir", "output-data-dir", "work-dir", "weights-path", "tensorboard-dir"}

@@ -1,1 +1,0 @@
-../chalice_app/chalicelib/job_contract.py
