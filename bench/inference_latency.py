@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "chalice_app"), str(ROOT / "training_code")]
+sys.path.insert(0, str(ROOT))  # this checkout first, even run with another Python
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

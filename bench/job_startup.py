@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "chalice_app")]
+sys.path.insert(0, str(ROOT))  # this checkout first, even run with another Python
 
 from sagedrop.aws_configure import pack_training_code  # noqa: E402
 from sagedrop.local import container  # noqa: E402

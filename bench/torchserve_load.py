@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "chalice_app")]
+sys.path.insert(0, str(ROOT))  # this checkout first, even run with another Python
 
 from sagedrop import torchserve_stack  # noqa: E402
 from sagedrop.paths import TRAIN_SCRIPT  # noqa: E402

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "training_code"), str(ROOT / "chalice_app")]
+sys.path.insert(0, str(ROOT))  # this checkout first, even run with another Python
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

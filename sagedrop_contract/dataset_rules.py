@@ -3,8 +3,8 @@
 The same rules run in the upload Lambda (from a zip's central directory, read through
 ranged S3 requests), in ``sagedrop dataset check`` and in ``train.py`` before it touches a
 single pixel. Keeping them in one stdlib-only module is what makes "the Lambda accepted it"
-mean "training will accept it". ``training_code/dataset_rules.py`` is a link to this file,
-so SageMaker's training container carries the very same code.
+mean "training will accept it": ``sourcedir.tar.gz`` carries this package beside
+``train.py``, so SageMaker's training container runs the very same code.
 
 A dataset is the dogImages layout: ``train/<class>/*``, ``valid/<class>/*``,
 ``test/<class>/*``, optionally under one top-level folder. Only the entry names and the

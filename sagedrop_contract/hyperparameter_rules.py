@@ -6,9 +6,8 @@ it may choose code (``sagemaker_program``, ``sagemaker_submit_directory``), path
 resources (epochs, image size, workers). The same list is applied three times: to the
 upload (``Settings.with_dataset_overrides``, before any job starts), to the operator's own
 settings, and again in ``train.py`` to what SageMaker's toolkit hands it (defence in
-depth: a request built some other way still cannot steer the job). Standard library only:
-``training_code/hyperparameter_rules.py`` is a link to this file, so the training container
-carries the very same rules.
+depth: a request built some other way still cannot steer the job). Standard library only,
+so the Lambda and the training container import the very same rules, by the same name.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ rule names with their verdict codes and the ``rule_`` prefix, and the hyperparam
 prefixes SageMaker's toolkits own. If any of these drifted, the gate would find no rule
 results and deploy unchecked; with one file they cannot drift.
 
-Standard library only: ``training_code/job_contract.py`` is a link to this file (as
-``dataset_rules.py`` is to ``datasets.py``), so the container prints exactly what the
-Lambda parses.
+Standard library only: the Lambda package and ``sourcedir.tar.gz`` both carry this
+package, so the container prints exactly what the Lambda parses, and the local cloud reads
+metric lines with ``parse_metric_lines``, the same regexes SageMaker gets.
 """
 
 from __future__ import annotations

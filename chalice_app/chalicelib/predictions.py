@@ -15,7 +15,7 @@ from chalicelib.deploying import describe_endpoint
 from chalicelib.outcome import logger
 from chalicelib.settings import Settings
 
-# Every type training reads (``datasets.IMAGE_EXTENSIONS``), matched in any case; the model
+# Every type training reads (``dataset_rules.IMAGE_EXTENSIONS``), matched in any case; the model
 # checks that the bytes are the format the type names.
 CONTENT_TYPES = {
     ".jpg": "image/jpeg",

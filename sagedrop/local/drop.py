@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from chalicelib import naming
-from sagedrop.local.cloud import DATA_BUCKET, DEFAULT_ENVIRONMENT, INFERENCE_BUCKET
+from sagedrop.local.cloud import DATA_BUCKET, INFERENCE_BUCKET
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.state import State
 
@@ -39,7 +39,7 @@ def known_datasets(root: Path) -> list[str]:
 
 def serving_datasets(state: State) -> list[str]:
     """The pipelines whose local endpoint is in service."""
-    prefix = os.environ.get("ENDPOINT_PREFIX", DEFAULT_ENVIRONMENT["ENDPOINT_PREFIX"])
+    prefix = naming.endpoint_prefix(os.environ)
     names = [
         naming.pipeline_of_endpoint(prefix, e["EndpointName"])
         for e in state.all("endpoint")

@@ -23,7 +23,7 @@ from chalicelib.settings import Settings, SettingsError
 from sagedrop.local.s3 import LocalS3
 from sagedrop.local.sns import LocalSNS
 from sagedrop.local.state import State
-from sagedrop_contract import hyperparameter_rules
+from sagedrop_contract import artifact_layout, hyperparameter_rules
 from sagedrop_contract.dataset_rules import inspect_entries, inspect_zip
 from sagedrop_contract.hyperparameter_rules import HyperparameterError
 from sagedrop_training import fit_loop
@@ -301,9 +301,7 @@ def _artifact_of(model_dir: Path) -> tuple[dict, dict]:
         for p in model_dir.rglob("*")
         if p.is_file()
     }
-    documents = {
-        n: json.loads((model_dir / n).read_text()) for n in ("classes.json", "config.json")
-    }
+    documents = {n: json.loads((model_dir / n).read_text()) for n in artifact_layout.DESCRIPTORS}
     return sizes, documents
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sagedrop.local.handler_service import invoke, start_handler_service
+from sagedrop_contract import artifact_layout
 from sagedrop_serving.graph_runtime import GRAPH_FILE, import_runtime
 from sagedrop_training import graph_export
 from tests.helpers import jpeg_bytes, probe_wheel
@@ -73,12 +74,12 @@ def test_a_graph_that_fails_parity_is_not_kept_and_says_why(tmp_path, drift, fai
 
 
 def test_the_trained_artifact_carries_a_served_graph(trained_job):
-    config = json.loads((trained_job["model_dir"] / "config.json").read_text())
-    verdict = config["optimised_graph"]
+    verdict = artifact_layout.read_descriptors(str(trained_job["model_dir"])).graph_verdict
     assert verdict["served"] is True and verdict["top1_agreement"] == 1.0, verdict
     assert (trained_job["model_dir"] / GRAPH_FILE).is_file()
-    code = trained_job["model_dir"] / "code"
+    code = trained_job["model_dir"] / artifact_layout.CODE
     assert {"inference.py", "graph_runtime.py"} <= {p.name for p in code.iterdir()}
+    assert (code / "sagedrop_contract" / "artifact_layout.py").is_file()
     # No wheels channel here (the environment has ONNX Runtime): nothing for the toolkit
     # to install, so the artifact carries no requirements.txt at all.
     assert not (code / "requirements.txt").exists() and not (code / "wheels").exists()

@@ -105,3 +105,25 @@ def test_unsupported_accept(served):
         inference.output_fn(results, "text/csv")
     assert caught.value.status_code == 406
     assert inference.output_fn(results, "*/*")[1] == "application/json"
+
+
+def test_the_artifact_reads_itself_with_its_own_copy_of_the_contract(trained_job, tmp_path):
+    """``code/`` carries ``sagedrop_contract/artifact_layout.py``; the endpoint imports that
+    copy, not whatever the host has, and the host's stays bound afterwards (issue 24)."""
+    import shutil
+
+    import sagedrop_contract.artifact_layout as host_layout
+    from sagedrop.paths import CONTRACT
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_job["model_dir"], model_dir)
+    copy = model_dir / "code" / "sagedrop_contract" / "artifact_layout.py"
+    assert copy.read_bytes() == (CONTRACT / "artifact_layout.py").read_bytes()
+    # An artifact whose contract reads another format: its own reader must be the judge.
+    copy.write_text(copy.read_text().replace("FORMAT_VERSION = 1", "FORMAT_VERSION = 7"))
+    inference = load_inference_code(model_dir / "code")
+    with pytest.raises(Exception, match="is format 1; this code reads format 7"):
+        inference.model_fn(str(model_dir))
+    import sagedrop_contract.artifact_layout as after
+
+    assert after is host_layout and after.FORMAT_VERSION == 1

@@ -29,7 +29,7 @@ class TrainingJobs:
     def __init__(self, context: Context):
         self.context = context
         self.state = context.state
-        # However many pipelines run, at most this many training processes at once; the
+        # However many runs are in flight, at most this many training processes at once; the
         # rest wait as SecondaryStatus "Pending" (SAGEDROP_MAX_TRAINING_JOBS overrides).
         self.max_training_jobs = max_training_jobs(context.cpus)
         self._slots = threading.BoundedSemaphore(self.max_training_jobs)
