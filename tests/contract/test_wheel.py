@@ -79,7 +79,8 @@ def test_dataset_check_runs_from_the_wheel(installed, tmp_path):
     """The listing (the contract's dataset rules) and the pixel audit (the container
     code, through ``offline_api``), both from the wheel."""
     archive = make_zip(tmp_path / "pets.zip", layout(n=3))
-    result = run(installed, tmp_path, "sagedrop", "dataset", "check", str(archive), "--json")
+    command = ("sagedrop", "dataset", "check", str(archive), "--json", "--workers", "1")
+    result = run(installed, tmp_path, *command)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["usable"] is True
