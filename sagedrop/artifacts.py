@@ -38,7 +38,10 @@ def artifact_code_importable(code_dir: str | Path) -> Iterator[None]:
     """While inside: ``code_dir`` first on ``sys.path`` and the artifact's module names
     unbound, so its imports find its own files. After: ``sys.path`` and those names in
     ``sys.modules`` exactly as before (what the artifact imported stays bound only in
-    its modules). One import at a time: the lock covers the whole swap."""
+    its modules). One import at a time: the lock covers the whole swap. Another thread
+    that imports one of those names for the first time inside the window would get the
+    artifact's copy, which is why sagedrop's and chalicelib's modules import the contract
+    at their top, never inside a function (``unit/test_rooms.py`` holds them to it)."""
     path = str(Path(code_dir).resolve())
     with _IMPORT_LOCK:
         saved = {name: sys.modules.pop(name) for name in list(sys.modules)

@@ -153,6 +153,39 @@ def _edits_sys_path(source: str) -> bool:
     return False
 
 
+def _contract_imports_inside_functions(source: str) -> list[int]:
+    """Lines where a function imports the shared contract (instead of its module's top)."""
+    lines = []
+    for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "sagedrop_contract" for name in names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_host_imports_the_contract_only_at_module_top():
+    """While an artifact's code/ loads, ``sagedrop_contract`` is the artifact's copy
+    (``sagedrop.artifacts``): a host module importing it late, in a function, could get
+    that copy. At the top of each module, it is bound before any endpoint loads."""
+    late = {
+        str(path.relative_to(REPO_ROOT)): found
+        for room in ("sagedrop", "chalice_app")
+        for path in (REPO_ROOT / room).rglob("*.py")
+        if (found := _contract_imports_inside_functions(path.read_text()))
+    }
+    assert late == {}
+    assert _contract_imports_inside_functions(
+        "def f():\n    from sagedrop_contract import job_contract\n"
+    ) == [2]
+
+
 @pytest.mark.parametrize(
     ("source", "edits"),
     [
